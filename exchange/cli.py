@@ -1,0 +1,158 @@
+"""The ``kpx`` command line: the composition root, the one module that imports ``nodes``.
+
+Settings and the region file are read once here, into a :class:`Runtime` handed to every
+command as click's context object. Logging is configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from exchange import provision, topology
+from exchange.errors import KpxError
+from exchange.runtime import Runtime
+from exchange.settings import Settings
+from exchange.signing import generate_key, save_key
+from nodes.commands import node, submit_all
+
+log = logging.getLogger("kpx")
+
+
+@click.group()
+@click.option("--region", "region", envvar="KPX_REGION", default=None, metavar="FILE",
+              help="The region file (TOML). Default: $KPX_REGION or deploy/region.example.toml.")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, region: str | None, verbose: int) -> None:
+    """kpx — the regional exchange for Kimberley Process certificates."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand in ("schemas", "demo"):
+        return  # they need no region (the demo writes its own)
+    ctx.obj = Runtime.load(Settings.from_env(region=region))
+
+
+@cli.group()
+def region() -> None:
+    """Set up and watch the whole region."""
+
+
+@region.command("init")
+@click.pass_obj
+def region_init(rt: Runtime) -> None:
+    """Create databases, migrations, broker vhost/users/permissions/topology and keys."""
+    provision.init_region(rt)
+    click.echo(f"region {rt.region.code} ready: vhost {rt.region.vhost!r}, "
+               f"{len(rt.region.node_codes)} nodes, keys in {rt.keys_dir}")
+
+
+@region.command("drain")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds.")
+@click.pass_obj
+def region_drain(rt: Runtime, timeout: float) -> None:
+    """Exit 0 once every outbox and queue is empty and the reconciler has caught up."""
+    from exchange.drain import wait_drained
+
+    if not wait_drained(rt, timeout):
+        click.echo(f"not drained after {timeout:.0f} s", err=True)
+        sys.exit(1)
+    click.echo("drained")
+
+
+@cli.group()
+def topology_() -> None:
+    """The broker topology."""
+
+
+@topology_.command("export")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("deploy/rabbitmq/definitions.json"), show_default=True)
+@click.pass_obj
+def topology_export(rt: Runtime, output: Path) -> None:
+    """Write the topology as RabbitMQ definitions (users without passwords)."""
+    definitions = topology.definitions(rt.region.vhost, rt.region.node_codes)
+    output.write_text(json.dumps(definitions, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"wrote {output}")
+
+
+cli.add_command(topology_, "topology")
+
+
+@cli.group()
+def keys() -> None:
+    """Authority signing keys."""
+
+
+@keys.command("generate")
+@click.option("--member", required=True, metavar="XX", help="Producer: a node code, the region "
+              "code, or <REGION>-RECONCILER.")
+@click.pass_obj
+def keys_generate(rt: Runtime, member: str) -> None:
+    """Generate a new Ed25519 key; register it with `kpx region init` (key rotation)."""
+    private, public = save_key(generate_key(member.upper()), rt.keys_dir)
+    click.echo(f"private key {private}\npublic key {public}")
+
+
+@cli.group()
+def schemas() -> None:
+    """The Avro wire contract."""
+
+
+@schemas.command("check")
+def schemas_check() -> None:
+    """Fail when a schema change breaks FULL_TRANSITIVE compatibility."""
+    from exchange import compat
+
+    sys.exit(compat.main())
+
+
+@cli.command("check")
+@click.pass_obj
+def check(rt: Runtime) -> None:
+    """Probe: broker, databases and queue consumers; exit 0 when all are fine."""
+    from exchange.drain import probe
+
+    problems = probe(rt)
+    for problem in problems:
+        click.echo(problem, err=True)
+    click.echo("ok" if not problems else f"{len(problems)} problem(s)")
+    sys.exit(1 if problems else 0)
+
+
+cli.add_command(node)
+cli.add_command(submit_all, "submit")
+
+
+def _attach_optional() -> None:
+    """Attach the registry, reconciler and demo commands."""
+    from exchange.demo.commands import demo
+    from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
+    from exchange.registry.commands import registry
+
+    registry.add_command(discrepancies)
+    cli.add_command(registry)
+    cli.add_command(reconciler)
+    cli.add_command(reconcile)
+    cli.add_command(stats)
+    cli.add_command(demo)
+
+
+def main() -> None:
+    """Entry point of the ``kpx`` console script; KpxErrors become one clear line, exit 2."""
+    _attach_optional()
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KpxError as exc:
+        click.echo(f"kpx: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+

@@ -1,0 +1,121 @@
+"""The signed envelope every event travels in.
+
+On the wire an AMQP body is the Avro single-object encoding of a ``kpx.Envelope``. The
+Ed25519 signature covers every other field: it is computed over the envelope's own encoding
+with ``signature`` set to empty bytes. Because ``signature`` is the envelope's last field and
+an Ed25519 signature is always 64 bytes, the signed bytes are recovered from the wire bytes
+exactly — ``wire[:-66] + b"\\x00"`` — without re-encoding, so a verifier never depends on
+re-encoding the same way as the producer did, even across schema versions. New envelope
+fields must therefore be added *before* ``signature``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from exchange.codec import SchemaStore
+from exchange.errors import BadSignature, UndecodableDatum
+
+_SIGNATURE_LEN = 64
+# Avro zig-zag varint of 64 (the signature's length) followed by the signature itself.
+_SIGNATURE_PREFIX = b"\x80\x01"
+_EMPTY_BYTES = b"\x00"
+
+
+class SignsEvents(Protocol):
+    """What sealing needs of a signer (see exchange.signing.Signer)."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def producer(self) -> str: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+class VerifiesEvents(Protocol):
+    """What opening needs of a keyring (see exchange.signing.Keyring)."""
+
+    def verify(self, key_id: str, producer: str, message: bytes, signature: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded, verified envelope with its payload record and the exact wire bytes."""
+
+    event_id: str
+    event_type: str
+    producer: str
+    sequence: int
+    produced_at: datetime
+    key_id: str
+    payload: dict[str, Any]
+    raw: bytes
+
+
+def seal(
+    store: SchemaStore,
+    signer: SignsEvents,
+    event_type: str,
+    record: dict[str, Any],
+    sequence: int,
+    *,
+    event_id: str | None = None,
+    produced_at: datetime | None = None,
+) -> tuple[str, bytes]:
+    """Encode ``record`` as ``event_type``, wrap it in a signed envelope; return (event_id, bytes).
+
+    Raises SchemaViolation when the record does not match its schema.
+    """
+    event_id = event_id or str(uuid.uuid4())
+    unsigned = store.encode(
+        "Envelope",
+        {
+            "event_id": event_id,
+            "event_type": event_type,
+            "producer": signer.producer,
+            "sequence": sequence,
+            "produced_at": produced_at or datetime.now(UTC),
+            "key_id": signer.key_id,
+            "payload": store.encode(event_type, record),
+            "signature": b"",
+        },
+    )
+    signature = signer.sign(unsigned)
+    return event_id, unsigned[:-1] + _SIGNATURE_PREFIX + signature
+
+
+def open_envelope(store: SchemaStore, keyring: VerifiesEvents, data: bytes) -> Envelope:
+    """Decode and verify wire bytes; return the envelope with its decoded payload.
+
+    Raises a CodecError subclass for bytes that are not a kpx envelope, UnknownKey or
+    BadSignature when the signature cannot be accepted.
+    """
+    _, env = store.decode(data, expected="Envelope")
+    signature = env["signature"]
+    if len(signature) != _SIGNATURE_LEN or data[-66:-64] != _SIGNATURE_PREFIX:
+        raise BadSignature(
+            f"event {env['event_id']!r} from {env['producer']!r}: signature is "
+            f"{len(signature)} bytes, an Ed25519 signature is {_SIGNATURE_LEN}"
+        )
+    keyring.verify(env["key_id"], env["producer"], data[:-66] + _EMPTY_BYTES, signature)
+    name, payload = store.decode(env["payload"])
+    if name != env["event_type"]:
+        raise UndecodableDatum(
+            f"event {env['event_id']!r}: envelope says {env['event_type']!r} "
+            f"but the payload is a {name!r}"
+        )
+    return Envelope(
+        event_id=str(env["event_id"]),
+        event_type=env["event_type"],
+        producer=env["producer"],
+        sequence=env["sequence"],
+        produced_at=env["produced_at"],
+        key_id=env["key_id"],
+        payload=payload,
+        raw=data,
+    )

@@ -1,0 +1,121 @@
+"""The one exception tree of kpx.
+
+Every error kpx raises on purpose derives from :class:`KpxError`, split by what the caller
+should do about it::
+
+    KpxError
+    ├── TransientError              retry with bounded backoff; the input is fine
+    │   ├── BrokerUnavailable       RabbitMQ unreachable, connection or channel lost, blocked
+    │   └── DatabaseUnavailable     PostgreSQL unreachable, connection lost, serialization failure
+    └── PermanentError              never retried: reject, refuse or dead-letter
+        ├── ConfigError             a bad or missing setting (names the key)
+        ├── CodecError              bytes that are not a kpx Avro message
+        │   ├── BadMagic            not Avro single-object encoding (no C3 01 marker)
+        │   ├── UnknownFingerprint  a schema fingerprint the store never released
+        │   ├── TruncatedMessage    the datum ends early
+        │   ├── TrailingBytes       bytes left over after the datum
+        │   ├── UndecodableDatum    the datum does not match its writer schema
+        │   └── SchemaViolation     writing a record that does not match its schema
+        ├── SignatureError
+        │   ├── UnknownKey          no registered key for that key id / producer
+        │   └── BadSignature        the signature does not verify
+        ├── KeyFileError            a key file that cannot be read
+        ├── BrokerRefused           the broker refused an operation (access, precondition)
+        ├── Refusal                 a business rule refuses an operation or event (carries a
+        │                           DESIGN §7 reason code and a sentence)
+        └── NotFound                a certificate, discrepancy or dead letter that does not exist
+
+Adapters translate driver exceptions (pika, psycopg2) into this tree in one place each
+(``exchange/rabbitmq.py``, ``exchange/postgres.py``), always ``raise Ours(...) from exc``.
+"""
+
+from __future__ import annotations
+
+
+class KpxError(Exception):
+    """Root of every error kpx raises on purpose."""
+
+
+class TransientError(KpxError):
+    """A failure that may pass: retry with bounded, jittered backoff."""
+
+
+class BrokerUnavailable(TransientError):
+    """RabbitMQ cannot be reached, or the connection or channel was lost."""
+
+
+class DatabaseUnavailable(TransientError):
+    """PostgreSQL cannot be reached, the connection was lost, or a transaction must be retried."""
+
+
+class PermanentError(KpxError):
+    """A failure that retrying cannot fix: reject, refuse or dead-letter."""
+
+
+class ConfigError(PermanentError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+class CodecError(PermanentError):
+    """Bytes that cannot be read, or a record that cannot be written, as a kpx Avro message."""
+
+
+class BadMagic(CodecError):
+    """The bytes do not start with the Avro single-object marker C3 01."""
+
+
+class UnknownFingerprint(CodecError):
+    """The schema fingerprint is not one the schema store has released."""
+
+
+class TruncatedMessage(CodecError):
+    """The bytes end before the datum does."""
+
+
+class TrailingBytes(CodecError):
+    """Bytes are left over after the datum."""
+
+
+class UndecodableDatum(CodecError):
+    """The datum cannot be decoded with its writer schema."""
+
+
+class SchemaViolation(CodecError):
+    """A record to write has a missing, unknown or ill-typed field."""
+
+
+class SignatureError(PermanentError):
+    """An envelope's signature cannot be accepted."""
+
+
+class UnknownKey(SignatureError):
+    """No key is registered under that key id for that producer."""
+
+
+class BadSignature(SignatureError):
+    """The signature does not verify over the envelope's fields."""
+
+
+class KeyFileError(PermanentError):
+    """A key file is missing, unreadable or not a kpx key."""
+
+
+class BrokerRefused(PermanentError):
+    """The broker refused an operation: access refused, or a precondition failed."""
+
+
+class NotFound(PermanentError):
+    """The thing asked for does not exist."""
+
+
+class Refusal(PermanentError):
+    """A business rule refuses an operation or an event.
+
+    ``code`` is a DESIGN §7 reason code (e.g. ``TOTALS_MISMATCH``); ``sentence`` says what was
+    wrong with which field and value, for the person who has to fix it.
+    """
+
+    def __init__(self, code: str, sentence: str) -> None:
+        super().__init__(f"{code}: {sentence}")
+        self.code = code
+        self.sentence = sentence

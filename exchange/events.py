@@ -1,0 +1,364 @@
+"""The event payloads other than the certificate itself, as frozen dataclasses.
+
+Each class carries the fields of its ``schemas/kpx.<EventType>.avsc`` record, its event type
+name (``EVENT_TYPE``), ``to_record`` / ``from_record`` in the shape fastavro writes and reads,
+and — for the three node operations of DESIGN §9 — ``from_json``, which takes what the
+operation line does not carry (the node's own code, today's date) as keyword arguments, since
+this module reads no clock and no configuration. ``CertificateIssued`` wraps the certificate
+in :class:`Issuance`, so every event type has one payload class (:data:`PAYLOAD_TYPES`).
+
+Errors: ``from_json`` raises Refusal(SCHEMA_INVALID) naming the field;
+:func:`payload_from_record` raises Refusal(SCHEMA_UNKNOWN) for an event type it does not know.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any, ClassVar, Self, TypeVar
+
+from exchange.certificate import Certificate, JsonObject, from_symbol, record_of, to_amount
+from exchange.errors import Refusal
+
+EVENT_TYPES: tuple[str, ...] = (
+    "CertificateIssued",
+    "CertificateVoided",
+    "ImportConfirmed",
+    "ProductionDeclared",
+    "ParticipantStatusChanged",
+    "RegistryDecision",
+    "ShipmentExpected",
+    "DiscrepancyRaised",
+)
+
+# kpx.ReasonCode without its reader default UNKNOWN (DESIGN §7).
+REASON_CODES: tuple[str, ...] = (
+    "SCHEMA_UNKNOWN",
+    "SCHEMA_INVALID",
+    "BAD_SIGNATURE",
+    "UNKNOWN_PRODUCER",
+    "ISSUER_MISMATCH",
+    "BAD_CERTIFICATE_NUMBER",
+    "DUPLICATE_CERTIFICATE",
+    "NOT_A_PARTICIPANT",
+    "PARTICIPANT_SUSPENDED",
+    "INVALID_HS_CODE",
+    "TOTALS_MISMATCH",
+    "INVALID_DATES",
+    "NON_POSITIVE_QUANTITY",
+    "UNKNOWN_CERTIFICATE",
+    "NOT_ALLOWED",
+)
+
+# A half-year, the period of a production declaration (KP Annex III).
+HALF_YEAR = re.compile(r"\d{4}-H[12]")
+# Keys an operation line carries besides the payload's own fields.
+_OPERATION_KEYS = ("op", "member")
+_T = TypeVar("_T")
+
+
+class ParticipantStatus(Enum):
+    """A KP participant's standing (kpx.ParticipantStatus)."""
+
+    UNKNOWN = "UNKNOWN"
+    ADMITTED = "ADMITTED"
+    SUSPENDED = "SUSPENDED"
+    REINSTATED = "REINSTATED"
+    WITHDRAWN = "WITHDRAWN"
+
+
+class Outcome(Enum):
+    """The registry's business answer (the kpx.Decision enum)."""
+
+    UNKNOWN = "UNKNOWN"
+    ACCEPTED = "ACCEPTED"
+    REJECTED = "REJECTED"
+
+
+class DiscrepancyKind(Enum):
+    """A smuggling or fraud signal raised by the reconciler (DESIGN §8)."""
+
+    UNKNOWN = "UNKNOWN"
+    UNCONFIRMED_EXPIRED = "UNCONFIRMED_EXPIRED"
+    UNKNOWN_CERTIFICATE = "UNKNOWN_CERTIFICATE"
+    DUPLICATE_IMPORT = "DUPLICATE_IMPORT"
+    WRONG_DESTINATION = "WRONG_DESTINATION"
+    CARAT_MISMATCH = "CARAT_MISMATCH"
+    VALUE_MISMATCH = "VALUE_MISMATCH"
+    PARCEL_MISMATCH = "PARCEL_MISMATCH"
+    SEAL_BROKEN = "SEAL_BROKEN"
+    IMPORTED_AFTER_EXPIRY = "IMPORTED_AFTER_EXPIRY"
+    VOIDED_BUT_IMPORTED = "VOIDED_BUT_IMPORTED"
+    VALUATION_OUTLIER = "VALUATION_OUTLIER"
+    EXPORTS_EXCEED_SUPPLY = "EXPORTS_EXCEED_SUPPLY"
+    MIRROR_MISMATCH = "MIRROR_MISMATCH"
+    SEQUENCE_GAP = "SEQUENCE_GAP"
+
+
+def _build(cls: type[_T], record: Mapping[str, Any], **converted: Any) -> _T:
+    """``cls`` from the record's fields, with ``converted`` values replacing raw ones."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    values = {name: record[name] for name in names if name in record}
+    values.update(converted)
+    return cls(**values)
+
+
+def _operation(obj: Mapping[str, Any], cls: type) -> JsonObject:
+    o = JsonObject(obj, "")
+    o.reject_unknown((*_OPERATION_KEYS, *(f.name for f in fields(cls))))
+    return o
+
+
+class _Payload:
+    """Shared record writer: every field, enums as symbols (see certificate.record_of)."""
+
+    __slots__ = ()
+    EVENT_TYPE: ClassVar[str]
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = record_of(self)
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class Issuance(_Payload):
+    """CertificateIssued: a member or partner issued a validated certificate."""
+
+    EVENT_TYPE: ClassVar[str] = "CertificateIssued"
+    certificate: Certificate
+
+    def to_record(self) -> dict[str, Any]:
+        return {"certificate": self.certificate.to_record()}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(Certificate.from_record(record["certificate"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Voiding(_Payload):
+    """CertificateVoided: cancelled before shipment, or replaced by ``replaced_by``."""
+
+    EVENT_TYPE: ClassVar[str] = "CertificateVoided"
+    certificate_id: str
+    issuing_participant: str
+    voided_on: date
+    reason: str
+    replaced_by: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], *, issuing_participant: str, today: date) -> Self:
+        """Parse a ``void`` operation; ``voided_on`` defaults to ``today``."""
+        o = _operation(obj, cls)
+        return cls(
+            certificate_id=o.text("certificate_id"),
+            issuing_participant=o.text("issuing_participant", issuing_participant),
+            voided_on=o.day("voided_on", today),
+            reason=o.text("reason"),
+            replaced_by=o.optional_text("replaced_by"),
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return _build(cls, record)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportConfirmation(_Payload):
+    """ImportConfirmed: the importing authority confirms a shipment arrived."""
+
+    EVENT_TYPE: ClassVar[str] = "ImportConfirmed"
+    certificate_id: str
+    issuing_participant: str
+    importing_participant: str
+    received_on: date
+    parcels: int
+    carats: Decimal
+    value_usd: Decimal
+    seal_intact: bool
+    remarks: str = ""
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], *, importing_participant: str) -> Self:
+        """Parse a ``confirm_import`` operation made by ``importing_participant``'s node."""
+        o = _operation(obj, cls)
+        return cls(
+            certificate_id=o.text("certificate_id"),
+            issuing_participant=o.text("issuing_participant"),
+            importing_participant=o.text("importing_participant", importing_participant),
+            received_on=o.day("received_on"),
+            parcels=o.integer("parcels"),
+            carats=o.amount("carats"),
+            value_usd=o.amount("value_usd"),
+            seal_intact=o.boolean("seal_intact"),
+            remarks=o.text("remarks", "", allow_empty=True),
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return _build(
+            cls,
+            record,
+            carats=to_amount(record["carats"], "carats"),
+            value_usd=to_amount(record["value_usd"], "value_usd"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProductionDeclaration(_Payload):
+    """ProductionDeclared: carats and USD a mine or cooperative produced in a half-year."""
+
+    EVENT_TYPE: ClassVar[str] = "ProductionDeclared"
+    participant: str
+    period: str
+    producer_id: str
+    carats: Decimal
+    value_usd: Decimal
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], *, participant: str) -> Self:
+        """Parse a ``declare_production`` operation (its ``producer`` is ``producer_id``)."""
+        o = JsonObject(obj, "")
+        o.reject_unknown((*_OPERATION_KEYS, "period", "carats", "value_usd", "producer"))
+        period = o.text("period")
+        if not HALF_YEAR.fullmatch(period):
+            o.refuse(
+                "SCHEMA_INVALID", "period", f"must be a half-year like 2026-H1, got {period!r}"
+            )
+        return cls(
+            participant=participant,
+            period=period,
+            producer_id=o.text("producer"),
+            carats=o.amount("carats"),
+            value_usd=o.amount("value_usd"),
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return _build(
+            cls,
+            record,
+            carats=to_amount(record["carats"], "carats"),
+            value_usd=to_amount(record["value_usd"], "value_usd"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange(_Payload):
+    """ParticipantStatusChanged: the registry changed a KP participant's status."""
+
+    EVENT_TYPE: ClassVar[str] = "ParticipantStatusChanged"
+    participant: str
+    status: ParticipantStatus
+    effective_on: date
+    reason: str
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return _build(cls, record, status=from_symbol(ParticipantStatus, record["status"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(_Payload):
+    """RegistryDecision: accepted, or rejected with a DESIGN §7 reason code and a sentence."""
+
+    EVENT_TYPE: ClassVar[str] = "RegistryDecision"
+    subject_event_id: str
+    subject_event_type: str
+    subject_sequence: int
+    certificate_id: str | None
+    decision: Outcome
+    reason: str | None
+    detail: str
+    decided_at: datetime
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return _build(
+            cls,
+            record,
+            # fastavro reads a uuid logical type as uuid.UUID; kpx passes uuids as str.
+            subject_event_id=str(record["subject_event_id"]),
+            decision=from_symbol(Outcome, record["decision"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentNotice(_Payload):
+    """ShipmentExpected: tells the destination that a certificate naming it was accepted."""
+
+    EVENT_TYPE: ClassVar[str] = "ShipmentExpected"
+    certificate: Certificate
+    accepted_at: datetime
+
+    def to_record(self) -> dict[str, Any]:
+        return {"certificate": self.certificate.to_record(), "accepted_at": self.accepted_at}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(Certificate.from_record(record["certificate"]), record["accepted_at"])
+
+
+@dataclass(frozen=True, slots=True)
+class DiscrepancyNotice(_Payload):
+    """DiscrepancyRaised: a reconciliation finding for the participants concerned."""
+
+    EVENT_TYPE: ClassVar[str] = "DiscrepancyRaised"
+    discrepancy_id: int
+    kind: DiscrepancyKind
+    certificate_id: str | None
+    participants: tuple[str, ...]
+    period: str | None
+    detail: str
+    raised_on: date
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return _build(
+            cls,
+            record,
+            kind=from_symbol(DiscrepancyKind, record["kind"]),
+            participants=tuple(record["participants"]),
+        )
+
+
+Payload = (
+    Issuance
+    | Voiding
+    | ImportConfirmation
+    | ProductionDeclaration
+    | StatusChange
+    | Decision
+    | ShipmentNotice
+    | DiscrepancyNotice
+)
+
+PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
+    cls.EVENT_TYPE: cls
+    for cls in (
+        Issuance,
+        Voiding,
+        ImportConfirmation,
+        ProductionDeclaration,
+        StatusChange,
+        Decision,
+        ShipmentNotice,
+        DiscrepancyNotice,
+    )
+}
+
+
+def payload_from_record(event_type: str, record: Mapping[str, Any]) -> Payload:
+    """The payload dataclass of a decoded event record.
+
+    Raises Refusal(SCHEMA_UNKNOWN) for an event type this version does not know (the
+    envelope's enum resolves a newer type to UNKNOWN).
+    """
+    cls = PAYLOAD_TYPES.get(event_type)
+    if cls is None:
+        raise Refusal("SCHEMA_UNKNOWN", f"event_type {event_type!r} is not one kpx knows")
+    return cls.from_record(record)

@@ -1,0 +1,323 @@
+"""The transactional outbox: write signed events with the business rows, relay them to RabbitMQ.
+
+Writing (:class:`OutboxWriter`) happens inside the caller's transaction: the producer's
+gap-free sequence number is taken from ``producer_sequence`` (its row lock serialises
+concurrent writers, and a rollback gives the numbers back, so there are never holes), the
+envelope is sealed, and the row is inserted. Nothing reaches the broker unless the business
+change committed.
+
+Relaying (:class:`OutboxRelay`) publishes unsent rows in id order with asynchronous confirms,
+a batch at a time, and marks a row sent only after the broker confirmed it. A crash between
+publish and mark republishes the same bytes (same ``event_id``): consumers drop those
+duplicates. One relay per producer runs at a time, guarded by an advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2.extras
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_random_exponential,
+)
+
+from exchange import metrics
+from exchange.codec import SchemaStore
+from exchange.envelope import SignsEvents, seal
+from exchange.errors import BrokerUnavailable, DatabaseUnavailable, TransientError
+from exchange.postgres import Connection, Cursor, connect, translated
+from exchange.rabbitmq import AsyncPublisher, Outcome, Outgoing
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "kpx_outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An event to append: its type, record and destination."""
+
+    event_type: str
+    record: dict[str, Any]
+    exchange: str
+    routing_key: str
+    event_id: str | None = None  # given when business rows must name the event beforehand
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """An appended event's id, sequence number and wire bytes."""
+
+    event_id: str
+    sequence: int
+    body: bytes
+
+
+class OutboxWriter:
+    """Seals events under one producer identity and appends them inside a transaction."""
+
+    def __init__(self, store: SchemaStore, signer: SignsEvents, relay: str | None = None) -> None:
+        self.store = store
+        self.signer = signer
+        self.relay = relay or signer.producer
+
+    def append(self, cur: Cursor, item: Pending) -> Appended:
+        """Append one event; see :meth:`append_many`."""
+        return self.append_many(cur, [item])[0]
+
+    def append_many(self, cur: Cursor, items: Sequence[Pending]) -> list[Appended]:
+        """Take ``len(items)`` sequence numbers, seal and insert the events; wake the relay.
+
+        Raises SchemaViolation when a record does not match its schema.
+        """
+        if not items:
+            return []
+        cur.execute(
+            "INSERT INTO producer_sequence (producer, last_sequence) VALUES (%s, %s) "
+            "ON CONFLICT (producer) DO UPDATE "
+            "SET last_sequence = producer_sequence.last_sequence + EXCLUDED.last_sequence "
+            "RETURNING last_sequence",
+            (self.signer.producer, len(items)),
+        )
+        row = cur.fetchone()
+        assert row is not None
+        first = row[0] - len(items) + 1
+        appended: list[Appended] = []
+        rows: list[tuple[Any, ...]] = []
+        for offset, item in enumerate(items):
+            event_id, body = seal(
+                self.store, self.signer, item.event_type, item.record, first + offset,
+                event_id=item.event_id,
+            )
+            appended.append(Appended(event_id, first + offset, body))
+            rows.append(
+                (self.relay, event_id, item.event_type, item.exchange, item.routing_key, body)
+            )
+        insert_rows(cur, rows)
+        return appended
+
+    def append_raw(self, cur: Cursor, rows: Sequence[tuple[str, str, str, str, bytes]]) -> None:
+        """Queue already-sealed bytes (event_id, event_type, exchange, routing_key, body)."""
+        if rows:
+            insert_rows(cur, [(self.relay, *r) for r in rows])
+
+
+def insert_rows(cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert outbox rows (relay, event_id, event_type, exchange, routing_key, body)."""
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO outbox (relay, event_id, event_type, exchange, routing_key, body) "
+        "VALUES %s ON CONFLICT DO NOTHING",
+        [(r[0], r[1], r[2], r[3], r[4], psycopg2.Binary(r[5])) for r in rows],
+        page_size=500,
+    )
+    cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, rows[0][0]))
+
+
+class OutboxRelay:
+    """Publishes one relay's unsent outbox rows, in order, until stopped."""
+
+    def __init__(
+        self,
+        dsn: str,
+        amqp_url: str,
+        relay: str,
+        *,
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+        confirm_timeout: float = 30.0,
+    ) -> None:
+        self.dsn, self.amqp_url, self.relay = dsn, amqp_url, relay
+        self.batch_size, self.poll_interval = batch_size, poll_interval
+        self.confirm_timeout = confirm_timeout
+        self._db: Connection | None = None
+        self._listen: Connection | None = None
+        self._publisher: AsyncPublisher | None = None
+        self._last_gauge = 0.0
+        self.published = 0
+
+    # -- the loop --
+
+    def run(self, stop: threading.Event) -> None:
+        """Relay until ``stop`` is set, reconnecting with jittered backoff on transient errors."""
+        for attempt in Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_random_exponential(multiplier=0.5, max=15),
+            stop=stop_when_event_set(stop),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    self._loop(stop)
+                except TransientError:
+                    self._disconnect()
+                    raise
+        self._disconnect()
+
+    def _loop(self, stop: threading.Event) -> None:
+        self._connect(stop)
+        while not stop.is_set():
+            sent = self.relay_batch()
+            self._update_gauges()
+            if sent < self.batch_size:
+                self._wait_for_work(stop)
+
+    def relay_batch(self) -> int:
+        """Publish one batch of unsent rows and mark the confirmed ones; return how many."""
+        assert self._db is not None and self._publisher is not None
+        with translated("reading the outbox"), self._db.cursor() as cur:
+            cur.execute(
+                "SELECT id, event_id::text, event_type, exchange, routing_key, body FROM outbox "
+                "WHERE relay = %s AND sent_at IS NULL ORDER BY id LIMIT %s",
+                (self.relay, self.batch_size),
+            )
+            rows = cur.fetchall()
+        self._db.commit()
+        if not rows:
+            return 0
+        messages = [Outgoing(r[3], r[4], bytes(r[5]), r[1], r[2]) for r in rows]
+        started = time.monotonic()
+        outcomes = self._publisher.publish_many(messages, timeout=self.confirm_timeout)
+        metrics.PUBLISH_CONFIRM.labels(self.relay).observe(time.monotonic() - started)
+        confirmed = [r[0] for r, o in zip(rows, outcomes, strict=True) if o == Outcome.CONFIRMED]
+        self._mark_sent(confirmed)
+        self._count(outcomes)
+        if len(confirmed) < len(rows):
+            return self._after_partial(outcomes)
+        self.published += len(confirmed)
+        return len(confirmed)
+
+    def _mark_sent(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        assert self._db is not None
+        with translated("marking outbox rows sent"), self._db.cursor() as cur:
+            cur.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", (ids,))
+        self._db.commit()
+
+    def _count(self, outcomes: list[str]) -> None:
+        label = self.relay
+        metrics.OUTBOX_PUBLISHED.labels(label).inc(len(outcomes))
+        for outcome, counter in (
+            (Outcome.CONFIRMED, metrics.OUTBOX_CONFIRMED),
+            (Outcome.NACKED, metrics.OUTBOX_NACKED),
+            (Outcome.RETURNED, metrics.OUTBOX_RETURNED),
+        ):
+            n = outcomes.count(outcome)
+            if n:
+                counter.labels(label).inc(n)
+
+    def _after_partial(self, outcomes: list[str]) -> int:
+        assert self._publisher is not None
+        if Outcome.FAILED in outcomes or self._publisher.closed.is_set():
+            raise BrokerUnavailable(f"relay {self.relay}: connection lost, publishes unconfirmed")
+        # Nacked or unroutable: the broker is overloaded or a queue is missing. Back off and
+        # retry the same rows in order; never skip them.
+        log.warning(
+            "relay %s: %d nacked, %d returned; retrying",
+            self.relay,
+            outcomes.count(Outcome.NACKED),
+            outcomes.count(Outcome.RETURNED),
+        )
+        time.sleep(1.0)
+        return 0
+
+    # -- connections --
+
+    def _connect(self, stop: threading.Event) -> None:
+        self._db = connect(self.dsn, application_name=f"kpx-relay-{self.relay}")
+        self._wait_for_lock(stop)
+        self._listen = connect(
+            self.dsn, autocommit=True, application_name=f"kpx-relay-{self.relay}-listen"
+        )
+        with translated("listening"), self._listen.cursor() as cur:
+            cur.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self._publisher = AsyncPublisher(self.amqp_url, name=f"relay-{self.relay}").start()
+        metrics.BROKER_CONNECTED.labels(f"relay-{self.relay}").set(1)
+        self._publisher.on_blocked = lambda b: metrics.BROKER_BLOCKED.labels(
+            f"relay-{self.relay}"
+        ).set(int(b))
+        log.info("relay %s: connected", self.relay)
+
+    def _wait_for_lock(self, stop: threading.Event) -> None:
+        # Session-level advisory lock: a second relay for the same producer waits here, so
+        # events are never published out of order by two relays at once.
+        assert self._db is not None
+        while not stop.is_set():
+            with translated("taking the relay lock"), self._db.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_try_advisory_lock(hashtext(%s))", ("kpx-relay:" + self.relay,)
+                )
+                row = cur.fetchone()
+            self._db.commit()
+            if row and row[0]:
+                return
+            log.info("relay %s: another relay holds the lock; waiting", self.relay)
+            stop.wait(2.0)
+        raise DatabaseUnavailable(f"relay {self.relay}: stopped while waiting for the lock")
+
+    def _disconnect(self) -> None:
+        metrics.BROKER_CONNECTED.labels(f"relay-{self.relay}").set(0)
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+        for conn in (self._db, self._listen):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self._db = self._listen = None
+
+    def _wait_for_work(self, stop: threading.Event) -> None:
+        assert self._listen is not None
+        deadline = time.monotonic() + self.poll_interval
+        while not stop.is_set() and time.monotonic() < deadline:
+            if self._publisher is not None and self._publisher.closed.is_set():
+                raise BrokerUnavailable(f"relay {self.relay}: connection closed")
+            ready, _, _ = select.select([self._listen], [], [], 0.1)
+            if ready:
+                with translated("reading notifications"):
+                    self._listen.poll()
+                if self._listen.notifies:
+                    self._listen.notifies.clear()
+                    return
+
+    def _update_gauges(self, every: float = 1.0) -> None:
+        now = time.monotonic()
+        if now - self._last_gauge < every or self._db is None:
+            return
+        self._last_gauge = now
+        with translated("measuring the outbox"), self._db.cursor() as cur:
+            cur.execute(
+                "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) "
+                "FROM outbox WHERE relay = %s AND sent_at IS NULL",
+                (self.relay,),
+            )
+            row = cur.fetchone()
+        self._db.commit()
+        assert row is not None
+        metrics.OUTBOX_BACKLOG.labels(self.relay).set(row[0])
+        metrics.OUTBOX_OLDEST_AGE.labels(self.relay).set(float(row[1]))
+
+
+def backlog(conn: Connection, relay: str | None = None) -> int:
+    """How many outbox rows (of one relay, or all) are not yet confirmed by the broker."""
+    with translated("counting the outbox"), conn.cursor() as cur:
+        if relay is None:
+            cur.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        else:
+            cur.execute(
+                "SELECT count(*) FROM outbox WHERE relay = %s AND sent_at IS NULL", (relay,)
+            )
+        row = cur.fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0

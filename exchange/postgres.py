@@ -1,0 +1,162 @@
+"""PostgreSQL adapter: connections, transactions, migrations, and driver-error translation.
+
+psycopg2's exceptions are translated here, and only here, into the kpx tree: anything that
+means "the server or the connection is gone, or the transaction lost a race" becomes
+:class:`DatabaseUnavailable` (transient: retry the whole unit of work); everything else is a
+programming error and propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.errorcodes
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+from exchange.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg2.extensions.connection
+Cursor = psycopg2.extensions.cursor
+
+# SQLSTATE classes that a retry of the same transaction can cure.
+_RETRYABLE_CODES = frozenset(
+    {
+        psycopg2.errorcodes.SERIALIZATION_FAILURE,
+        psycopg2.errorcodes.DEADLOCK_DETECTED,
+        psycopg2.errorcodes.ADMIN_SHUTDOWN,
+        psycopg2.errorcodes.CRASH_SHUTDOWN,
+        psycopg2.errorcodes.CANNOT_CONNECT_NOW,
+    }
+)
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Translate psycopg2's connection-level failures raised inside the block."""
+    try:
+        yield
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"{what}: {exc}".strip()) from exc
+    except psycopg2.Error as exc:
+        if exc.pgcode in _RETRYABLE_CODES:
+            raise DatabaseUnavailable(f"{what}: {exc.pgerror or exc}".strip()) from exc
+        raise
+
+
+def dsn_for(server_url: str, database: str) -> str:
+    """The server URL with its database name replaced by ``database``."""
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def connect(dsn: str, *, autocommit: bool = False, application_name: str = "kpx") -> Connection:
+    """Open a connection; raises DatabaseUnavailable when the server does not answer."""
+    with translated(f"connecting to {redact(dsn)}"):
+        conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=10)
+    conn.autocommit = autocommit
+    return conn
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[Cursor]:
+    """One transaction on ``conn``: commit on success, roll back on any error."""
+    with translated("transaction"):
+        try:
+            with conn.cursor() as cur:
+                yield cur
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
+
+
+def create_database(server_url: str, database: str) -> bool:
+    """Create ``database`` on the server unless it exists; return True when created."""
+    conn = connect(server_url, autocommit=True)
+    try:
+        with translated(f"creating database {database!r}"), conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            if cur.fetchone():
+                return False
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            log.info("created database %r", database)
+            return True
+    finally:
+        conn.close()
+
+
+def drop_database(server_url: str, database: str) -> None:
+    """Drop ``database`` if it exists, closing its sessions first."""
+    conn = connect(server_url, autocommit=True)
+    try:
+        with translated(f"dropping database {database!r}"), conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
+    finally:
+        conn.close()
+
+
+def migrate(conn: Connection, package: str, *, lock_key: int = 7_202_310) -> list[str]:
+    """Apply the ``NNN_*.sql`` files of ``package/sql`` not yet applied; return their names.
+
+    Concurrent migrators (two services starting at once) serialise on an advisory lock.
+    """
+    files = sorted(
+        (f for f in resources.files(package).joinpath("sql").iterdir() if f.name.endswith(".sql")),
+        key=lambda f: f.name,
+    )
+    applied: list[str] = []
+    with transaction(conn) as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS kpx_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur.execute("SELECT name FROM kpx_migrations")
+        done = {row[0] for row in cur.fetchall()}
+        for f in files:
+            name = f"{package}/{f.name}"
+            if name in done:
+                continue
+            cur.execute(f.read_text(encoding="utf-8"))
+            cur.execute("INSERT INTO kpx_migrations (name) VALUES (%s)", (name,))
+            applied.append(name)
+    if applied:
+        log.info("applied migrations %s from %s", applied, package)
+    return applied
+
+
+def fetch_all(conn: Connection, query: str, params: Any = None) -> list[dict[str, Any]]:
+    """Run a read-only query in its own transaction; rows as dicts."""
+    with translated("query"):
+        try:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute(query, params)
+                rows = [dict(r) for r in cur.fetchall()]
+            conn.commit()
+            return rows
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise

@@ -1,0 +1,183 @@
+"""Click commands of the reconciler, attached to ``kpx`` by the composition root.
+
+- ``kpx reconciler run [--metrics-port 9402]``: the service; SIGTERM/SIGINT drain and exit 0.
+- ``kpx reconcile --as-of DATE``: the deadline and period checks; prints what it raised.
+- ``kpx stats --period 2026-Q1|2026-H1|2026 --format csv|json|table``.
+- ``kpx registry discrepancies [--json] [--kind K] [--participant XX] [--period P]
+  [--status OPEN|RESOLVED]`` and ``... discrepancies resolve N --note TEXT``.
+
+The context object (``click.get_current_context().obj``) provides ``settings``, ``region``,
+``store``, ``registry_dsn``, ``keyring()``, ``signer(producer)`` and ``amqp_url(user)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from datetime import date
+from types import FrameType
+from typing import Any
+
+import click
+
+from exchange import metrics, topology
+from exchange.errors import KpxError
+from exchange.events import DiscrepancyKind
+from exchange.postgres import connect, transaction
+from exchange.reconciler import asof, figures, service, store
+from exchange.statistics import FORMATS, Period, render, summary_line
+
+log = logging.getLogger(__name__)
+KINDS = tuple(k.value for k in DiscrepancyKind if k is not DiscrepancyKind.UNKNOWN)
+
+
+def _obj() -> Any:
+    return click.get_current_context().obj
+
+
+def _fail(exc: KpxError) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@click.group("reconciler")
+def reconciler() -> None:
+    """The reconciler service."""
+
+
+@reconciler.command("run")
+@click.option("--metrics-port", type=int, default=9402, show_default=True)
+def run(metrics_port: int) -> None:
+    """Consume accepted events, raise discrepancies, relay notices; SIGTERM drains, exits 0."""
+    obj = _obj()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("reconciler: signal %d, draining", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    metrics.serve(metrics_port, lambda: (not stop.is_set(), "ok"))
+    producer = service.producer_id(obj.region)
+    try:
+        service.run_service(
+            obj.registry_dsn, obj.amqp_url(topology.RECONCILER_USER), obj.region, obj.store,
+            obj.keyring(), obj.signer(producer), stop,
+        )  # fmt: skip
+    except KpxError as exc:
+        raise _fail(exc) from exc
+
+
+@click.command("reconcile")
+@click.option("--as-of", "as_of", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def reconcile(as_of: Any, as_json: bool) -> None:
+    """Run the deadline and period checks as of DATE; print what was raised."""
+    obj = _obj()
+    day: date = as_of.date()
+    started = time.monotonic()
+    try:
+        service.prepare(obj.registry_dsn)
+        ctx = service.context(obj.region, obj.store, obj.signer(service.producer_id(obj.region)))
+        conn = connect(obj.registry_dsn, application_name="kpx-reconcile")
+        try:
+            summary = asof.reconcile(conn, ctx, day)
+            service.refresh_open_gauge(conn)
+        finally:
+            conn.close()
+    except KpxError as exc:
+        raise _fail(exc) from exc
+    metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+    if as_json:
+        click.echo(json.dumps({"as_of": day.isoformat(), "run": summary.run_id,
+                               "raised": summary.raised, "total": summary.total}))  # fmt: skip
+        return
+    click.echo(f"reconciled as of {day}: {summary.total} new discrepancies (run {summary.run_id})")
+    for kind, n in sorted(summary.raised.items()):
+        click.echo(f"  {kind:<22} {n}")
+
+
+@click.command("stats")
+@click.option("--period", required=True, help="2026-Q1, 2026-H1 or 2026.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def stats(period: str, fmt: str) -> None:
+    """KP Annex III statistics of a period, versioned; says what changed since last version."""
+    obj = _obj()
+    try:
+        service.prepare(obj.registry_dsn)
+        conn = connect(obj.registry_dsn, application_name="kpx-stats")
+        try:
+            report = figures.publish(
+                conn, Period.parse(period), obj.region.code, list(obj.region.node_codes)
+            )
+        finally:
+            conn.close()
+    except KpxError as exc:
+        raise _fail(exc) from exc
+    click.echo(render(report, fmt), nl=False)
+    if fmt == "csv":
+        click.echo(summary_line(report), err=True)
+
+
+@click.group("discrepancies", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON list instead of a table.")
+@click.option("--kind", type=click.Choice(KINDS))
+@click.option("--participant", help="Participant code, e.g. BW.")
+@click.option("--period", help="Period, e.g. 2026-Q1 or 2026-H1.")
+@click.option("--status", type=click.Choice(["OPEN", "RESOLVED"]))
+@click.pass_context
+def discrepancies(
+    ctx: click.Context,
+    as_json: bool,
+    kind: str | None,
+    participant: str | None,
+    period: str | None,
+    status: str | None,
+) -> None:
+    """List discrepancies (kind, certificate_id, participants, period, detail, status)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj = ctx.obj
+    try:
+        service.prepare(obj.registry_dsn)
+        conn = connect(obj.registry_dsn, application_name="kpx-discrepancies")
+        try:
+            with transaction(conn) as cur:
+                items = store.list_discrepancies(
+                    cur, kind=kind, participant=participant, period=period, status=status
+                )
+        finally:
+            conn.close()
+    except KpxError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    for d in items:
+        what = d["certificate_id"] or d["period"] or ""
+        who = ",".join(d["participants"])
+        click.echo(f"{d['id']:>6}  {d['status']:<8} {d['kind']:<22} {who:<8} {what}")
+        click.echo(f"        {d['detail']}")
+    click.echo(f"{len(items)} discrepancies")
+
+
+@discrepancies.command("resolve")
+@click.argument("discrepancy_id", type=int)
+@click.option("--note", required=True, help="How it was resolved.")
+def resolve(discrepancy_id: int, note: str) -> None:
+    """Mark discrepancy N resolved with a note."""
+    obj = _obj()
+    try:
+        conn = connect(obj.registry_dsn, application_name="kpx-discrepancies")
+        try:
+            with transaction(conn) as cur:
+                kind = store.resolve(cur, discrepancy_id, note)
+            service.refresh_open_gauge(conn)
+        finally:
+            conn.close()
+    except KpxError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"discrepancy {discrepancy_id} ({kind}) resolved")

@@ -1,0 +1,207 @@
+"""Opening one delivery: decode the envelope, authenticate its producer, verify, decode payload.
+
+The authenticated producer is the broker user in the AMQP ``user_id`` property, which the
+broker checks against the connection's user: a node's user (``kpx-bw``) means that node. A
+message the registry itself re-injected from the dead-letter queue carries the registry's
+user; its envelope's producer then counts, proven by the signature alone.
+
+Outcomes, from the outside in (DESIGN §7 codes):
+
+- bytes that are no envelope: dead-lettered (SCHEMA_UNKNOWN for an unknown fingerprint,
+  SCHEMA_INVALID otherwise), a rejection recorded and answered;
+- a broker user that is no node of the region: UNKNOWN_PRODUCER;
+- an envelope producer other than the authenticated one, an unknown key, a key of another
+  producer, a signature that does not verify: BAD_SIGNATURE;
+- a payload with an unknown fingerprint: SCHEMA_UNKNOWN; one that does not decode:
+  SCHEMA_INVALID — after the signature verified, so the event is authentic and its sequence
+  number counts.
+
+Unauthentic messages are keyed by a digest of their bytes, never by the id they claim, so a
+forged or corrupted copy cannot make the genuine event look like a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from exchange.codec import SchemaStore
+from exchange.envelope import open_envelope
+from exchange.errors import CodecError, Refusal, SignatureError, UnknownFingerprint
+from exchange.events import EVENT_TYPES, payload_from_record
+from exchange.rabbitmq import Delivery
+from exchange.registry.policy import Event
+from exchange.signing import Keyring
+
+_DIGEST_NAMESPACE = uuid.UUID("6f1c0d2e-8b1a-4f5e-9a43-6b7f0c2d9e51")
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """One delivery after opening: an authentic event, or why it is refused before policy."""
+
+    delivery: Delivery
+    key: str  # event_log primary key
+    claimed_id: str  # the id the sender knows it by: subject_event_id of the decision
+    event_type: str
+    producer: str  # authenticated, else claimed, else "unknown"
+    recipient: str | None  # who gets the decision (a node), if anyone
+    authentic: bool  # signature verified: the sequence number counts
+    sequence: int | None = None
+    produced_at: datetime | None = None
+    event: Event | None = None
+    refusal: Refusal | None = None
+    dead: bool = False  # not an envelope at all: goes to the dead-letter queue
+
+    @property
+    def certificate_id(self) -> str | None:
+        """The certificate concerned, when the payload was decoded."""
+        return None if self.event is None else self.event.certificate_id
+
+
+def digest_key(body: bytes) -> str:
+    """A UUID determined by the bytes: the event_log key of an unauthentic message."""
+    return str(uuid.uuid5(_DIGEST_NAMESPACE, hashlib.sha256(body).hexdigest()))
+
+
+def _as_uuid(text: object) -> str | None:
+    try:
+        return str(uuid.UUID(str(text)))
+    except ValueError:
+        return None
+
+
+class KeySource:
+    """The keyring of registered authority keys, reloaded (at most every ``min_interval`` s)
+    when a message names a key id it does not hold — a key rotated in after start."""
+
+    def __init__(self, load: Callable[[], Keyring], min_interval: float = 3.0) -> None:
+        self._load = load
+        self._min_interval = min_interval
+        self._ring = load()
+        self._loaded_at = time.monotonic()
+
+    def verify(self, key_id: str, producer: str, message: bytes, signature: bytes) -> None:
+        """Keyring.verify, after a reload when ``key_id`` is unknown; raises SignatureError."""
+        if key_id not in self._ring and time.monotonic() - self._loaded_at >= self._min_interval:
+            self._ring = self._load()
+            self._loaded_at = time.monotonic()
+        self._ring.verify(key_id, producer, message, signature)
+
+
+class Opener:
+    """Turns deliveries into :class:`Opened` items; pure apart from the key reload."""
+
+    def __init__(
+        self,
+        store: SchemaStore,
+        keys: KeySource,
+        users: Mapping[str, str],
+        node_codes: Collection[str],
+        registry_user: str,
+    ) -> None:
+        self.store, self.keys = store, keys
+        self.users = dict(users)  # broker user -> node code
+        self.node_codes = frozenset(node_codes)
+        self.registry_user = registry_user
+
+    def open(self, delivery: Delivery) -> Opened:
+        """Open one delivery; never raises for bad input (only for a bug)."""
+        user = delivery.properties.user_id
+        auth = self.users.get(user) if user else None
+        try:
+            _, env = self.store.decode(delivery.body, expected="Envelope")
+        except CodecError as exc:
+            return self._dead(delivery, auth, exc)
+        claimed = str(env["producer"])
+        producer = claimed if user == self.registry_user else auth
+        base = Opened(
+            delivery=delivery,
+            key=digest_key(delivery.body),
+            claimed_id=_as_uuid(env["event_id"]) or digest_key(delivery.body),
+            event_type=str(env["event_type"]),
+            producer=producer or "unknown",
+            recipient=producer if producer in self.node_codes else None,
+            authentic=False,
+            sequence=int(env["sequence"]),
+            produced_at=env["produced_at"],
+        )
+        if producer is None or producer not in self.node_codes:
+            sender = f"broker user {user!r}" if user else "a message without user_id"
+            why = f"{sender} (envelope producer {claimed!r}) is no node of the region"
+            return replace(base, refusal=Refusal("UNKNOWN_PRODUCER", why))
+        if claimed != producer:
+            why = f"envelope producer {claimed} but published by broker user {user!r} of {producer}"
+            return replace(base, refusal=Refusal("BAD_SIGNATURE", why))
+        return self._verified(base)
+
+    def reopen(self, body: bytes) -> Event:
+        """An event verified earlier (a held void), decoded again from its stored bytes.
+
+        Raises CodecError or Refusal only if the schema store lost a schema it had.
+        """
+        _, env = self.store.decode(body, expected="Envelope")
+        _, record = self.store.decode(env["payload"])
+        payload = payload_from_record(env["event_type"], record)
+        return Event(
+            str(env["event_id"]),
+            env["event_type"],
+            env["producer"],
+            env["sequence"],
+            env["produced_at"],
+            payload,
+            body,
+        )
+
+    def _verified(self, base: Opened) -> Opened:
+        body = base.delivery.body
+        try:
+            envelope = open_envelope(self.store, self.keys, body)
+        except SignatureError as exc:
+            return replace(base, refusal=Refusal("BAD_SIGNATURE", str(exc)))
+        except CodecError as exc:
+            code = "SCHEMA_UNKNOWN" if isinstance(exc, UnknownFingerprint) else "SCHEMA_INVALID"
+            return _authentic(base, Refusal(code, f"payload: {exc}"))
+        try:
+            payload = payload_from_record(envelope.event_type, envelope.payload)
+        except Refusal as refusal:
+            return _authentic(base, refusal)
+        except (KeyError, TypeError, ValueError) as exc:
+            return _authentic(base, Refusal("SCHEMA_INVALID", f"payload: {exc!r}"))
+        event = Event(
+            envelope.event_id,
+            envelope.event_type,
+            envelope.producer,
+            envelope.sequence,
+            envelope.produced_at,
+            payload,
+            body,
+        )
+        return replace(base, key=event.event_id, authentic=True, event=event)
+
+    def _dead(self, delivery: Delivery, auth: str | None, exc: CodecError) -> Opened:
+        code = "SCHEMA_UNKNOWN" if isinstance(exc, UnknownFingerprint) else "SCHEMA_INVALID"
+        props = delivery.properties
+        key = digest_key(delivery.body)
+        kind = props.type if props.type in EVENT_TYPES else "UNKNOWN"
+        return Opened(
+            delivery=delivery,
+            key=key,
+            claimed_id=_as_uuid(props.message_id) or key,
+            event_type=kind,
+            producer=auth or "unknown",
+            recipient=auth if auth in self.node_codes else None,
+            authentic=False,
+            refusal=Refusal(code, f"not a kpx envelope: {exc}"),
+            dead=True,
+        )
+
+
+def _authentic(base: Opened, refusal: Refusal) -> Opened:
+    """An event whose signature verified but whose payload cannot be used."""
+    event_id = base.claimed_id
+    return replace(base, key=event_id, authentic=True, refusal=refusal)

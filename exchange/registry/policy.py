@@ -1,0 +1,316 @@
+"""The registry's decisions as pure functions over an in-memory view of the state they touch.
+
+The ingest loads a :class:`View` of every row a batch can touch (certificates, unmatched
+import confirmations, producer sequences and gaps, held voids, participant statuses), then
+for each authentic event calls :func:`decide` and :func:`apply`, which update the view — so a
+later event of the same batch sees an earlier one — and collect the rows to write in
+:class:`Changes`. Nothing here reads a clock, a database or the broker.
+
+Decisions taken here (the contract leaves them open):
+
+- **Early voids are held, not rejected.** A void of a certificate the registry does not know
+  is UNKNOWN_CERTIFICATE only when every earlier event of its producer has arrived (no open
+  sequence gap below the void): a node issues before it voids, so the certificate would be
+  there. While a gap below remains, the void is recorded with decision ``HELD`` and decided
+  when the gap closes. Redelivery in any order thus ends in the state one ordered delivery
+  gives.
+- **The same certificate again under a new event id** is accepted as a no-op: no state change,
+  no ShipmentExpected, and it is not republished to ``kpx.accepted`` (nothing to reconcile).
+- **Import confirmations** are facts reported by the importer: accepted (rules.check_import
+  aside) even for an unknown, voided or already confirmed certificate; the reconciler raises
+  those discrepancies. An unknown certificate's confirmation waits (``matched = false``) and is
+  matched when the certificate arrives, which then becomes IMPORT_CONFIRMED.
+- **A replayed (producer, sequence)** under another event id is NOT_ALLOWED; events a node may
+  not produce (decisions, notices, status changes) are NOT_ALLOWED too.
+- Signature and schema failures never reach this module: their sequence number is not
+  trusted, so it is not recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from exchange import rules
+from exchange.certificate import Certificate
+from exchange.errors import Refusal
+from exchange.events import (
+    ImportConfirmation,
+    Issuance,
+    Payload,
+    ProductionDeclaration,
+    Voiding,
+)
+from exchange.region import Policy
+
+ACCEPTED, REJECTED, HELD = "ACCEPTED", "REJECTED", "HELD"
+NODE_EVENTS = frozenset(
+    {"CertificateIssued", "CertificateVoided", "ImportConfirmed", "ProductionDeclared"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An authentic (signature-verified) event with its decoded payload."""
+
+    event_id: str
+    event_type: str
+    producer: str
+    sequence: int
+    produced_at: datetime
+    payload: Payload
+    raw: bytes
+
+    @property
+    def certificate_id(self) -> str | None:
+        """The certificate the event is about, if any."""
+        return certificate_of(self.payload)
+
+
+def certificate_of(payload: Payload) -> str | None:
+    """The certificate id a payload names, if any."""
+    if isinstance(payload, Issuance):
+        return payload.certificate.certificate_id
+    if isinstance(payload, Voiding | ImportConfirmation):
+        return payload.certificate_id
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the rules need of the region."""
+
+    region_code: str
+    members: frozenset[str]
+    node_codes: frozenset[str]
+    policy: Policy
+
+
+@dataclass(slots=True)
+class CertRecord:
+    """A stored certificate as the policy sees it."""
+
+    certificate: Certificate
+    producer: str
+    state: str
+    event_id: str
+
+
+@dataclass(slots=True)
+class View:
+    """The state one batch can touch, loaded before and updated while deciding."""
+
+    book: dict[str, str]
+    seen: set[str] = field(default_factory=set)
+    certs: dict[str, CertRecord] = field(default_factory=dict)
+    used: dict[tuple[str, int], str] = field(default_factory=dict)
+    high_water: dict[str, int] = field(default_factory=dict)
+    open_gaps: dict[str, set[int]] = field(default_factory=dict)
+    waiting: dict[str, list[str]] = field(default_factory=dict)
+    held: dict[str, list[Event]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The business answer about one event; ``changed`` is False for an accepted no-op."""
+
+    outcome: str
+    reason: str | None = None
+    detail: str = ""
+    changed: bool = True
+
+
+@dataclass(slots=True)
+class Changes:
+    """Rows to write, collected while applying verdicts (see store.write_changes)."""
+
+    certificates: list[tuple[Certificate, str, str, str]] = field(default_factory=list)
+    state_changes: list[tuple[str, str | None, str]] = field(default_factory=list)
+    history: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    confirmations: list[tuple[ImportConfirmation, str, bool]] = field(default_factory=list)
+    matched: list[str] = field(default_factory=list)
+    production: list[tuple[ProductionDeclaration, str]] = field(default_factory=list)
+    sequences: list[tuple[str, int, str]] = field(default_factory=list)
+    gaps_opened: list[tuple[str, int]] = field(default_factory=list)
+    gaps_filled: list[tuple[str, int]] = field(default_factory=list)
+    high_water: dict[str, int] = field(default_factory=dict)
+
+
+def content_hash(cert: Certificate) -> bytes:
+    """A digest of the certificate's content, to tell "same again" from "other content"."""
+    text = json.dumps(cert.to_json(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _rejected(refusal: Refusal) -> Verdict:
+    return Verdict(REJECTED, refusal.code, refusal.sentence)
+
+
+def decide(event: Event, view: View, ctx: Context) -> Verdict:
+    """The verdict on an authentic event, given the view (which it does not change)."""
+    used_by = view.used.get((event.producer, event.sequence))
+    if used_by is not None and used_by != event.event_id:
+        return Verdict(
+            REJECTED,
+            "NOT_ALLOWED",
+            f"sequence {event.sequence} of {event.producer} was already used by event "
+            f"{used_by}; an event is never re-sent under a new id",
+        )
+    payload = event.payload
+    if isinstance(payload, Issuance):
+        return _decide_certificate(payload.certificate, event.producer, view, ctx)
+    if isinstance(payload, Voiding):
+        return _decide_void(payload, event, view, ctx)
+    if isinstance(payload, ImportConfirmation):
+        refusal = rules.check_import(
+            payload, event.producer, view.book, region_code=ctx.region_code
+        )
+        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+    if isinstance(payload, ProductionDeclaration):
+        refusal = rules.check_production(payload, event.producer, members=ctx.members)
+        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+    return Verdict(
+        REJECTED, "NOT_ALLOWED", f"a node may not publish {event.event_type}; only the registry"
+    )
+
+
+def _decide_certificate(cert: Certificate, producer: str, view: View, ctx: Context) -> Verdict:
+    refusal = rules.check_certificate(
+        cert, producer, view.book, ctx.policy, region_code=ctx.region_code, members=ctx.members
+    )
+    if refusal is not None:
+        return _rejected(refusal)
+    existing = view.certs.get(cert.certificate_id)
+    if existing is None:
+        return Verdict(ACCEPTED)
+    refusal = rules.check_duplicate(existing.certificate, cert)
+    if refusal is not None:
+        return _rejected(refusal)
+    return Verdict(
+        ACCEPTED,
+        detail=f"certificate {cert.certificate_id} was already accepted with the same content "
+        f"(event {existing.event_id}); nothing changed",
+        changed=False,
+    )
+
+
+def _decide_void(voiding: Voiding, event: Event, view: View, ctx: Context) -> Verdict:
+    existing = view.certs.get(voiding.certificate_id)
+    refusal = rules.check_void(
+        voiding,
+        event.producer,
+        region_code=ctx.region_code,
+        members=ctx.members,
+        existing_state=None if existing is None else existing.state,
+        issuer_matches=existing is not None
+        and rules.issued_by(existing.certificate, event.producer),
+    )
+    if refusal is None:
+        return Verdict(ACCEPTED)
+    if existing is None and refusal.code == "UNKNOWN_CERTIFICATE" and _gap_below(event, view):
+        return Verdict(
+            HELD,
+            detail=f"certificate {voiding.certificate_id} is not known yet and earlier events of "
+            f"{event.producer} are missing; the void is decided when they arrive",
+        )
+    return _rejected(refusal)
+
+
+def _gap_below(event: Event, view: View) -> bool:
+    return any(s < event.sequence for s in view.open_gaps.get(event.producer, ()))
+
+
+def track_sequence(producer: str, sequence: int, event_id: str, view: View, out: Changes) -> None:
+    """Record that an authentic event's sequence number arrived: open gaps below it, or fill one.
+
+    A number already used (a duplicate, or a replay under another id) changes nothing.
+    """
+    if (producer, sequence) in view.used:
+        return
+    view.used[(producer, sequence)] = event_id
+    out.sequences.append((producer, sequence, event_id))
+    high = view.high_water.get(producer, 0)
+    gaps = view.open_gaps.setdefault(producer, set())
+    if sequence > high:
+        for missing in range(high + 1, sequence):
+            gaps.add(missing)
+            out.gaps_opened.append((producer, missing))
+        view.high_water[producer] = sequence
+        out.high_water[producer] = sequence
+    elif sequence in gaps:
+        gaps.discard(sequence)
+        out.gaps_filled.append((producer, sequence))
+
+
+def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
+    """Update the view and collect the rows for an accepted event (others change no state)."""
+    view.seen.add(event.event_id)
+    if verdict.outcome == HELD:
+        view.held.setdefault(event.producer, []).append(event)
+    if verdict.outcome != ACCEPTED or not verdict.changed:
+        return
+    payload = event.payload
+    if isinstance(payload, Issuance):
+        _apply_certificate(payload.certificate, event, view, out)
+    elif isinstance(payload, Voiding):
+        state = "VOIDED" if payload.replaced_by is None else "REPLACED"
+        view.certs[payload.certificate_id].state = state
+        out.state_changes.append((payload.certificate_id, payload.replaced_by, state))
+        out.history.append(
+            (payload.certificate_id, event.event_id, event.event_type, state, payload.reason)
+        )
+    elif isinstance(payload, ImportConfirmation):
+        _apply_confirmation(payload, event, view, out)
+    elif isinstance(payload, ProductionDeclaration):
+        out.production.append((payload, event.event_id))
+
+
+def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes) -> None:
+    record = CertRecord(cert, event.producer, "ISSUED", event.event_id)
+    view.certs[cert.certificate_id] = record
+    waiting = view.waiting.pop(cert.certificate_id, [])
+    out.certificates.append((cert, event.producer, event.event_id, "ISSUED"))
+    out.history.append((cert.certificate_id, event.event_id, event.event_type, "ISSUED", ""))
+    for confirmation_id in sorted(waiting):
+        _confirm(record, confirmation_id, out)
+        out.matched.append(confirmation_id)
+
+
+def _apply_confirmation(
+    confirmation: ImportConfirmation, event: Event, view: View, out: Changes
+) -> None:
+    record = view.certs.get(confirmation.certificate_id)
+    out.confirmations.append((confirmation, event.event_id, record is not None))
+    if record is None:
+        view.waiting.setdefault(confirmation.certificate_id, []).append(event.event_id)
+        return
+    _confirm(record, event.event_id, out)
+
+
+def _confirm(record: CertRecord, confirmation_id: str, out: Changes) -> None:
+    """A confirmation matched to its certificate: ISSUED becomes IMPORT_CONFIRMED."""
+    cert_id = record.certificate.certificate_id
+    if record.state == "ISSUED":
+        record.state = "IMPORT_CONFIRMED"
+        out.state_changes.append((cert_id, None, record.state))
+    out.history.append((cert_id, confirmation_id, "ImportConfirmed", record.state, ""))
+
+
+def releasable(view: View) -> list[Event]:
+    """Held voids whose producer has no open gap below them any more, in sequence order."""
+    ready: list[Event] = []
+    for producer, events in view.held.items():
+        gaps = view.open_gaps.get(producer, set())
+        keep: list[Event] = []
+        for event in events:
+            (keep if any(s < event.sequence for s in gaps) else ready).append(event)
+        view.held[producer] = keep
+    return sorted(ready, key=lambda e: (e.producer, e.sequence))
+
+
+def decision_recipient(producer: str, node_codes: Collection[str]) -> str | None:
+    """Who gets the RegistryDecision: only a node has a queue to route it to."""
+    return producer if producer in node_codes else None

@@ -1,0 +1,412 @@
+"""The business rules of DESIGN §7 as pure functions: each returns a Refusal or None.
+
+Nodes (before they commit an operation) and the registry (before it accepts an event) call the
+same functions, so a certificate a node let through is not rejected by the registry for a
+reason the node could have seen. Everything a rule needs is an argument: the participant
+``book`` (code -> status, built by the caller from the region file and the registry's status
+history; it holds the region code and the members too, as ``Region.book()`` does), the
+region code and member codes, the policy, and — for the rules that need stored state — that
+state. A Refusal is *returned*, not raised, so a caller can collect or count.
+
+Decisions taken here (the contract leaves them open):
+
+- Destination and scope. A region member is not a KP participant of its own (the region is,
+  as the EU is for its member states), so an EXTERNAL certificate naming a member, or an
+  INTRA_REGIONAL one naming a non-member, is NOT_A_PARTICIPANT *in the declared scope*. A
+  partner's certificate is EXTERNAL by nature and must name a member: the exchange carries
+  partners' certificates only into the region (NOT_ALLOWED otherwise), so that a node exists
+  to confirm it. A certificate naming its own issuer is NOT_ALLOWED.
+- Participants checked: the destination, the origin countries and each parcel's origin.
+  Exporter and importer countries are not: a firm's country need not be a participant of its
+  own (a Belgian importer trades under the EU).
+- Standing: ADMITTED and REINSTATED are in good standing; SUSPENDED is PARTICIPANT_SUSPENDED;
+  WITHDRAWN, any other status, or no entry is NOT_A_PARTICIPANT.
+- An UNMIXED origin must name exactly one country (SCHEMA_INVALID otherwise).
+- Import confirmations are refused only for what the importing authority can fix (its own
+  identity, a mistyped number, non-positive quantities, an issuer that is no participant in
+  good standing); everything that compares them with the certificate is reconciliation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import fields
+from decimal import Decimal
+
+from exchange.certificate import (
+    Certificate,
+    CertificateContent,
+    CertificateDraft,
+    HsCode,
+    OriginType,
+    Scope,
+    json_of,
+    sum_of,
+)
+from exchange.certnumber import check_foreign, parse_regional
+from exchange.errors import Refusal
+from exchange.events import HALF_YEAR, ImportConfirmation, ProductionDeclaration, Voiding
+from exchange.region import Policy
+
+GOOD_STANDING = frozenset({"ADMITTED", "REINSTATED"})
+VOIDABLE_STATES = frozenset({"ISSUED"})
+Book = Mapping[str, str]
+AnyCertificate = Certificate | CertificateDraft
+
+
+def standing(field: str, code: str, book: Book) -> Refusal | None:
+    """NOT_A_PARTICIPANT or PARTICIPANT_SUSPENDED for ``code`` named in ``field``."""
+    status = book.get(code)
+    if status == "SUSPENDED":
+        return Refusal("PARTICIPANT_SUSPENDED", f"{field} {code} is a suspended KP participant")
+    if status not in GOOD_STANDING:
+        why = "has withdrawn from the KP" if status == "WITHDRAWN" else "is no KP participant"
+        return Refusal("NOT_A_PARTICIPANT", f"{field} {code} {why}")
+    return None
+
+
+def issued_by(cert: CertificateContent, producer: str) -> bool:
+    """Whether ``producer`` (a member or a partner code) issued ``cert``."""
+    return (cert.issuing_member or cert.issuing_participant) == producer
+
+
+def check_issuer(
+    cert: CertificateContent, producer: str, *, region_code: str, members: Collection[str]
+) -> Refusal | None:
+    """ISSUER_MISMATCH unless ``producer`` is the certificate's issuing member or partner."""
+    if producer in members:
+        if cert.issuing_participant != region_code:
+            return Refusal(
+                "ISSUER_MISMATCH",
+                f"issuing_participant is {cert.issuing_participant} but member {producer} "
+                f"issues certificates of the region {region_code}",
+            )
+        if cert.issuing_member != producer:
+            return Refusal(
+                "ISSUER_MISMATCH",
+                f"issuing_member is {cert.issuing_member} but it comes from {producer}",
+            )
+    elif cert.issuing_participant != producer:
+        return Refusal(
+            "ISSUER_MISMATCH",
+            f"issuing_participant is {cert.issuing_participant} but it comes from {producer}",
+        )
+    elif cert.issuing_member is not None:
+        return Refusal(
+            "ISSUER_MISMATCH",
+            f"issuing_member is {cert.issuing_member} but partner {producer} has no members",
+        )
+    return None
+
+
+def check_number(cert: AnyCertificate, *, region_code: str) -> Refusal | None:
+    """BAD_CERTIFICATE_NUMBER: format and check digits, member and year (none if unnumbered)."""
+    number = cert.certificate_id
+    if number is None:
+        return None  # the node allocates a well-formed number
+    if cert.issuing_member is None:
+        return check_foreign(number, cert.issuing_participant)
+    try:
+        parsed = parse_regional(number, region_code)
+    except Refusal as refusal:
+        return refusal
+    if parsed.member != cert.issuing_member:
+        return Refusal(
+            "BAD_CERTIFICATE_NUMBER",
+            f"certificate_id {number} names member {parsed.member} "
+            f"but issuing_member is {cert.issuing_member}",
+        )
+    if parsed.year != cert.date_of_issue.year:
+        return Refusal(
+            "BAD_CERTIFICATE_NUMBER",
+            f"certificate_id {number} has year {parsed.year} "
+            f"but date_of_issue is {cert.date_of_issue.isoformat()}",
+        )
+    return None
+
+
+def check_destination(
+    cert: CertificateContent, book: Book, *, region_code: str, members: Collection[str]
+) -> Refusal | None:
+    """The destination's standing and its agreement with the scope (see the module notes)."""
+    dest = cert.destination
+    if dest in (cert.issuing_member, cert.issuing_participant):
+        return Refusal("NOT_ALLOWED", f"destination {dest} is the certificate's own issuer")
+    refusal = standing("destination", dest, book)
+    if refusal is not None:
+        return refusal
+    if cert.issuing_member is None and dest not in members:
+        return Refusal(
+            "NOT_ALLOWED",
+            f"destination {dest} is not a member of {region_code}: a partner's certificate "
+            "is carried only for shipments into the region",
+        )
+    wanted = Scope.INTRA_REGIONAL if cert.issuing_member and dest in members else Scope.EXTERNAL
+    if cert.scope is wanted:
+        return None
+    if dest in members and cert.issuing_member:
+        why = f"is a member of {region_code}, not a KP participant of its own"
+    elif cert.issuing_member is None:
+        why = f"is imported from {cert.issuing_participant}, which is not a member"
+    else:
+        why = f"is not a member of {region_code}"
+    return Refusal(
+        "NOT_A_PARTICIPANT",
+        f"destination {dest} {why}: scope must be {wanted.value}, got {cert.scope.value}",
+    )
+
+
+def check_origins(cert: CertificateContent, book: Book) -> Refusal | None:
+    """Every origin country (certificate and parcels) is a participant in good standing."""
+    origin = cert.origin
+    if origin.type is OriginType.UNKNOWN:
+        return Refusal("SCHEMA_INVALID", "origin.type must be UNMIXED or MIXED")
+    if origin.type is OriginType.UNMIXED and len(origin.countries) != 1:
+        return Refusal(
+            "SCHEMA_INVALID",
+            f"origin.countries must name exactly one country for UNMIXED, "
+            f"got {len(origin.countries)}",
+        )
+    named = [(f"origin.countries[{i}]", code) for i, code in enumerate(origin.countries)]
+    named += [
+        (f"parcels[{i}].origin_country", p.origin_country)
+        for i, p in enumerate(cert.parcels)
+        if p.origin_country is not None
+    ]
+    for field, code in named:
+        refusal = standing(field, code, book)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+def check_hs_codes(cert: CertificateContent) -> Refusal | None:
+    """INVALID_HS_CODE for a parcel whose heading this version does not know."""
+    for i, parcel in enumerate(cert.parcels):
+        if parcel.hs_code is HsCode.UNKNOWN:
+            return Refusal(
+                "INVALID_HS_CODE",
+                f"parcels[{i}].hs_code is not one of 7102.10, 7102.21, 7102.31",
+            )
+    return None
+
+
+def check_quantities(cert: CertificateContent) -> Refusal | None:
+    """NON_POSITIVE_QUANTITY for any count, weight or value of zero or less."""
+    stated: list[tuple[str, int | Decimal]] = [
+        ("number_of_parcels", cert.number_of_parcels),
+        ("total_carats", cert.total_carats),
+        ("total_value_usd", cert.total_value_usd),
+    ]
+    for i, p in enumerate(cert.parcels):
+        stated += [
+            (f"parcels[{i}].parcel_no", p.parcel_no),
+            (f"parcels[{i}].carats", p.carats),
+            (f"parcels[{i}].value_usd", p.value_usd),
+        ]
+    for field, value in stated:
+        if value <= 0:
+            return Refusal(
+                "NON_POSITIVE_QUANTITY", f"{field} is {json_of(value)}, must be more than 0"
+            )
+    return None
+
+
+def check_totals(cert: CertificateContent) -> Refusal | None:
+    """TOTALS_MISMATCH: the stated count and sums against the parcels, unique parcel numbers."""
+    if cert.number_of_parcels != len(cert.parcels):
+        return Refusal(
+            "TOTALS_MISMATCH",
+            f"number_of_parcels is {cert.number_of_parcels} "
+            f"but {len(cert.parcels)} parcels are listed",
+        )
+    seen: set[int] = set()
+    for i, parcel in enumerate(cert.parcels):
+        if parcel.parcel_no in seen:
+            return Refusal(
+                "TOTALS_MISMATCH", f"parcels[{i}].parcel_no {parcel.parcel_no} appears twice"
+            )
+        seen.add(parcel.parcel_no)
+    for field, total, part in (
+        ("total_carats", cert.total_carats, sum_of(p.carats for p in cert.parcels)),
+        ("total_value_usd", cert.total_value_usd, sum_of(p.value_usd for p in cert.parcels)),
+    ):
+        if total != part:
+            return Refusal(
+                "TOTALS_MISMATCH",
+                f"{field} is {json_of(total)} but the parcels add up to {json_of(part)}",
+            )
+    return None
+
+
+def check_dates(cert: CertificateContent, max_validity_days: int) -> Refusal | None:
+    """INVALID_DATES: expiry after issue, and no more than ``max_validity_days`` after it."""
+    issued, expires = cert.date_of_issue, cert.date_of_expiry
+    if expires <= issued:
+        return Refusal(
+            "INVALID_DATES",
+            f"date_of_expiry {expires.isoformat()} is not after date_of_issue {issued.isoformat()}",
+        )
+    days = (expires - issued).days
+    if days > max_validity_days:
+        return Refusal(
+            "INVALID_DATES",
+            f"date_of_expiry {expires.isoformat()} is {days} days after date_of_issue "
+            f"{issued.isoformat()}; the region allows at most {max_validity_days}",
+        )
+    return None
+
+
+def check_certificate(
+    cert: AnyCertificate,
+    producer: str,
+    book: Book,
+    policy: Policy,
+    *,
+    region_code: str,
+    members: Collection[str],
+) -> Refusal | None:
+    """The first refusal for an issued certificate, or None.
+
+    Order: issuer, number, destination and scope, origins, HS codes, quantities, totals,
+    dates — who and which number first, then where to and from, then contents. A draft
+    without a number skips the number check.
+    """
+    return (
+        check_issuer(cert, producer, region_code=region_code, members=members)
+        or check_number(cert, region_code=region_code)
+        or check_destination(cert, book, region_code=region_code, members=members)
+        or check_origins(cert, book)
+        or check_hs_codes(cert)
+        or check_quantities(cert)
+        or check_totals(cert)
+        or check_dates(cert, policy.max_validity_days)
+    )
+
+
+def check_duplicate(existing: Certificate | None, new: Certificate) -> Refusal | None:
+    """DUPLICATE_CERTIFICATE when the number is taken by different content.
+
+    The same content again is not a refusal: the caller treats it as a duplicate.
+    """
+    if existing is None or existing == new:
+        return None
+    for field in fields(CertificateContent):
+        before, after = getattr(existing, field.name), getattr(new, field.name)
+        if before != after:
+            return Refusal(
+                "DUPLICATE_CERTIFICATE",
+                f"certificate_id {new.certificate_id} is already taken with a different "
+                f"{field.name} ({json_of(before)}, now {json_of(after)})",
+            )
+    return Refusal("DUPLICATE_CERTIFICATE", f"certificate_id {new.certificate_id} is already taken")
+
+
+def check_void_against(
+    certificate_id: str, existing_state: str | None, issuer_matches: bool
+) -> Refusal | None:
+    """Whether a certificate in ``existing_state`` may be voided by this producer.
+
+    ``existing_state`` is None when the certificate is unknown, else ISSUED, VOIDED, REPLACED
+    or IMPORT_CONFIRMED; ``issuer_matches`` says whether the producer issued it (issued_by).
+    UNKNOWN_CERTIFICATE for a certificate the producer never issued; NOT_ALLOWED once it is
+    voided, replaced or confirmed at import (a shipped certificate is never cancelled).
+    """
+    if existing_state is None or not issuer_matches:
+        return Refusal(
+            "UNKNOWN_CERTIFICATE",
+            f"certificate_id {certificate_id} was never issued by this authority",
+        )
+    if existing_state in VOIDABLE_STATES:
+        return None
+    if existing_state == "IMPORT_CONFIRMED":
+        why = "was already confirmed at import"
+    else:
+        why = f"is already {existing_state}"
+    return Refusal("NOT_ALLOWED", f"certificate_id {certificate_id} {why} and cannot be voided")
+
+
+def _number_format(number: str, issuer: str, region_code: str) -> Refusal | None:
+    """BAD_CERTIFICATE_NUMBER for a number of the region or of a foreign issuer."""
+    if issuer != region_code:
+        return check_foreign(number, issuer)
+    try:
+        parse_regional(number, region_code)
+    except Refusal as refusal:
+        return refusal
+    return None
+
+
+def check_void(
+    voiding: Voiding,
+    producer: str,
+    *,
+    region_code: str,
+    members: Collection[str],
+    existing_state: str | None,
+    issuer_matches: bool,
+) -> Refusal | None:
+    """The first refusal for a void: issuer, numbers, replacement, then the stored state."""
+    expected = region_code if producer in members else producer
+    if voiding.issuing_participant != expected:
+        return Refusal(
+            "ISSUER_MISMATCH",
+            f"issuing_participant is {voiding.issuing_participant} but it comes from {producer}",
+        )
+    for number in (voiding.certificate_id, voiding.replaced_by):
+        refusal = None if number is None else _number_format(number, expected, region_code)
+        if refusal is not None:
+            return refusal
+    if voiding.replaced_by == voiding.certificate_id:
+        return Refusal(
+            "NOT_ALLOWED", f"replaced_by {voiding.replaced_by} is the voided certificate itself"
+        )
+    return check_void_against(voiding.certificate_id, existing_state, issuer_matches)
+
+
+def check_import(
+    confirmation: ImportConfirmation, producer: str, book: Book, *, region_code: str
+) -> Refusal | None:
+    """The first refusal for an import confirmation (see the module notes)."""
+    if confirmation.importing_participant != producer:
+        return Refusal(
+            "ISSUER_MISMATCH",
+            f"importing_participant is {confirmation.importing_participant} "
+            f"but it comes from {producer}",
+        )
+    issuer = confirmation.issuing_participant
+    refusal = standing("issuing_participant", issuer, book) or _number_format(
+        confirmation.certificate_id, issuer, region_code
+    )
+    if refusal is not None:
+        return refusal
+    for field in ("parcels", "carats", "value_usd"):
+        value = getattr(confirmation, field)
+        if value <= 0:
+            return Refusal(
+                "NON_POSITIVE_QUANTITY", f"{field} is {json_of(value)}, must be more than 0"
+            )
+    return None
+
+
+def check_production(
+    declaration: ProductionDeclaration, producer: str, *, members: Collection[str]
+) -> Refusal | None:
+    """The first refusal for a production declaration: declarer, period, quantities."""
+    if producer not in members or declaration.participant != producer:
+        return Refusal(
+            "ISSUER_MISMATCH",
+            f"participant is {declaration.participant} but it comes from {producer}; "
+            "only a member declares its own production",
+        )
+    if not HALF_YEAR.fullmatch(declaration.period):
+        return Refusal(
+            "SCHEMA_INVALID", f"period must be a half-year like 2026-H1, got {declaration.period!r}"
+        )
+    for field in ("carats", "value_usd"):
+        value = getattr(declaration, field)
+        if value <= 0:
+            return Refusal(
+                "NON_POSITIVE_QUANTITY", f"{field} is {json_of(value)}, must be more than 0"
+            )
+    return None

@@ -1,0 +1,100 @@
+"""Process settings, read once at start into a frozen object (never at import time).
+
+``--region FILE`` or ``KPX_REGION`` names the region file; ``KPX_AMQP_URL`` is the broker
+administrator's URL (``region init`` uses it; services connect as their own users, whose
+generated passwords live in the state directory); ``KPX_DATABASE_URL`` names the PostgreSQL
+server (each database name comes from the region file); ``KPX_STATE_DIR`` holds authority
+keys and broker passwords, per vhost. Passwords never appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from exchange.errors import ConfigError
+from exchange.postgres import dsn_for, redact
+
+DEFAULT_REGION = "deploy/region.example.toml"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the region file, the broker, the database server and the state directory are."""
+
+    region_path: Path
+    amqp_url: str = field(repr=False)
+    database_url: str = field(repr=False)
+    state_dir: Path
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(region_path={str(self.region_path)!r}, amqp_url="
+            f"{redact(self.amqp_url)!r}, database_url={redact(self.database_url)!r}, "
+            f"state_dir={str(self.state_dir)!r})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, region: str | None = None) -> Settings:
+        """Read the settings from ``env`` (default: os.environ); raises ConfigError."""
+        env = os.environ if env is None else env
+        amqp_url = env.get("KPX_AMQP_URL", DEFAULT_AMQP_URL)
+        if urlsplit(amqp_url).scheme not in ("amqp", "amqps"):
+            raise ConfigError(
+                f"KPX_AMQP_URL must be an amqp:// or amqps:// URL, got {redact(amqp_url)!r}"
+            )
+        database_url = env.get("KPX_DATABASE_URL", DEFAULT_DATABASE_URL)
+        if urlsplit(database_url).scheme not in ("postgresql", "postgres"):
+            raise ConfigError(
+                f"KPX_DATABASE_URL must be a postgresql:// URL, got {redact(database_url)!r}"
+            )
+        region_path = Path(region or env.get("KPX_REGION", DEFAULT_REGION))
+        if not region_path.is_file():
+            raise ConfigError(f"KPX_REGION / --region: no region file at {str(region_path)!r}")
+        return cls(region_path, amqp_url, database_url, Path(env.get("KPX_STATE_DIR", "var")))
+
+    def database(self, name: str) -> str:
+        """The DSN of database ``name`` on the configured server."""
+        return dsn_for(self.database_url, name)
+
+    def vhost_dir(self, vhost: str) -> Path:
+        """The state directory of one vhost (keys and broker passwords)."""
+        return self.state_dir / vhost
+
+    def keys_dir(self, vhost: str) -> Path:
+        """Where the authority keys of this region live."""
+        return self.vhost_dir(vhost) / "keys"
+
+    def broker_password(self, vhost: str, user: str, *, create: bool = False) -> str:
+        """The generated password of a broker user; created (mode 0600) when ``create``."""
+        path = self.vhost_dir(vhost) / "secrets" / f"{user}.password"
+        if path.exists():
+            return path.read_text(encoding="utf-8").strip()
+        if not create:
+            raise ConfigError(
+                f"no broker password for {user!r} in {str(path.parent)!r}: "
+                "run `kpx region init` first"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        password = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(password + "\n")
+        return password
+
+    def amqp_url_for(self, vhost: str, user: str | None = None) -> str:
+        """The broker URL for ``vhost``, as ``user`` (its generated password) or the admin."""
+        parts = urlsplit(self.amqp_url)
+        netloc = parts.netloc
+        if user is not None:
+            password = self.broker_password(vhost, user)
+            host = netloc.rsplit("@", 1)[-1]
+            netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+        path = "/" + quote(vhost, safe="")
+        return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))

@@ -1,0 +1,180 @@
+"""The broker topology as data: exchanges, quorum queues, bindings, users and permissions.
+
+Pure: it describes, in RabbitMQ's definitions format, what ``kpx region init`` applies through
+the management API and what ``kpx topology export`` writes to
+``deploy/rabbitmq/definitions.json``, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+EVENTS = "kpx.events"
+NOTIFY = "kpx.notify"
+ACCEPTED = "kpx.accepted"
+DEAD = "kpx.dead"
+REGISTRY_QUEUE = "kpx.registry"
+DEAD_QUEUE = "kpx.registry.dead"
+RECONCILER_QUEUE = "kpx.reconciler"
+# Broker users are global to a broker, not per vhost, so every region's users carry its vhost
+# name: two regions (say, production and the demo) on one broker never share a user.
+REGISTRY_USER = "kpx-registry"  # registry_user("kpx")
+RECONCILER_USER = "kpx-reconciler"  # reconciler_user("kpx")
+
+# Redeliveries before a message is dead-lettered. High enough that a database outage (which
+# returns batches to the queue when the consumer gives up waiting) never dead-letters a valid
+# event; low enough that a message which crashes the consumer is set aside.
+DELIVERY_LIMIT = 20
+
+
+def node_queue(code: str) -> str:
+    """The queue a node reads its decisions and notices from."""
+    return f"kpx.node.{code}"
+
+
+def node_user(code: str, vhost: str = "kpx") -> str:
+    """The broker user of a node of the region on ``vhost``."""
+    return f"{vhost}-{code.lower()}"
+
+
+def registry_user(vhost: str = "kpx") -> str:
+    """The broker user of the registry of the region on ``vhost``."""
+    return f"{vhost}-registry"
+
+
+def reconciler_user(vhost: str = "kpx") -> str:
+    """The broker user of the reconciler of the region on ``vhost``."""
+    return f"{vhost}-reconciler"
+
+
+def node_of_user(user: str, vhost: str, node_codes: Sequence[str]) -> str | None:
+    """The node code whose broker user is ``user``, or None."""
+    for code in node_codes:
+        if node_user(code, vhost) == user:
+            return code
+    return None
+
+
+def _quorum(dead_letter: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {"x-queue-type": "quorum"}
+    if dead_letter:
+        args.update(
+            {
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-overflow": "reject-publish",
+                "x-dead-letter-exchange": DEAD,
+                "x-dead-letter-strategy": "at-least-once",
+            }
+        )
+    return args
+
+
+def _queue(vhost: str, name: str, *, dead_letter: bool = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "vhost": vhost,
+        "durable": True,
+        "auto_delete": False,
+        "arguments": _quorum(dead_letter),
+    }
+
+
+def _exchange(vhost: str, name: str, kind: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "vhost": vhost,
+        "type": kind,
+        "durable": True,
+        "auto_delete": False,
+        "internal": False,
+        "arguments": {},
+    }
+
+
+def _binding(vhost: str, source: str, queue: str, key: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "vhost": vhost,
+        "destination": queue,
+        "destination_type": "queue",
+        "routing_key": key,
+        "arguments": {},
+    }
+
+
+def _perm(vhost: str, user: str, configure: str, write: str, read: str) -> dict[str, Any]:
+    return {"user": user, "vhost": vhost, "configure": configure, "write": write, "read": read}
+
+
+def _exact(*names: str) -> str:
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def definitions(vhost: str, node_codes: Sequence[str]) -> dict[str, Any]:
+    """The whole topology for ``vhost`` with one queue and user per node code."""
+    queues = [
+        _queue(vhost, REGISTRY_QUEUE),
+        _queue(vhost, DEAD_QUEUE, dead_letter=False),
+        _queue(vhost, RECONCILER_QUEUE),
+    ]
+    queues += [_queue(vhost, node_queue(c)) for c in node_codes]
+    bindings = [
+        _binding(vhost, EVENTS, REGISTRY_QUEUE, "#"),
+        _binding(vhost, DEAD, DEAD_QUEUE, ""),
+        _binding(vhost, ACCEPTED, RECONCILER_QUEUE, "#"),
+    ]
+    bindings += [_binding(vhost, NOTIFY, node_queue(c), f"{c}.#") for c in node_codes]
+    registry, reconciler = registry_user(vhost), reconciler_user(vhost)
+    users = [registry, reconciler, *(node_user(c, vhost) for c in node_codes)]
+    permissions = [
+        # The registry re-injects dead letters into kpx.events, hence its write there.
+        _perm(
+            vhost,
+            registry,
+            "^$",
+            _exact(EVENTS, NOTIFY, ACCEPTED, DEAD),
+            _exact(REGISTRY_QUEUE, DEAD_QUEUE),
+        ),
+        _perm(vhost, reconciler, "^$", _exact(NOTIFY, DEAD), _exact(RECONCILER_QUEUE)),
+    ]
+    permissions += [
+        # kpx.dead: a node sets aside an unreadable inbox message with its reason.
+        _perm(vhost, node_user(c, vhost), "^$", _exact(EVENTS, DEAD), _exact(node_queue(c)))
+        for c in node_codes
+    ]
+    # Topic permissions: a node may only publish routing keys that start with its own code.
+    topic_permissions = [
+        {
+            "user": node_user(c, vhost),
+            "vhost": vhost,
+            "exchange": EVENTS,
+            "write": f"^{re.escape(c)}\\.",
+            "read": ".*",
+        }
+        for c in node_codes
+    ]
+    return {
+        "rabbit_version": "3.10",
+        "vhosts": [{"name": vhost}],
+        "users": [
+            {
+                "name": u,
+                "password_hash": "",
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+            for u in users
+        ],
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "exchanges": [
+            _exchange(vhost, EVENTS, "topic"),
+            _exchange(vhost, NOTIFY, "topic"),
+            _exchange(vhost, ACCEPTED, "topic"),
+            _exchange(vhost, DEAD, "fanout"),
+        ],
+        "queues": queues,
+        "bindings": bindings,
+    }

@@ -1,0 +1,1 @@
+"""The national node: a member's or partner's store, outbox relay, inbox and commands."""

@@ -1,0 +1,269 @@
+"""A national authority's operations: issue, void, confirm_import, declare_production.
+
+Each operation is validated with the same pure rules the registry applies, then commits its
+business row and its signed outbox event in one transaction (a savepoint per operation inside
+a chunk of operations, so a refused line leaves nothing behind and the others still apply).
+The broker is never touched here: the outbox relay publishes later, so operations succeed
+while the regional link is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from exchange import rules, topology
+from exchange.certificate import Certificate, CertificateDraft
+from exchange.certnumber import regional_number
+from exchange.errors import Refusal
+from exchange.events import ImportConfirmation, Issuance, ProductionDeclaration, Voiding
+from exchange.outbox import OutboxWriter, Pending
+from exchange.postgres import Connection, Cursor, transaction
+from exchange.region import Region
+from nodes import store
+
+log = logging.getLogger(__name__)
+
+SCHEMA_INVALID = "SCHEMA_INVALID"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one input line: ``ok`` with its subject, or refused with a reason."""
+
+    line: int
+    ok: bool
+    subject: str = ""
+    code: str = ""
+    sentence: str = ""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"{self.line} ok {self.subject}"
+        return f"{self.line} refused {self.code} {self.sentence}"
+
+
+class Node:
+    """One member's or partner's authority: applies operations to its store and outbox."""
+
+    def __init__(
+        self,
+        code: str,
+        region: Region,
+        writer: OutboxWriter,
+        today: Callable[[], date] | None = None,
+    ) -> None:
+        self.code = code
+        self.region = region
+        self.settings = region.node(code)
+        self.writer = writer
+        self.today = today or (lambda: datetime.now(UTC).date())
+        self.is_member = region.is_member(code)
+        self._events: list[tuple[Pending, str]] = []  # the current chunk's events, in order
+
+    # -- entry points --
+
+    def submit(self, conn: Connection, lines: Iterable[str], chunk: int = 500) -> Iterator[Result]:
+        """Apply JSON Lines operations; yield one Result per line, after its chunk committed."""
+        pending: list[tuple[int, str]] = []
+        for number, line in enumerate(lines, start=1):
+            pending.append((number, line))
+            if len(pending) >= chunk:
+                yield from self._apply_chunk(conn, pending)
+                pending = []
+        if pending:
+            yield from self._apply_chunk(conn, pending)
+
+    def apply(self, conn: Connection, operation: Mapping[str, Any]) -> Result:
+        """Apply one operation (already parsed) in its own transaction."""
+        return next(iter(self._apply_chunk(conn, [(1, json.dumps(operation, default=str))])))
+
+    def _apply_chunk(self, conn: Connection, lines: list[tuple[int, str]]) -> list[Result]:
+        # Each operation runs under a savepoint, so a refused one leaves nothing behind; the
+        # events of the accepted ones are sealed and appended together at the end of the
+        # chunk, which takes their sequence numbers in one statement, gap-free.
+        results: list[Result] = []
+        self._events = []
+        with transaction(conn) as cur:
+            book = self._book(cur)
+            savepoint = "SAVEPOINT op"
+            for number, line in lines:
+                cur.execute(savepoint)
+                savepoint = "RELEASE SAVEPOINT op; SAVEPOINT op"
+                queued = len(self._events)
+                try:
+                    subject = self._dispatch(cur, _parse(line), book)
+                except Refusal as refusal:
+                    cur.execute("ROLLBACK TO SAVEPOINT op")
+                    del self._events[queued:]
+                    results.append(
+                        Result(number, False, code=refusal.code, sentence=refusal.sentence)
+                    )
+                    continue
+                results.append(Result(number, True, subject=subject))
+            self._flush_events(cur)
+        return results
+
+    def _flush_events(self, cur: Cursor) -> None:
+        pending = [p for p, _ in self._events]
+        appended = self.writer.append_many(cur, pending)
+        store.record_events(
+            cur,
+            [(a.event_id, a.sequence, p.event_type, subject)
+             for a, (p, subject) in zip(appended, self._events, strict=True)],
+        )
+        self._events = []
+
+    def _book(self, cur: Cursor) -> dict[str, str]:
+        book = self.region.book()
+        book.update(store.participant_overrides(cur))
+        return book
+
+    def _dispatch(self, cur: Cursor, op: Mapping[str, Any], book: Mapping[str, str]) -> str:
+        kind = op.get("op")
+        body = {k: v for k, v in op.items() if k not in ("op", "member")}
+        if kind == "issue":
+            return self.issue(cur, body.get("certificate"), book)
+        if kind == "void":
+            return self.void(cur, body)
+        if kind == "confirm_import":
+            return self.confirm_import(cur, body, book)
+        if kind == "declare_production":
+            return self.declare_production(cur, body)
+        raise Refusal(
+            SCHEMA_INVALID,
+            f"op must be issue, void, confirm_import or declare_production, got {kind!r}",
+        )
+
+    # -- operations (inside the caller's transaction) --
+
+    def issue(self, cur: Cursor, obj: Any, book: Mapping[str, str]) -> str:
+        """Validate and record a certificate; allocate its number when it has none."""
+        if not isinstance(obj, Mapping):
+            raise Refusal(SCHEMA_INVALID, "certificate must be a JSON object")
+        draft = CertificateDraft.from_json(
+            obj,
+            issuing_participant=self.region.code if self.is_member else self.code,
+            issuing_member=self.code if self.is_member else None,
+            issuing_authority=self.settings.authority,
+            members=self.region.member_codes,
+        )
+        stated = draft.certificate_id is not None
+        cert = self._numbered(cur, draft)
+        refusal = rules.check_certificate(cert, self.code, book, self.region.policy,
+                                          region_code=self.region.code,
+                                          members=self.region.member_codes)
+        if refusal is not None:
+            raise refusal
+        if stated and store.certificate_state(cur, cert.certificate_id) is not None:
+            raise Refusal(
+                "DUPLICATE_CERTIFICATE",
+                f"certificate_id {cert.certificate_id} was already issued by this node",
+            )
+        event_id = self._emit(
+            Issuance(cert).to_record(), "CertificateIssued", cert.certificate_id
+        )
+        store.insert_certificate(cur, cert, event_id)
+        return cert.certificate_id
+
+    def _numbered(self, cur: Cursor, draft: CertificateDraft) -> Certificate:
+        if draft.certificate_id is not None:
+            return draft.with_id(draft.certificate_id)
+        if not self.is_member:
+            raise Refusal(
+                SCHEMA_INVALID,
+                f"certificate_id is missing: {self.code} is a partner "
+                "and numbers its own certificates",
+            )
+        year = draft.date_of_issue.year
+        while True:  # skip serials the national system already used for stated numbers
+            number = regional_number(
+                self.region.code, self.code, year, store.next_serial(cur, year)
+            )
+            # checked here, not after: an allocated number must never be refused as a duplicate
+            if store.certificate_state(cur, number) is None:
+                return draft.with_id(number)
+
+    def void(self, cur: Cursor, obj: Mapping[str, Any]) -> str:
+        """Void a certificate this node issued (or mark it replaced)."""
+        voiding = Voiding.from_json(obj, issuing_participant=self._issuer(), today=self.today())
+        state = store.certificate_state(cur, voiding.certificate_id)
+        if state is None:
+            raise Refusal(
+                "UNKNOWN_CERTIFICATE",
+                f"certificate_id {voiding.certificate_id} was not issued by this node",
+            )
+        if state != "ISSUED":
+            raise Refusal(
+                "NOT_ALLOWED", f"certificate_id {voiding.certificate_id} is already {state.lower()}"
+            )
+        if voiding.replaced_by and store.certificate_state(cur, voiding.replaced_by) is None:
+            raise Refusal(
+                "UNKNOWN_CERTIFICATE",
+                f"replaced_by {voiding.replaced_by} was not issued by this node: issue it first",
+            )
+        self._emit(voiding.to_record(), "CertificateVoided", voiding.certificate_id)
+        store.void_certificate(cur, voiding)
+        return voiding.certificate_id
+
+    def confirm_import(self, cur: Cursor, obj: Mapping[str, Any], book: Mapping[str, str]) -> str:
+        """Confirm that a shipment arrived (a regional or a foreign certificate)."""
+        # The importing participant is the node's own code, even for a member: the reconciler
+        # compares it with the certificate's destination (a member, or the region as a whole).
+        confirmation = ImportConfirmation.from_json(obj, importing_participant=self.code)
+        refusal = rules.check_import(confirmation, self.code, book, region_code=self.region.code)
+        if refusal is not None:
+            raise refusal
+        event_id = self._emit(
+            cur, confirmation.to_record(), "ImportConfirmed", confirmation.certificate_id
+        )
+        store.insert_confirmation(cur, confirmation, event_id)
+        return confirmation.certificate_id
+
+    def declare_production(self, cur: Cursor, obj: Mapping[str, Any]) -> str:
+        """Declare a half-year's production of one mine or cooperative."""
+        if not self.is_member:
+            raise Refusal(
+                "NOT_ALLOWED",
+                f"{self.code} is a partner: only members declare production to the region",
+            )
+        declaration = ProductionDeclaration.from_json(obj, participant=self.code)
+        refusal = rules.check_production(declaration, self.code,
+                                         members=self.region.member_codes)
+        if refusal is not None:
+            raise refusal
+        subject = f"{declaration.period}/{declaration.producer_id}"
+        event_id = self._emit(declaration.to_record(), "ProductionDeclared", subject)
+        store.insert_production(cur, declaration, event_id)
+        return subject
+
+    # -- helpers --
+
+    def _issuer(self) -> str:
+        """The participant this node speaks for: the region for a member, itself otherwise."""
+        return self.region.code if self.is_member else self.code
+
+    def _emit(self, record: dict[str, Any], event_type: str, subject: str) -> str:
+        """Queue the operation's event for the end of the chunk; return its id."""
+        event_id = str(uuid.uuid4())
+        self._events.append(
+            (Pending(event_type, record, topology.EVENTS, f"{self.code}.{event_type}", event_id),
+             subject)
+        )
+        return event_id
+
+
+def _parse(line: str) -> Mapping[str, Any]:
+    try:
+        op = json.loads(line, parse_float=Decimal)
+    except (ValueError, RecursionError) as exc:
+        raise Refusal(SCHEMA_INVALID, f"the line is not JSON: {exc}") from None
+    if not isinstance(op, dict):
+        raise Refusal(SCHEMA_INVALID, 'the line must be a JSON object with an "op" field')
+    return op

@@ -1,0 +1,107 @@
+"""``kpx node run``: a node's outbox relay and inbox consumer, with metrics, until stopped."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_random_exponential,
+)
+
+from exchange import metrics, postgres, topology
+from exchange.codec import SchemaStore
+from exchange.envelope import VerifiesEvents
+from exchange.errors import TransientError
+from exchange.outbox import OutboxRelay
+from exchange.rabbitmq import BatchConsumer
+from nodes.inbox import Inbox
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("exchange", "nodes")
+
+
+@dataclass(frozen=True)
+class NodeService:
+    """What a running node needs: its identity, database, broker URL and keys."""
+
+    code: str
+    dsn: str
+    amqp_url: str
+    schemas: SchemaStore
+    keyring: VerifiesEvents
+    senders: frozenset[str]
+
+    def run(self, stop: threading.Event, metrics_port: int | None = None) -> None:
+        """Relay the outbox and consume the inbox until ``stop`` is set; then drain and return."""
+        migrate(self.dsn)
+        relay = OutboxRelay(self.dsn, self.amqp_url, self.code)
+        relay_thread = threading.Thread(target=relay.run, args=(stop,), name=f"relay-{self.code}")
+        relay_thread.start()
+        consuming = threading.Event()
+        if metrics_port is not None:
+            metrics.serve(metrics_port, lambda: _health(relay_thread, consuming))
+        try:
+            self._consume(stop, consuming)
+        finally:
+            stop.set()
+            relay_thread.join(timeout=30)
+        log.info("node %s: stopped", self.code)
+
+    def _consume(self, stop: threading.Event, consuming: threading.Event) -> None:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_random_exponential(multiplier=0.5, max=15),
+            stop=stop_when_event_set(stop),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        ):
+            with attempt:
+                self._consume_once(stop, consuming)
+
+    def _consume_once(self, stop: threading.Event, consuming: threading.Event) -> None:
+        conn = postgres.connect(self.dsn, application_name=f"kpx-inbox-{self.code}")
+        consumer = BatchConsumer(
+            self.amqp_url,
+            topology.node_queue(self.code),
+            name=f"inbox-{self.code}",
+            prefetch=200,
+            batch_size=100,
+        )
+        inbox = Inbox(self.code, conn, self.schemas, self.keyring, self.senders)
+        inbox.consumer = consumer
+        try:
+            consumer.connect()
+            consuming.set()
+            metrics.BROKER_CONNECTED.labels(f"inbox-{self.code}").set(1)
+            consumer.run(inbox.handle, stop)
+        finally:
+            consuming.clear()
+            metrics.BROKER_CONNECTED.labels(f"inbox-{self.code}").set(0)
+            consumer.close()
+            conn.close()
+
+
+def migrate(dsn: str) -> None:
+    """Apply the node's migrations (the outbox's and its own)."""
+    conn = postgres.connect(dsn)
+    try:
+        for package in PACKAGES:
+            postgres.migrate(conn, package)
+    finally:
+        conn.close()
+
+
+def _health(relay: threading.Thread, consuming: threading.Event) -> tuple[bool, str]:
+    ok = relay.is_alive() and consuming.is_set()
+    return (
+        ok,
+        f"relay {'up' if relay.is_alive() else 'down'}, inbox "
+        f"{'consuming' if consuming.is_set() else 'not consuming'}\n",
+    )

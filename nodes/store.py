@@ -1,0 +1,221 @@
+"""The node's PostgreSQL store: the SQL of certificates, events, confirmations and the inbox.
+
+Every function takes a cursor inside the caller's transaction; none commits. The schema is
+``nodes/sql``; the outbox tables come from ``exchange/sql``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Any
+
+import psycopg2.extras
+
+from exchange.certificate import Certificate
+from exchange.events import ImportConfirmation, ProductionDeclaration, Voiding
+from exchange.postgres import Cursor
+
+
+def next_serial(cur: Cursor, year: int) -> int:
+    """Allocate the next serial of ``year`` (gap-free within committed transactions)."""
+    cur.execute(
+        "INSERT INTO serials (year, last_serial) VALUES (%s, 1) ON CONFLICT (year) "
+        "DO UPDATE SET last_serial = serials.last_serial + 1 RETURNING last_serial",
+        (year,),
+    )
+    row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def certificate_state(cur: Cursor, certificate_id: str) -> str | None:
+    """The local state of a certificate (ISSUED, VOIDED, REPLACED), None when unknown."""
+    cur.execute("SELECT state FROM certificates WHERE certificate_id = %s", (certificate_id,))
+    row = cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+def record_events(cur: Cursor, rows: list[tuple[str, int, str, str]]) -> None:
+    """Remember events this node produced (event_id, sequence, type, subject), unanswered."""
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO node_events (event_id, sequence, event_type, subject) VALUES %s",
+        rows,
+        page_size=500,
+    )
+
+
+def insert_certificate(cur: Cursor, cert: Certificate, event_id: str) -> None:
+    """Store an issued certificate."""
+    cur.execute(
+        "INSERT INTO certificates (certificate_id, destination, date_of_issue, date_of_expiry, "
+        "total_carats, total_value_usd, body, event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            cert.certificate_id,
+            cert.destination,
+            cert.date_of_issue,
+            cert.date_of_expiry,
+            cert.total_carats,
+            cert.total_value_usd,
+            json.dumps(cert.to_json()),
+            event_id,
+        ),
+    )
+
+
+def void_certificate(cur: Cursor, voiding: Voiding) -> None:
+    """Mark a certificate voided, or replaced when the voiding names a replacement."""
+    state = "REPLACED" if voiding.replaced_by else "VOIDED"
+    cur.execute(
+        "UPDATE certificates SET state = %s, replaced_by = %s WHERE certificate_id = %s",
+        (state, voiding.replaced_by, voiding.certificate_id),
+    )
+
+
+def insert_confirmation(cur: Cursor, c: ImportConfirmation, event_id: str) -> None:
+    """Store an import confirmation this node made, and close the expected shipment."""
+    cur.execute(
+        "INSERT INTO import_confirmations (event_id, certificate_id, issuing_participant, "
+        "received_on, parcels, carats, value_usd, seal_intact, remarks) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            event_id,
+            c.certificate_id,
+            c.issuing_participant,
+            c.received_on,
+            c.parcels,
+            c.carats,
+            c.value_usd,
+            c.seal_intact,
+            c.remarks,
+        ),
+    )
+    cur.execute(
+        "UPDATE expected_shipments SET confirmed = true WHERE certificate_id = %s",
+        (c.certificate_id,),
+    )
+
+
+def insert_production(cur: Cursor, p: ProductionDeclaration, event_id: str) -> None:
+    """Store a production declaration."""
+    cur.execute(
+        "INSERT INTO production (event_id, period, producer_id, carats, value_usd) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (event_id, p.period, p.producer_id, p.carats, p.value_usd),
+    )
+
+
+def participant_overrides(cur: Cursor) -> dict[str, str]:
+    """Participant statuses announced by the registry since the region file was written."""
+    cur.execute("SELECT participant, status FROM participant_status")
+    return {str(code): str(status) for code, status in cur.fetchall()}
+
+
+# ---------------------------------------------------------------- inbox
+
+
+def inbox_record(
+    cur: Cursor, event_id: str, producer: str, sequence: int, event_type: str, body: bytes
+) -> bool:
+    """Insert the inbox tracking row; False when the message was already recorded."""
+    cur.execute(
+        "INSERT INTO inbox (event_id, producer, sequence, event_type, body) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+        (event_id, producer, sequence, event_type, psycopg2.Binary(body)),
+    )
+    return cur.rowcount == 1
+
+
+def apply_decision(
+    cur: Cursor,
+    subject_event_id: str,
+    decision: str,
+    reason: str | None,
+    detail: str,
+    decided_at: datetime,
+) -> None:
+    """Record the registry's answer about one of this node's events."""
+    cur.execute(
+        "UPDATE node_events SET registry_state = %s, registry_reason = %s, "
+        "registry_detail = %s, decided_at = %s WHERE event_id = %s",
+        (decision.lower(), reason, detail, decided_at, subject_event_id),
+    )
+
+
+def expect_shipment(cur: Cursor, cert: Certificate, accepted_at: datetime) -> None:
+    """Remember a shipment announced to this participant."""
+    cur.execute(
+        "INSERT INTO expected_shipments (certificate_id, issuing_participant, body, accepted_at, "
+        "confirmed) VALUES (%s, %s, %s, %s, EXISTS (SELECT 1 FROM import_confirmations "
+        "WHERE certificate_id = %s)) ON CONFLICT (certificate_id) DO NOTHING",
+        (
+            cert.certificate_id,
+            cert.issuing_participant,
+            json.dumps(cert.to_json()),
+            accepted_at,
+            cert.certificate_id,
+        ),
+    )
+
+
+def record_discrepancy(cur: Cursor, record: dict[str, Any]) -> None:
+    """Remember a discrepancy the reconciler sent to this participant."""
+    cur.execute(
+        "INSERT INTO discrepancies (discrepancy_id, kind, certificate_id, period, participants, "
+        "detail, raised_on) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (discrepancy_id) DO NOTHING",
+        (
+            record["discrepancy_id"],
+            record["kind"],
+            record["certificate_id"],
+            record["period"],
+            list(record["participants"]),
+            record["detail"],
+            record["raised_on"],
+        ),
+    )
+
+
+def record_status(
+    cur: Cursor, participant: str, status: str, effective_on: date, reason: str
+) -> None:
+    """Remember a participant's status as the registry announced it."""
+    cur.execute(
+        "INSERT INTO participant_status (participant, status, effective_on, reason) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT (participant) DO UPDATE SET status = "
+        "EXCLUDED.status, effective_on = EXCLUDED.effective_on, reason = EXCLUDED.reason",
+        (participant, status, effective_on, reason),
+    )
+
+
+# ---------------------------------------------------------------- queries
+
+
+def certificates(cur: Cursor) -> list[dict[str, Any]]:
+    """The node's certificates with the registry's last answer about each."""
+    cur.execute(
+        "SELECT c.certificate_id, c.destination, c.date_of_issue, c.date_of_expiry, "
+        "c.total_carats, c.total_value_usd, c.state, c.replaced_by, e.registry_state, "
+        "e.registry_reason, e.registry_detail, e.decided_at FROM certificates c "
+        "JOIN node_events e ON e.event_id = c.event_id ORDER BY c.created_at, c.certificate_id"
+    )
+    names = [d[0] for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def expected_shipments(cur: Cursor, *, only_open: bool = True) -> list[dict[str, Any]]:
+    """Shipments announced to this participant (by default, those not yet confirmed)."""
+    cur.execute(
+        "SELECT certificate_id, issuing_participant, body, accepted_at, confirmed "
+        "FROM expected_shipments WHERE NOT confirmed OR NOT %s ORDER BY accepted_at",
+        (only_open,),
+    )
+    names = [d[0] for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def events_by_state(cur: Cursor) -> dict[str, int]:
+    """How many of this node's events the registry accepted, rejected, or has not answered."""
+    cur.execute("SELECT registry_state, count(*) FROM node_events GROUP BY registry_state")
+    return {str(state): int(n) for state, n in cur.fetchall()}
