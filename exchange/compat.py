@@ -63,10 +63,13 @@ def check_all(schemas_dir: Path | None = None) -> list[str]:
     return problems
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print every compatibility problem; 1 if there is any, else 0."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    root = Path(args[0]) if args else default_schemas_dir()
+def main(argv: Sequence[str] = ()) -> int:
+    """Print every compatibility problem; 1 if there is any, else 0.
+
+    ``argv`` may name the schemas dir; callers such as ``kpx schemas check`` pass nothing, so
+    their own command line is never mistaken for ours.
+    """
+    root = Path(argv[0]) if argv else default_schemas_dir()
     problems = check_all(root)
     for problem in problems:
         print(problem)
@@ -280,4 +283,4 @@ def _load_all(directory: Path, problems: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

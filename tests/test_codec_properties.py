@@ -14,13 +14,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from fastavro.schema import load_schema
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_codec import EVENT_TYPES, example_records
 
 from exchange.codec import HEADER_SIZE, MAGIC, default_schemas_dir, default_store
 from exchange.errors import CodecError
-from fastavro.schema import load_schema
 
 RECORDS = [*EVENT_TYPES, "Envelope"]
 QUICK = settings(max_examples=200, deadline=None)
@@ -123,7 +123,7 @@ def test_every_single_bit_flip_in_the_datum_decodes_or_is_a_codec_error(name: st
 
 
 @pytest.mark.parametrize("name", RECORDS)
-@settings(max_examples=100, deadline=None)
+@QUICK
 @given(data=st.data())
 def test_a_damaged_generated_message_never_escapes_the_codec_errors(
     name: str, data: st.DataObject

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +237,10 @@ def test_check_all_reports_an_unloadable_file(schemas_copy: Path) -> None:
     assert any(p.startswith(f"{schemas_copy / 'kpx.Scope.avsc'}: cannot load") for p in problems)
 
 
-def test_main_returns_zero_when_compatible(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(default_schemas_dir())]) == 0
+def test_main_without_arguments_checks_the_repository_and_returns_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main() == 0
     assert "compatible" in capsys.readouterr().out
 
 
@@ -246,3 +250,14 @@ def test_main_prints_the_problems_and_returns_one(
     edit(schemas_copy / "kpx.Party.avsc", lambda s: s["fields"].pop())
     assert main([str(schemas_copy)]) == 1
     assert "licence_no" in capsys.readouterr().out
+
+
+def test_the_module_runs_as_a_command_that_exits_zero() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "exchange.compat", str(default_schemas_dir())],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=default_schemas_dir().parent,
+    )
+    assert (done.returncode, done.stderr) == (0, "")

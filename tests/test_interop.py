@@ -60,7 +60,10 @@ def _references(schema: Any, known: set[str]) -> set[str]:
 
 def parse_with_avro(schemas_dir: Path) -> dict[str, avro.schema.Schema]:
     """Every ``kpx.*.avsc`` parsed by ``avro`` with shared names, dependencies first."""
-    raw = {p.name.removesuffix(".avsc"): json.loads(p.read_text()) for p in schemas_dir.glob("kpx.*.avsc")}
+    raw = {
+        p.name.removesuffix(".avsc"): json.loads(p.read_text())
+        for p in schemas_dir.glob("kpx.*.avsc")
+    }
     names = avro.name.Names()
     parsed: dict[str, avro.schema.Schema] = {}
 

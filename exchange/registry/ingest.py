@@ -197,8 +197,10 @@ class Ingest:
         ctx: policy.Context,
         dead_letter: DeadLetter,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        reconnect: Callable[[], Connection] | None = None,
     ) -> None:
         self.conn, self.opener, self.writer, self.ctx = conn, opener, writer, ctx
+        self.reconnect = reconnect  # a fresh connection after the database restarted
         self.dead_letter_to = dead_letter
         self.clock = clock
         self._dead_done: set[int] = set()  # delivery tags already dead-lettered (batch retries)
@@ -230,6 +232,8 @@ class Ingest:
         """One transaction for ``items``; returns what became of each."""
         if not items:
             return []
+        if self.conn.closed and self.reconnect is not None:
+            self.conn = self.reconnect()
         with transaction(self.conn) as cur:
             session = _Session(self.ctx, self.clock(), self._prepare(cur, items))
             for o in items:

@@ -1,0 +1,409 @@
+"""The reconciler on the real RabbitMQ and PostgreSQL: projection, every discrepancy kind
+(event time through the broker; as-of through the SQL at the rules' edges), idempotence under
+redelivery and re-runs, notices on the nodes' queues, statistics versions."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from support.services import Database, Vhost
+
+from exchange import topology
+from exchange.admin import Admin
+from exchange.certnumber import regional_number
+from exchange.codec import SchemaStore, default_store
+from exchange.envelope import Envelope, open_envelope, seal
+from exchange.outbox import OutboxRelay
+from exchange.postgres import Connection, connect, migrate, transaction
+from exchange.reconciler import asof, figures, service, store
+from exchange.region import Region, load_region
+from exchange.signing import Keyring, Signer, generate_key
+from exchange.statistics import Period
+
+REGION_FILE = Path(__file__).resolve().parent.parent / "deploy" / "region.example.toml"
+AS_OF = date(2026, 8, 15)
+
+
+@pytest.fixture(scope="module")
+def codec() -> SchemaStore:
+    return default_store()
+
+
+@pytest.fixture(scope="module")
+def region() -> Region:
+    return load_region(REGION_FILE)
+
+
+@pytest.fixture(scope="module")
+def signers() -> dict[str, Signer]:
+    return {p: generate_key(p) for p in ("XS", "BW", "ZA", "LS", "NA", "EU", "AE", "XS-RECONCILER")}
+
+
+@pytest.fixture
+def keyring(signers: dict[str, Signer]) -> Keyring:
+    return Keyring([s.verify_key for s in signers.values()])
+
+
+@pytest.fixture
+def db(database: Database) -> Iterator[Connection]:
+    conn = connect(database.url)
+    migrate(conn, "exchange.registry")
+    service.prepare(database.url)
+    yield conn
+    conn.close()
+
+
+def cid(member: str, serial: int) -> str:
+    return regional_number("XS", member, 2026, serial)
+
+
+def certificate(number: str, *, dest: str = "EU", issued: date = date(2026, 2, 1),
+                expiry: date | None = None, carats: str = "100.00", usd: str = "1000.00",
+                origin: str | None = None, hs: str = "HS_7102_10") -> dict[str, Any]:  # fmt: skip
+    member = number.split("-")[1]
+    party = {"name": "Co", "address": "1 Road", "country": member, "licence_no": "L1"}
+    return {
+        "certificate_id": number, "issuing_participant": "XS", "issuing_member": member,
+        "issuing_authority": "Authority", "destination": dest,
+        "origin": {"type": "UNMIXED", "countries": [origin or member]},
+        "exporter": party, "importer": {**party, "country": dest},
+        "date_of_issue": issued, "date_of_expiry": expiry or issued + timedelta(days=59),
+        "parcels": [{"parcel_no": 1, "hs_code": hs, "carats": D(carats), "value_usd": D(usd),
+                     "origin_country": None}],
+        "number_of_parcels": 1, "total_carats": D(carats), "total_value_usd": D(usd),
+        "container": {"container_id": "C1", "seal_numbers": ["S1"]},
+        "lawful_import_evidence": [], "scope": "EXTERNAL",
+    }  # fmt: skip
+
+
+def confirmation(number: str, *, by: str = "EU", on: date = date(2026, 2, 10),
+                 carats: str = "100.00", usd: str = "1000.00", parcels: int = 1,
+                 seal_intact: bool = True) -> dict[str, Any]:  # fmt: skip
+    return {
+        "certificate_id": number, "issuing_participant": "XS", "importing_participant": by,
+        "received_on": on, "parcels": parcels, "carats": D(carats), "value_usd": D(usd),
+        "seal_intact": seal_intact, "remarks": "",
+    }  # fmt: skip
+
+
+class Events:
+    """Seals events as their producers, numbering each producer's events."""
+
+    def __init__(self, codec: SchemaStore, signers: dict[str, Signer]) -> None:
+        self.codec, self.signers, self.seq = codec, signers, dict.fromkeys(signers, 0)
+
+    def __call__(self, producer: str, event_type: str, record: dict[str, Any]) -> bytes:
+        self.seq[producer] += 1
+        signer = self.signers[producer]
+        return seal(self.codec, signer, event_type, record, self.seq[producer])[1]
+
+    def issued(self, cert: dict[str, Any]) -> bytes:
+        return self(cert["issuing_member"], "CertificateIssued", {"certificate": cert})
+
+    def confirmed(self, conf: dict[str, Any]) -> bytes:
+        return self(conf["importing_participant"], "ImportConfirmed", conf)
+
+    def voided(self, number: str, replaced_by: str | None = None) -> bytes:
+        record = {"certificate_id": number, "issuing_participant": "XS",
+                  "voided_on": date(2026, 2, 2), "reason": "corrected",
+                  "replaced_by": replaced_by}  # fmt: skip
+        return self(number.split("-")[1], "CertificateVoided", record)
+
+    def production(self, member: str, period: str, carats: str) -> bytes:
+        record = {"participant": member, "period": period, "producer_id": "MINE-1",
+                  "carats": D(carats), "value_usd": D(carats) * 10}  # fmt: skip
+        return self(member, "ProductionDeclared", record)
+
+
+def topology_on(vhost: Vhost, region: Region) -> None:
+    defs = topology.definitions(vhost.name, region.node_codes)
+    defs["permissions"], defs["topic_permissions"] = [], []  # the test connects as the admin
+    admin = Admin(vhost.amqp_url)
+    try:
+        admin.apply(defs, "guest")
+    finally:
+        admin.close()
+
+
+def publish(vhost: Vhost, bodies: list[bytes]) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(vhost.amqp_url))
+    channel = conn.channel()
+    channel.confirm_delivery()
+    for body in bodies:
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/octet-stream")
+        channel.basic_publish(topology.ACCEPTED, "x.accepted", body, props)
+    conn.close()
+
+
+def drain_queue(vhost: Vhost, queue: str) -> list[bytes]:
+    conn = pika.BlockingConnection(pika.URLParameters(vhost.amqp_url))
+    channel, out = conn.channel(), []
+    while True:
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            break
+        out.append(body)
+    conn.close()
+    return out
+
+
+def count(conn: Connection, query: str) -> int:
+    with transaction(conn) as cur:
+        cur.execute(query)
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def found(conn: Connection) -> set[tuple[str, str | None]]:
+    with transaction(conn) as cur:
+        cur.execute("SELECT kind, COALESCE(certificate_id, array_to_string(participants, '>')"
+                    " || ' ' || COALESCE(period, '')) FROM recon.discrepancies")  # fmt: skip
+        return {(k, w) for k, w in cur.fetchall()}
+
+
+def run_until(reconciler: service.Reconciler, conn: Connection, events: int) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=reconciler.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 20
+    try:
+        while count(conn, "SELECT count(*) FROM recon.processed") < events:
+            assert time.monotonic() < deadline, "the reconciler did not catch up"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+
+
+def event_time_scenario(ev: Events) -> tuple[list[bytes], set[tuple[str, str | None]]]:
+    c = [certificate(cid("BW", n)) for n in range(1, 14)]
+    c[8] = certificate(cid("BW", 9), expiry=date(2026, 2, 9))  # expired the day before receipt
+    c[9] = certificate(cid("BW", 10), expiry=date(2026, 2, 10))  # receipt on the day of expiry
+    late_first = confirmation(cid("BW", 13), carats="99.49")  # arrives before its certificate
+    bodies = [ev.confirmed(late_first)] + [ev.issued(x) for x in c[:12]] + [
+        ev.confirmed(confirmation(cid("BW", 1))),  # clean
+        ev.confirmed(confirmation(cid("BW", 2), carats="99.49")),  # one cent beyond 0.5 %
+        ev.confirmed(confirmation(cid("BW", 3), carats="100.50")),  # exactly at 0.5 %
+        ev.confirmed(confirmation(cid("BW", 4), usd="1020.01")),  # one cent beyond 2 %
+        ev.confirmed(confirmation(cid("BW", 5), parcels=2)),
+        ev.confirmed(confirmation(cid("BW", 6), seal_intact=False)),
+        ev.confirmed(confirmation(cid("BW", 7), by="AE")),
+        ev.voided(cid("BW", 8), replaced_by=cid("BW", 12)),
+        ev.confirmed(confirmation(cid("BW", 8))),
+        ev.confirmed(confirmation(cid("BW", 9))),
+        ev.confirmed(confirmation(cid("BW", 10))),
+        ev.confirmed(confirmation(cid("BW", 11))),
+        ev.confirmed(confirmation(cid("BW", 11), on=date(2026, 2, 20))),
+        ev.issued(c[12]),
+    ]  # fmt: skip
+    expected = {
+        ("CARAT_MISMATCH", cid("BW", 2)), ("VALUE_MISMATCH", cid("BW", 4)),
+        ("PARCEL_MISMATCH", cid("BW", 5)), ("SEAL_BROKEN", cid("BW", 6)),
+        ("WRONG_DESTINATION", cid("BW", 7)), ("VOIDED_BUT_IMPORTED", cid("BW", 8)),
+        ("IMPORTED_AFTER_EXPIRY", cid("BW", 9)), ("DUPLICATE_IMPORT", cid("BW", 11)),
+        ("CARAT_MISMATCH", cid("BW", 13)),
+    }  # fmt: skip
+    return bodies, expected
+
+
+def test_event_time_checks_find_exactly_the_seeded_set_once_and_notify_nodes(
+    db: Connection, database: Database, vhost: Vhost, region: Region, codec: SchemaStore,
+    signers: dict[str, Signer], keyring: Keyring,
+) -> None:  # fmt: skip
+    topology_on(vhost, region)
+    bodies, expected = event_time_scenario(Events(codec, signers))
+    publish(vhost, [*bodies, b"not an envelope"])
+    ctx = service.context(region, codec, signers["XS-RECONCILER"])
+    reconciler = service.Reconciler(database.url, vhost.amqp_url, ctx, codec, keyring)
+    run_until(reconciler, db, len(bodies))
+    assert found(db) == expected
+    assert count(db, "SELECT count(*) FROM recon.certificates") == 13
+    assert count(db, "SELECT count(*) FROM recon.confirmations") == 13
+    assert drain_queue(vhost, topology.DEAD_QUEUE) == [b"not an envelope"]
+
+    publish(vhost, bodies)  # every event redelivered: nothing new
+    run_until(reconciler, db, len(bodies))
+    time.sleep(0.5)
+    assert count(db, "SELECT count(*) FROM recon.discrepancies") == len(expected)
+    assert count(db, "SELECT count(*) FROM recon.confirmations") == 13
+
+    stop = threading.Event()
+    relay = OutboxRelay(database.url, vhost.amqp_url, "XS-RECONCILER", poll_interval=0.2)
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 15
+    while (
+        count(db, "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    stop.set()
+    thread.join(timeout=15)
+    notices = [open_envelope(codec, keyring, b) for b in drain_queue(vhost, "kpx.node.BW")]
+    assert {(n.payload["kind"], n.payload["certificate_id"]) for n in notices} == expected
+    assert {n.producer for n in notices} == {"XS-RECONCILER"}
+    to_ae = [open_envelope(codec, keyring, b) for b in drain_queue(vhost, "kpx.node.AE")]
+    assert [n.payload["kind"] for n in to_ae] == ["WRONG_DESTINATION"]
+
+
+# ---------------------------------------------------------------- as of a date
+
+
+def apply(conn: Connection, ctx: store.Context, codec: SchemaStore, keyring: Keyring,
+          bodies: list[bytes]) -> None:  # fmt: skip
+    envelopes: list[Envelope] = [open_envelope(codec, keyring, b) for b in bodies]
+    with transaction(conn) as cur:
+        store.apply_batch(cur, ctx, envelopes, AS_OF)
+
+
+def as_of_scenario(ev: Events) -> tuple[list[bytes], set[tuple[str, str | None]]]:
+    grace_end = AS_OF - timedelta(days=30)
+    bodies = [
+        # UNCONFIRMED_EXPIRED: expiry + 30 days == AS_OF passes, one day earlier fails
+        ev.issued(certificate(cid("NA", 1), issued=date(2026, 7, 1), expiry=grace_end)),
+        ev.issued(certificate(cid("NA", 2), issued=date(2026, 7, 1), expiry=grace_end - timedelta(days=1))),
+        # UNKNOWN_CERTIFICATE: received + 30 == AS_OF passes, a day earlier fails; rejected fails
+        ev.confirmed(confirmation(cid("BW", 901), on=grace_end)),
+        ev.confirmed(confirmation(cid("BW", 902), on=grace_end - timedelta(days=1))),
+        ev.confirmed(confirmation(cid("BW", 903), on=date(2026, 8, 1))),
+        ev.confirmed(confirmation("AE-FOREIGN-1", on=date(2026, 7, 1))),
+        # EXPORTS_EXCEED_SUPPLY: BW exactly production + stock carried in; LS one cent over
+        ev.production("BW", "2025-H2", "50.00"), ev.production("BW", "2026-H1", "100.00"),
+        ev.issued(certificate(cid("BW", 1), carats="75.00")),
+        ev.issued(certificate(cid("BW", 2), carats="75.00")),
+        ev.confirmed(confirmation(cid("BW", 1), carats="75.00")),
+        ev.confirmed(confirmation(cid("BW", 2), carats="75.00")),
+        ev.production("LS", "2026-H1", "100.00"),
+        ev.issued(certificate(cid("LS", 1), carats="100.01")),
+        ev.confirmed(confirmation(cid("LS", 1), carats="100.01")),
+        # MIRROR_MISMATCH: exported in Q2, confirmed in Q3
+        ev.issued(certificate(cid("ZA", 1), dest="AE", issued=date(2026, 6, 20), origin="RU")),
+        ev.confirmed(confirmation(cid("ZA", 1), by="AE", on=date(2026, 7, 5))),
+    ]  # fmt: skip
+    # VALUATION_OUTLIER: 30 parcels of CD origin near 100-129 USD/ct, and one at 1000 USD/ct
+    for n in range(30):
+        bodies.append(ev.issued(certificate(cid("ZA", 100 + n), issued=date(2026, 7, 10),
+                      origin="CD", hs="HS_7102_21", carats="10.00", usd=f"{1000 + 10 * n}.00")))  # fmt: skip
+    bodies.append(ev.issued(certificate(cid("ZA", 200), issued=date(2026, 7, 10), origin="CD",
+                  hs="HS_7102_21", carats="10.00", usd="10000.00")))  # fmt: skip
+    expected = {
+        ("UNCONFIRMED_EXPIRED", cid("NA", 2)), ("UNKNOWN_CERTIFICATE", cid("BW", 902)),
+        ("UNKNOWN_CERTIFICATE", cid("BW", 903)), ("VALUATION_OUTLIER", cid("ZA", 200)),
+        ("EXPORTS_EXCEED_SUPPLY", "LS 2026-H1"), ("MIRROR_MISMATCH", "ZA>AE 2026-Q2"),
+        ("SEQUENCE_GAP", "BW "),
+    }  # fmt: skip
+    return bodies, expected
+
+
+def simulate_registry(conn: Connection) -> None:
+    """Rows the registry would have written: a rejected certificate and sequence gaps."""
+    end = datetime.combine(AS_OF + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    with transaction(conn) as cur:
+        cur.execute(
+            "INSERT INTO event_log (event_id, producer, sequence, event_type, certificate_id,"
+            " decision, reason, detail, body) VALUES (%s, 'BW', 77, 'CertificateIssued', %s,"
+            " 'REJECTED', 'TOTALS_MISMATCH', 'parcel sums differ', '\\x00')",
+            (str(uuid.uuid4()), cid("BW", 903)),
+        )
+        gaps = [("BW", n, end - timedelta(hours=25), None) for n in (5, 6, 7)]
+        gaps += [("ZA", 3, end - timedelta(hours=24), None)]  # exactly at the timeout
+        gaps += [("NA", 9, end - timedelta(days=5), end - timedelta(days=4))]  # filled
+        cur.executemany(
+            "INSERT INTO sequence_gaps (producer, sequence, detected_at, filled_at)"
+            " VALUES (%s, %s, %s, %s)",
+            gaps,
+        )
+
+
+def test_reconcile_as_of_raises_each_kind_exactly_once_at_the_edges(
+    db: Connection, region: Region, codec: SchemaStore, signers: dict[str, Signer],
+    keyring: Keyring,
+) -> None:  # fmt: skip
+    ctx = service.context(region, codec, signers["XS-RECONCILER"])
+    bodies, expected = as_of_scenario(Events(codec, signers))
+    apply(db, ctx, codec, keyring, bodies)
+    simulate_registry(db)
+    assert found(db) == set()  # nothing at event time: the scenario is clean until AS_OF
+
+    summary = asof.reconcile(db, ctx, AS_OF)
+    assert found(db) == expected
+    assert summary.total == len(expected)
+    detail = {k: d for k, d in _details(db)}
+    assert "robust z" in detail["VALUATION_OUTLIER"] and "MAD" in detail["VALUATION_OUTLIER"]
+    assert "stock carried in 0.00 ct" in detail["EXPORTS_EXCEED_SUPPLY"]
+    assert "TOTALS_MISMATCH" in detail["UNKNOWN_CERTIFICATE"] or len(detail) == 7
+
+    again = asof.reconcile(db, ctx, AS_OF)
+    assert again.total == 0 and found(db) == expected
+    notices = count(db, "SELECT count(*) FROM outbox WHERE relay = 'XS-RECONCILER'")
+    assert notices >= len(expected)  # one per concerned node
+
+
+def _details(conn: Connection) -> list[tuple[str, str]]:
+    with transaction(conn) as cur:
+        cur.execute("SELECT kind, detail FROM recon.discrepancies ORDER BY id")
+        return list(cur.fetchall())
+
+
+def test_discrepancies_are_listed_by_filter_and_resolved_with_a_note(
+    db: Connection, region: Region, codec: SchemaStore, signers: dict[str, Signer],
+    keyring: Keyring,
+) -> None:  # fmt: skip
+    ctx = service.context(region, codec, signers["XS-RECONCILER"])
+    bodies, _ = as_of_scenario(Events(codec, signers))
+    apply(db, ctx, codec, keyring, bodies)
+    asof.reconcile(db, ctx, AS_OF)
+    with transaction(db) as cur:
+        mirror = store.list_discrepancies(cur, kind="MIRROR_MISMATCH", participant="AE")
+        assert [(d["participants"], d["period"]) for d in mirror] == [(["ZA", "AE"], "2026-Q2")]
+        assert store.list_discrepancies(cur, period="2026-H1")[0]["kind"] == "EXPORTS_EXCEED_SUPPLY"
+        store.resolve(cur, mirror[0]["id"], "goods in transit at the quarter's end")
+        resolved = store.list_discrepancies(cur, status="RESOLVED")
+    assert [(d["status"], d["note"]) for d in resolved] == [
+        ("RESOLVED", "goods in transit at the quarter's end")
+    ]
+
+
+def test_statistics_are_versioned_and_show_what_a_late_event_changed(
+    db: Connection, region: Region, codec: SchemaStore, signers: dict[str, Signer],
+    keyring: Keyring,
+) -> None:  # fmt: skip
+    ctx = service.context(region, codec, signers["XS-RECONCILER"])
+    ev = Events(codec, signers)
+    apply(db, ctx, codec, keyring, [
+        ev.issued(certificate(cid("BW", 1), carats="75.00", usd="750.00")),
+        ev.production("BW", "2026-H1", "100.00"),
+    ])  # fmt: skip
+    q1 = Period.parse("2026-Q1")
+    first = figures.publish(db, q1, "XS", list(region.node_codes))
+    assert (first.version, first.previous_version, first.new_version) == (1, None, True)
+    rows = {(r["section"], r["flow"], r["by"], r["key"]): r for r in first.rows}
+    assert rows["trade", "export", "partner", "EU"]["carats"] == "75.00"
+    assert rows["trade", "export", "partner", "EU"]["usd_per_carat"] == "10.00"
+    assert rows["production", "production", "total", ""]["period"] == "2026-H1"
+    assert rows["mirror", "mirror", "partner", "EU"]["mirror_carats"] == "0.00"
+    assert figures.publish(db, q1, "XS", list(region.node_codes)).new_version is False
+
+    apply(
+        db,
+        ctx,
+        codec,
+        keyring,
+        [ev.confirmed(confirmation(cid("BW", 1), carats="75.00", usd="750.00"))],
+    )
+    second = figures.publish(db, q1, "XS", list(region.node_codes))
+    assert (second.version, second.previous_version) == (2, 1)
+    changed = {c.key[:3] + c.key[4:] for c in second.changes}
+    assert ("trade", "EU", "2026-Q1", "partner", "BW") in changed
+    assert ("mirror", "BW", "2026-Q1", "partner", "EU") in changed
+    assert replace(second, changes=[]).rows == second.rows
