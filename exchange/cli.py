@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -72,10 +73,16 @@ def topology_() -> None:
 @topology_.command("export")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("deploy/rabbitmq/definitions.json"), show_default=True)
+@click.option("--admin-user", default="kpx-admin", show_default=True,
+              help="Administrator created at boot (a broker loading definitions makes no guest).")
+@click.option("--admin-password", envvar="KPX_BROKER_ADMIN_PASSWORD", default="kpx-admin",
+              show_default=True, help="Its password ($KPX_BROKER_ADMIN_PASSWORD); change it.")
 @click.pass_obj
-def topology_export(rt: Runtime, output: Path) -> None:
-    """Write the topology as RabbitMQ definitions (users without passwords)."""
-    definitions = topology.definitions(rt.region.vhost, rt.region.node_codes)
+def topology_export(rt: Runtime, output: Path, admin_user: str, admin_password: str) -> None:
+    """Write the topology as RabbitMQ definitions (service users without passwords:
+    `kpx region init` sets them)."""
+    admin = (admin_user, topology.password_hash(admin_password, os.urandom(4)))
+    definitions = topology.definitions(rt.region.vhost, rt.region.node_codes, admin)
     output.write_text(json.dumps(definitions, indent=2) + "\n", encoding="utf-8")
     click.echo(f"wrote {output}")
 

@@ -7,10 +7,13 @@ the management API and what ``kpx topology export`` writes to
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Any
 
+_HASHING = "rabbit_password_hashing_sha256"
 EVENTS = "kpx.events"
 NOTIFY = "kpx.notify"
 ACCEPTED = "kpx.accepted"
@@ -112,8 +115,19 @@ def _exact(*names: str) -> str:
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
 
-def definitions(vhost: str, node_codes: Sequence[str]) -> dict[str, Any]:
-    """The whole topology for ``vhost`` with one queue and user per node code."""
+def password_hash(password: str, salt: bytes) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256`` of ``password`` with a 4-byte salt."""
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def definitions(
+    vhost: str, node_codes: Sequence[str], admin: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The whole topology for ``vhost`` with one queue and user per node code.
+
+    ``admin`` (user, password hash) adds an administrator: a broker that loads definitions at
+    boot creates no default user, and ``kpx region init`` needs one to log in.
+    """
     queues = [
         _queue(vhost, REGISTRY_QUEUE),
         _queue(vhost, DEAD_QUEUE, dead_letter=False),
@@ -155,18 +169,18 @@ def definitions(vhost: str, node_codes: Sequence[str]) -> dict[str, Any]:
         }
         for c in node_codes
     ]
+    user_entries = [
+        {"name": u, "password_hash": "", "hashing_algorithm": _HASHING, "tags": []}
+        for u in users
+    ]
+    if admin is not None:
+        user_entries.append({"name": admin[0], "password_hash": admin[1],
+                             "hashing_algorithm": _HASHING, "tags": ["administrator"]})
+        permissions.append(_perm(vhost, admin[0], ".*", ".*", ".*"))
     return {
         "rabbit_version": "3.10",
         "vhosts": [{"name": vhost}],
-        "users": [
-            {
-                "name": u,
-                "password_hash": "",
-                "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": [],
-            }
-            for u in users
-        ],
+        "users": user_entries,
         "permissions": permissions,
         "topic_permissions": topic_permissions,
         "exchanges": [

@@ -184,8 +184,8 @@ class _Claiming:
 class Publisher:
     """Publishes to kpx.events AS a broker user (one connection per user, confirms on)."""
 
-    def __init__(self, amqp_url: str) -> None:
-        self.amqp_url = amqp_url
+    def __init__(self, amqp_url: str, vhost: str) -> None:
+        self.amqp_url, self.vhost = amqp_url, vhost
         self._channels: dict[str, Any] = {}
         self._conns: list[pika.BlockingConnection] = []
 
@@ -211,13 +211,12 @@ class Publisher:
         )
         self._channel(user).basic_publish(topology.EVENTS, routing_key, body, props)
 
-    def send(self, sealed: Sealed, *, user: str | None = None) -> None:
-        """Publish ``sealed`` as its producer's node user (or ``user``)."""
-        code = sealed.producer if user is None else user
-        broker_user = code if code.startswith("kpx-") else topology.node_user(code)
+    def send(self, sealed: Sealed, *, as_node: str | None = None) -> None:
+        """Publish ``sealed`` as its producer's node user (or as node ``as_node``)."""
+        code = sealed.producer if as_node is None else as_node
         self.raw(
-            broker_user,
-            f"{sealed.producer if user is None else code}.{sealed.event_type}",
+            topology.node_user(code, self.vhost),
+            f"{code}.{sealed.event_type}",
             sealed.body,
             message_id=sealed.event_id,
             event_type=sealed.event_type,
@@ -244,7 +243,11 @@ class Env:
 
     @property
     def registry_url(self) -> str:
-        return as_user(self.admin_url, topology.REGISTRY_USER)
+        return as_user(self.admin_url, topology.registry_user(self.vhost))
+
+    def user(self, code: str) -> str:
+        """The broker user of node ``code`` on this vhost."""
+        return topology.node_user(code, self.vhost)
 
     def run_registry(self, **kwargs: Any) -> RunningRegistry:
         return RunningRegistry(self, **kwargs)
@@ -273,7 +276,7 @@ class Env:
 
     def _drain_node(self, node: str) -> None:
         keyring = Keyring([self.registry_signer.verify_key])
-        params = pika.URLParameters(as_user(self.admin_url, topology.node_user(node)))
+        params = pika.URLParameters(as_user(self.admin_url, self.user(node)))
         conn = pika.BlockingConnection(params)
         try:
             channel = conn.channel()
@@ -327,10 +330,10 @@ def make_env(vhost_name: str, admin_url: str, dsn: str) -> Env:
     admin = Admin(admin_url)
     try:
         codes = [*NODES, STRANGER]
-        for user in [topology.REGISTRY_USER, topology.RECONCILER_USER]:
+        for user in [topology.registry_user(vhost_name), topology.reconciler_user(vhost_name)]:
             admin.put_user(user, PASSWORD)
         for code in codes:
-            admin.put_user(topology.node_user(code), PASSWORD)
+            admin.put_user(topology.node_user(code, vhost_name), PASSWORD)
         admin.apply(topology.definitions(vhost_name, codes), urlsplit(admin_url).username or "guest")
     finally:
         admin.close()
@@ -346,7 +349,7 @@ def make_env(vhost_name: str, admin_url: str, dsn: str) -> Env:
     finally:
         conn.close()
     producers = Producers(default_store(), signers)
-    return Env(vhost_name, admin_url, dsn, region, registry_signer, producers, Publisher(admin_url))
+    return Env(vhost_name, admin_url, dsn, region, registry_signer, producers, Publisher(admin_url, vhost_name))
 
 
 def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:

@@ -81,8 +81,8 @@ def prepare_database(conn: Connection, region: Region) -> None:
 
 
 def node_users(region: Region) -> dict[str, str]:
-    """Broker user -> node code, for every member and partner."""
-    return {n.broker_user: n.code for n in (*region.members, *region.partners)}
+    """Broker user -> node code, for every member and partner (users carry the vhost)."""
+    return {topology.node_user(code, region.vhost): code for code in region.node_codes}
 
 
 def context(region: Region) -> policy.Context:
@@ -163,7 +163,9 @@ def _consume(
     batch_size: int,
 ) -> None:
     keys = KeySource(lambda: store.load_keyring(db.get()))
-    opener = Opener(schemas, keys, node_users(region), region.node_codes, topology.REGISTRY_USER)
+    opener = Opener(
+        schemas, keys, node_users(region), region.node_codes, topology.registry_user(region.vhost)
+    )
     writer = OutboxWriter(schemas, signer, relay=region.code)
     ctx = context(region)
     retrying = Retrying(
