@@ -10,7 +10,9 @@ the current shape.
 Writing is strict: a record with a missing required field, an unknown field, an ill-typed
 value or a decimal with more places than the schema's scale raises :class:`SchemaViolation`
 naming the field path. Reading is total: any bytes either decode or raise a
-:class:`CodecError` subclass, never another exception.
+:class:`CodecError` subclass, never another exception. Known limit: fastavro 1.13 reads a
+negative enum or union index as a Python negative index (a valid symbol or branch) instead of
+failing; only a broken or hostile producer can send such bytes, and it must sign them.
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ class Node:
         if refusal is not None:
             raise refusal
         event_id = self._emit(
-            cur, confirmation.to_record(), "ImportConfirmed", confirmation.certificate_id
+            confirmation.to_record(), "ImportConfirmed", confirmation.certificate_id
         )
         store.insert_confirmation(cur, confirmation, event_id)
         return confirmation.certificate_id

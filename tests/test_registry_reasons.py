@@ -77,7 +77,9 @@ def test_a_valid_certificate_is_accepted_and_the_destination_is_told(env: Env) -
         ),
         what="ShipmentExpected at ZA",
     )
-    rows = env.query("SELECT state FROM certificates WHERE certificate_id = %s", (cert.certificate_id,))
+    rows = env.query(
+        "SELECT state FROM certificates WHERE certificate_id = %s", (cert.certificate_id,)
+    )
     assert rows == [{"state": "ISSUED"}]
 
 
@@ -174,7 +176,9 @@ def test_bad_signature(env: Env) -> None:
 def test_a_member_impersonating_another_is_bad_signature(env: Env) -> None:
     # ZA's broker user publishes an envelope that claims BW, signed with ZA's key.
     sealed = env.producers.seal("BW", issuance(fresh()), signer=env.producers.signers["ZA"])
-    env.publisher.raw(env.user("ZA"), "ZA.CertificateIssued", sealed.body, message_id=sealed.event_id)
+    env.publisher.raw(
+        env.user("ZA"), "ZA.CertificateIssued", sealed.body, message_id=sealed.event_id
+    )
     detail = rejected_with(env, "ZA", sealed.event_id, "BAD_SIGNATURE")
     assert "BW" in detail and "ZA" in detail
 
@@ -211,13 +215,17 @@ def test_unknown_payload_fingerprint_is_schema_unknown(env: Env) -> None:
 
 def test_an_unknown_envelope_fingerprint_is_dead_lettered_as_schema_unknown(env: Env) -> None:
     message_id = "7d3f5a10-0000-4000-8000-000000000001"
-    env.publisher.raw(env.user("BW"), "BW.CertificateIssued", MAGIC + b"\x02" * 8 + b"junk", message_id=message_id)
+    env.publisher.raw(
+        env.user("BW"), "BW.CertificateIssued", MAGIC + b"\x02" * 8 + b"junk", message_id=message_id
+    )
     rejected_with(env, "BW", message_id, "SCHEMA_UNKNOWN")
 
 
 def test_random_bytes_are_dead_lettered_as_schema_invalid(env: Env) -> None:
     message_id = "7d3f5a10-0000-4000-8000-000000000002"
-    env.publisher.raw(env.user("ZA"), "ZA.CertificateIssued", b"\x00garbage" * 5, message_id=message_id)
+    env.publisher.raw(
+        env.user("ZA"), "ZA.CertificateIssued", b"\x00garbage" * 5, message_id=message_id
+    )
     rejected_with(env, "ZA", message_id, "SCHEMA_INVALID")
 
 

@@ -148,7 +148,12 @@ class Producers:
     sequences: dict[str, int] = field(default_factory=dict)
 
     def seal(
-        self, producer: str, payload: Any, *, signer: Signer | None = None, sequence: int | None = None
+        self,
+        producer: str,
+        payload: Any,
+        *,
+        signer: Signer | None = None,
+        sequence: int | None = None,
     ) -> Sealed:
         if sequence is None:
             sequence = self.sequences.get(producer, 0) + 1
@@ -156,8 +161,11 @@ class Producers:
         record = payload.to_record()
         event_type = type(payload).EVENT_TYPE
         event_id, body = seal(
-            self.store, _Claiming(signer or self.signers[producer], producer), event_type,
-            record, sequence,
+            self.store,
+            _Claiming(signer or self.signers[producer], producer),
+            event_type,
+            record,
+            sequence,
         )
         return Sealed(event_id, event_type, producer, sequence, body)
 
@@ -189,18 +197,27 @@ class Publisher:
         self._channels: dict[str, Any] = {}
         self._conns: list[pika.BlockingConnection] = []
 
-    def _channel(self, user: str) -> Any:
-        if user not in self._channels:
+    def _channel(self, user: str, confirm: bool = True) -> Any:
+        """One channel per (user, confirm mode); bulk tests publish without confirms."""
+        key = f"{user}/{confirm}"
+        if key not in self._channels:
             conn = pika.BlockingConnection(pika.URLParameters(as_user(self.amqp_url, user)))
             channel = conn.channel()
-            channel.confirm_delivery()
+            if confirm:
+                channel.confirm_delivery()
             self._conns.append(conn)
-            self._channels[user] = channel
-        return self._channels[user]
+            self._channels[key] = channel
+        return self._channels[key]
 
     def raw(
-        self, user: str, routing_key: str, body: bytes, *, message_id: str | None = None,
+        self,
+        user: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
         event_type: str | None = None,
+        confirm: bool = True,
     ) -> None:
         props = BasicProperties(
             message_id=message_id or str(uuid.uuid4()),
@@ -209,9 +226,9 @@ class Publisher:
             content_type="application/vnd.apache.avro+binary",
             delivery_mode=2,
         )
-        self._channel(user).basic_publish(topology.EVENTS, routing_key, body, props)
+        self._channel(user, confirm).basic_publish(topology.EVENTS, routing_key, body, props)
 
-    def send(self, sealed: Sealed, *, as_node: str | None = None) -> None:
+    def send(self, sealed: Sealed, *, as_node: str | None = None, confirm: bool = True) -> None:
         """Publish ``sealed`` as its producer's node user (or as node ``as_node``)."""
         code = sealed.producer if as_node is None else as_node
         self.raw(
@@ -220,6 +237,7 @@ class Publisher:
             sealed.body,
             message_id=sealed.event_id,
             event_type=sealed.event_type,
+            confirm=confirm,
         )
 
     def close(self) -> None:
@@ -324,7 +342,17 @@ class RunningRegistry:
         assert self.error is None, f"the registry failed: {self.error!r}"
 
 
-def make_env(vhost_name: str, admin_url: str, dsn: str) -> Env:
+def make_signers() -> tuple[dict[str, Signer], Signer]:
+    """Keys of every test node (and the stranger), and the registry's."""
+    return {code: generate_key(code) for code in [*NODES, STRANGER]}, generate_key("XS")
+
+
+def make_env(
+    vhost_name: str,
+    admin_url: str,
+    dsn: str,
+    keys: tuple[dict[str, Signer], Signer] | None = None,
+) -> Env:
     """Apply the topology, create users, migrate the database and register the keys."""
     region = region_for(vhost_name)
     admin = Admin(admin_url)
@@ -334,11 +362,12 @@ def make_env(vhost_name: str, admin_url: str, dsn: str) -> Env:
             admin.put_user(user, PASSWORD)
         for code in codes:
             admin.put_user(topology.node_user(code, vhost_name), PASSWORD)
-        admin.apply(topology.definitions(vhost_name, codes), urlsplit(admin_url).username or "guest")
+        admin.apply(
+            topology.definitions(vhost_name, codes), urlsplit(admin_url).username or "guest"
+        )
     finally:
         admin.close()
-    signers = {code: generate_key(code) for code in [*NODES, STRANGER]}
-    registry_signer = generate_key("XS")
+    signers, registry_signer = keys or make_signers()
     conn = connect(dsn)
     try:
         service.prepare_database(conn, region)
@@ -349,7 +378,15 @@ def make_env(vhost_name: str, admin_url: str, dsn: str) -> Env:
     finally:
         conn.close()
     producers = Producers(default_store(), signers)
-    return Env(vhost_name, admin_url, dsn, region, registry_signer, producers, Publisher(admin_url, vhost_name))
+    return Env(
+        vhost_name,
+        admin_url,
+        dsn,
+        region,
+        registry_signer,
+        producers,
+        Publisher(admin_url, vhost_name),
+    )
 
 
 def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:

@@ -354,7 +354,7 @@ def seed_participants(cur: Cursor, region: Region) -> int:
 
 
 def set_status(
-    cur: Cursor, code: str, status: str, effective_on: date, reason: str, event_id: str
+    cur: Cursor, code: str, status: str, effective_on: date, reason: str, event_id: str | None
 ) -> None:
     """Record a participant's new status and its history row."""
     cur.execute(

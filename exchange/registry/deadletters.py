@@ -1,0 +1,101 @@
+"""The dead-letter queue ``kpx.registry.dead``: list it, and re-inject messages after a fix.
+
+Listing takes every message without acknowledging it and closes the channel, which returns
+them all to the queue: nothing is consumed for good. Re-injecting publishes the chosen
+messages back to ``kpx.events`` under their original routing key as the registry's own
+broker user (the ingest then trusts the envelope's producer, proven by its signature), waits
+for the broker's confirm, and only then acks the dead copy; the others go back to the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import pika
+from pika.spec import BasicProperties
+
+from exchange import topology
+from exchange.rabbitmq import blocking_connection, translated
+
+
+def _describe(method: Any, props: BasicProperties, body: bytes) -> dict[str, Any]:
+    headers = props.headers or {}
+    reason = headers.get("x-kpx-reason", "")
+    routing_key = headers.get("x-kpx-routing-key") or method.routing_key
+    return {
+        "message_id": props.message_id,
+        "reason": reason.decode() if isinstance(reason, bytes) else str(reason),
+        "routing_key": routing_key.decode() if isinstance(routing_key, bytes) else routing_key,
+        "type": props.type,
+        "size": len(body),
+    }
+
+
+def list_dead(amqp_url: str) -> list[dict[str, Any]]:
+    """Every dead letter (reason, routing key, message id, size), left in the queue.
+
+    Raises BrokerUnavailable or BrokerRefused.
+    """
+    conn = blocking_connection(amqp_url, name="registry-dead-letters")
+    found: list[dict[str, Any]] = []
+    try:
+        with translated("listing dead letters"):
+            channel = conn.channel()
+            while True:
+                method, props, body = channel.basic_get(topology.DEAD_QUEUE, auto_ack=False)
+                if method is None:
+                    break
+                found.append(_describe(method, props, body))
+            channel.close()  # returns every unacked message to the queue
+    finally:
+        if conn.is_open:
+            conn.close()
+    return found
+
+
+def reinject(amqp_url: str, user: str, message_ids: Collection[str] | None = None) -> int:
+    """Re-publish dead letters (all when ``message_ids`` is None) to kpx.events; return how many.
+
+    ``user`` is the broker user of ``amqp_url`` (the registry's), set as ``user_id``. Raises
+    BrokerUnavailable or BrokerRefused; a message whose publish is not confirmed stays dead.
+    """
+    conn = blocking_connection(amqp_url, name="registry-reinject")
+    count = 0
+    try:
+        with translated("re-injecting dead letters"):
+            channel, publish = conn.channel(), conn.channel()
+            publish.confirm_delivery()
+            while True:
+                method, props, body = channel.basic_get(topology.DEAD_QUEUE, auto_ack=False)
+                if method is None:
+                    break
+                if message_ids is not None and props.message_id not in message_ids:
+                    continue  # left unacked: back to the queue when the channel closes
+                info = _describe(method, props, body)
+                try:
+                    publish.basic_publish(
+                        topology.EVENTS, info["routing_key"], body, _props(props, user), True
+                    )
+                except (pika.exceptions.UnroutableError, pika.exceptions.NackError):
+                    continue  # not confirmed: the dead copy stays in the queue
+                channel.basic_ack(method.delivery_tag)
+                count += 1
+            channel.close()
+    finally:
+        if conn.is_open:
+            conn.close()
+    return count
+
+
+def _props(props: BasicProperties, user: str) -> BasicProperties:
+    headers = {k: v for k, v in (props.headers or {}).items() if not str(k).startswith("x-")}
+    headers["x-kpx-reinjected"] = 1
+    return BasicProperties(
+        message_id=props.message_id,
+        type=props.type,
+        user_id=user,
+        content_type=props.content_type,
+        delivery_mode=2,
+        headers=headers,
+    )
