@@ -128,7 +128,10 @@ class AsyncPublisher:
     """
 
     def __init__(self, url: str, *, name: str, user_id: str | None = None) -> None:
-        self._params = parameters(url, name=name)
+        # ``url`` may list the nodes of a cluster, comma-separated (a comma inside a URL is
+        # percent-encoded): start() tries them in order, so a dead node is skipped.
+        self._candidates = [parameters(u, name=name) for u in url.split(",") if u.strip()]
+        self._params = self._candidates[0]
         self._name = name
         self.user_id = user_id if user_id is not None else self._params.credentials.username
         self._conn: pika.SelectConnection | None = None
@@ -146,7 +149,23 @@ class AsyncPublisher:
     # -- lifecycle (caller thread) --
 
     def start(self, timeout: float = 15.0) -> AsyncPublisher:
-        """Connect and open a confirm-mode channel; raises BrokerUnavailable/BrokerRefused."""
+        """Connect and open a confirm-mode channel; raises BrokerUnavailable/BrokerRefused.
+
+        With several URLs, each is tried in turn until one answers; the last one's
+        BrokerUnavailable is raised when none does.
+        """
+        for params in self._candidates[:-1]:
+            try:
+                return self._start(params, timeout)
+            except BrokerUnavailable as exc:
+                log.warning("publisher %s: %s; trying the next node", self._name, exc)
+        return self._start(self._candidates[-1], timeout)
+
+    def _start(self, params: pika.URLParameters, timeout: float) -> AsyncPublisher:
+        if self._thread is not None:  # a failed attempt's thread must not touch the new state
+            self._thread.join(timeout=10)
+        self._params, self._conn, self._error = params, None, None
+        self._ready, self.closed = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"amqp-{self._name}", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):

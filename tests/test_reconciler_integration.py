@@ -438,7 +438,8 @@ def test_commands_reconcile_list_resolve_and_publish_statistics(
     runner = CliRunner()
     out = runner.invoke(commands.reconcile, ["--as-of", AS_OF.isoformat(), "--json"], obj=obj)
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["total"] == len(expected) - 1  # no gaps simulated here
+    # no registry rows simulated here: no sequence gap, no rejected certificate
+    assert json.loads(out.output)["total"] == len(expected) - 2
     out = runner.invoke(commands.discrepancies, ["--json", "--kind", "SEQUENCE_GAP"], obj=obj)
     assert json.loads(out.output) == []
     out = runner.invoke(commands.discrepancies, ["--json", "--participant", "LS"], obj=obj)

@@ -228,6 +228,9 @@ def reconcile(conn: Connection, ctx: Context, as_of: date) -> RunSummary:
         "nodes": sorted(ctx.node_codes),
     }
     with transaction(conn) as cur:
+        # The medians sort every parcel and the anti-joins hash every certificate: in memory
+        # they take seconds, spilled to disk minutes (measured in benchmarks/reconcile_bench).
+        cur.execute("SET LOCAL work_mem = '256MB'")
         cur.execute("SELECT nextval('recon.run_ids')")
         row = cur.fetchone()
         assert row is not None

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from exchange import metrics, topology
 from exchange.errors import TransientError
-from exchange.events import EVENT_TYPES, ImportConfirmation, Issuance, ShipmentNotice
+from exchange.events import EVENT_TYPES, ImportConfirmation, Issuance
 from exchange.outbox import OutboxWriter, Pending
 from exchange.postgres import Connection, Cursor, transaction
 from exchange.rabbitmq import Delivery
@@ -135,11 +135,12 @@ class _Session:
         )
         payload = event.payload
         if isinstance(payload, Issuance) and payload.certificate.destination in self.ctx.node_codes:
-            notice = ShipmentNotice(payload.certificate, self.now)
+            # The decoded record re-encodes as is: no need to rebuild it from the dataclasses.
+            notice = {"certificate": event.record["certificate"], "accepted_at": self.now}
             self.outgoing.append(
                 Pending(
                     "ShipmentExpected",
-                    notice.to_record(),
+                    notice,
                     topology.NOTIFY,
                     f"{payload.certificate.destination}.ShipmentExpected",
                 )

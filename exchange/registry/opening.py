@@ -28,13 +28,14 @@ import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from exchange.codec import SchemaStore
 from exchange.envelope import open_envelope
 from exchange.errors import CodecError, Refusal, SignatureError, UnknownFingerprint
-from exchange.events import EVENT_TYPES, payload_from_record
+from exchange.events import EVENT_TYPES, Issuance, Payload, payload_from_record
 from exchange.rabbitmq import Delivery
-from exchange.registry.policy import Event
+from exchange.registry.policy import Event, certificate_json, content_digest
 from exchange.signing import Keyring
 
 _DIGEST_NAMESPACE = uuid.UUID("6f1c0d2e-8b1a-4f5e-9a43-6b7f0c2d9e51")
@@ -147,13 +148,14 @@ class Opener:
         _, env = self.store.decode(body, expected="Envelope")
         _, record = self.store.decode(env["payload"])
         payload = payload_from_record(env["event_type"], record)
-        return Event(
+        return make_event(
             str(env["event_id"]),
             env["event_type"],
             env["producer"],
             env["sequence"],
             env["produced_at"],
             payload,
+            record,
             body,
         )
 
@@ -172,13 +174,14 @@ class Opener:
             return _authentic(base, refusal)
         except (KeyError, TypeError, ValueError) as exc:
             return _authentic(base, Refusal("SCHEMA_INVALID", f"payload: {exc!r}"))
-        event = Event(
+        event = make_event(
             envelope.event_id,
             envelope.event_type,
             envelope.producer,
             envelope.sequence,
             envelope.produced_at,
             payload,
+            envelope.payload,
             body,
         )
         return replace(base, key=event.event_id, authentic=True, event=event)
@@ -199,6 +202,35 @@ class Opener:
             refusal=Refusal(code, f"not a kpx envelope: {exc}"),
             dead=True,
         )
+
+
+def make_event(
+    event_id: str,
+    event_type: str,
+    producer: str,
+    sequence: int,
+    produced_at: datetime,
+    payload: Payload,
+    record: dict[str, Any],
+    body: bytes,
+) -> Event:
+    """An Event; a certificate's JSON body and digest are computed once, here."""
+    cert_json, digest = None, b""
+    if isinstance(payload, Issuance):
+        cert_json = certificate_json(record["certificate"])
+        digest = content_digest(cert_json)
+    return Event(
+        event_id,
+        event_type,
+        producer,
+        sequence,
+        produced_at,
+        payload,
+        body,
+        record,
+        cert_json,
+        digest,
+    )
 
 
 def _authentic(base: Opened, refusal: Refusal) -> Opened:

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
 
 from exchange import rules
-from exchange.certificate import Certificate
+from exchange.certificate import Certificate, HsCode
 from exchange.errors import Refusal
 from exchange.events import (
     ImportConfirmation,
@@ -63,6 +65,9 @@ class Event:
     produced_at: datetime
     payload: Payload
     raw: bytes
+    record: Mapping[str, Any]  # the payload as decoded (to re-encode without rebuilding it)
+    cert_json: dict[str, Any] | None = None  # CertificateIssued: Certificate.to_json shape
+    cert_digest: bytes = b""
 
     @property
     def certificate_id(self) -> str | None:
@@ -91,12 +96,22 @@ class Context:
 
 @dataclass(slots=True)
 class CertRecord:
-    """A stored certificate as the policy sees it."""
+    """A stored certificate as the policy sees it; its content is parsed only when compared."""
 
-    certificate: Certificate
-    producer: str
+    certificate_id: str
+    issuer: str  # issuing member, else issuing participant (as rules.issued_by reads it)
     state: str
     event_id: str
+    digest: bytes
+    body: Mapping[str, Any] | None = None
+    parsed: Certificate | None = None
+
+    def certificate(self) -> Certificate:
+        """The stored certificate (parsed from its JSON body on first use)."""
+        if self.parsed is None:
+            assert self.body is not None
+            self.parsed = Certificate.from_json(self.body)
+        return self.parsed
 
 
 @dataclass(slots=True)
@@ -127,7 +142,7 @@ class Verdict:
 class Changes:
     """Rows to write, collected while applying verdicts (see store.write_changes)."""
 
-    certificates: list[tuple[Certificate, str, str, str]] = field(default_factory=list)
+    certificates: list[tuple[Certificate, str, Event]] = field(default_factory=list)
     state_changes: list[tuple[str, str | None, str]] = field(default_factory=list)
     history: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     confirmations: list[tuple[ImportConfirmation, str, bool]] = field(default_factory=list)
@@ -139,9 +154,35 @@ class Changes:
     high_water: dict[str, int] = field(default_factory=dict)
 
 
-def content_hash(cert: Certificate) -> bytes:
-    """A digest of the certificate's content, to tell "same again" from "other content"."""
-    text = json.dumps(cert.to_json(), sort_keys=True, separators=(",", ":"))
+_HS_VALUES = {code.name: code.value for code in HsCode}
+
+
+def certificate_json(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``Certificate.to_json()`` computed straight from the decoded Avro record.
+
+    Several times faster than building the dataclass tree first, and the ingest does it for
+    every certificate; tests check that both give the same dict.
+    """
+    return {key: _json_value(key, value) for key, value in record.items()}
+
+
+def _json_value(key: str, value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _json_value(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(key, v) for v in value]
+    if key == "hs_code":
+        return _HS_VALUES.get(value, value)
+    return value
+
+
+def content_digest(body: Mapping[str, Any]) -> bytes:
+    """A digest of a certificate's JSON, to tell "same again" from "other content" cheaply."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
@@ -161,7 +202,7 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         )
     payload = event.payload
     if isinstance(payload, Issuance):
-        return _decide_certificate(payload.certificate, event.producer, view, ctx)
+        return _decide_certificate(payload.certificate, event, view, ctx)
     if isinstance(payload, Voiding):
         return _decide_void(payload, event, view, ctx)
     if isinstance(payload, ImportConfirmation):
@@ -177,18 +218,25 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
     )
 
 
-def _decide_certificate(cert: Certificate, producer: str, view: View, ctx: Context) -> Verdict:
+def _decide_certificate(cert: Certificate, event: Event, view: View, ctx: Context) -> Verdict:
+    digest = event.cert_digest
     refusal = rules.check_certificate(
-        cert, producer, view.book, ctx.policy, region_code=ctx.region_code, members=ctx.members
+        cert,
+        event.producer,
+        view.book,
+        ctx.policy,
+        region_code=ctx.region_code,
+        members=ctx.members,
     )
     if refusal is not None:
         return _rejected(refusal)
     existing = view.certs.get(cert.certificate_id)
     if existing is None:
         return Verdict(ACCEPTED)
-    refusal = rules.check_duplicate(existing.certificate, cert)
-    if refusal is not None:
-        return _rejected(refusal)
+    if existing.digest != digest:
+        refusal = rules.check_duplicate(existing.certificate(), cert)
+        if refusal is not None:
+            return _rejected(refusal)
     return Verdict(
         ACCEPTED,
         detail=f"certificate {cert.certificate_id} was already accepted with the same content "
@@ -205,8 +253,7 @@ def _decide_void(voiding: Voiding, event: Event, view: View, ctx: Context) -> Ve
         region_code=ctx.region_code,
         members=ctx.members,
         existing_state=None if existing is None else existing.state,
-        issuer_matches=existing is not None
-        and rules.issued_by(existing.certificate, event.producer),
+        issuer_matches=existing is not None and existing.issuer == event.producer,
     )
     if refusal is None:
         return Verdict(ACCEPTED)
@@ -269,10 +316,13 @@ def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
 
 
 def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes) -> None:
-    record = CertRecord(cert, event.producer, "ISSUED", event.event_id)
+    issuer = cert.issuing_member or cert.issuing_participant
+    record = CertRecord(
+        cert.certificate_id, issuer, "ISSUED", event.event_id, event.cert_digest, parsed=cert
+    )
     view.certs[cert.certificate_id] = record
     waiting = view.waiting.pop(cert.certificate_id, [])
-    out.certificates.append((cert, event.producer, event.event_id, "ISSUED"))
+    out.certificates.append((cert, event.producer, event))
     out.history.append((cert.certificate_id, event.event_id, event.event_type, "ISSUED", ""))
     for confirmation_id in sorted(waiting):
         _confirm(record, confirmation_id, out)
@@ -292,7 +342,7 @@ def _apply_confirmation(
 
 def _confirm(record: CertRecord, confirmation_id: str, out: Changes) -> None:
     """A confirmation matched to its certificate: ISSUED becomes IMPORT_CONFIRMED."""
-    cert_id = record.certificate.certificate_id
+    cert_id = record.certificate_id
     if record.state == "ISSUED":
         record.state = "IMPORT_CONFIRMED"
         out.state_changes.append((cert_id, None, record.state))

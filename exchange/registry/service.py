@@ -133,7 +133,15 @@ def run_registry(
 
 def _start_relay(dsn: str, amqp_url: str, relay: str, stop: threading.Event) -> threading.Thread:
     worker = OutboxRelay(dsn, amqp_url, relay)
-    thread = threading.Thread(target=worker.run, args=(stop,), name=f"relay-{relay}", daemon=True)
+
+    def run() -> None:
+        try:
+            worker.run(stop)
+        except TransientError as exc:
+            # Only when stopped mid-retry (e.g. a second registry still waiting for the lock).
+            log.info("relay %s: stopped (%s)", relay, exc)
+
+    thread = threading.Thread(target=run, name=f"relay-{relay}", daemon=True)
     thread.start()
     return thread
 

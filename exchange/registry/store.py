@@ -19,7 +19,7 @@ from psycopg2.extras import Json
 from exchange.certificate import Certificate
 from exchange.postgres import Connection, Cursor, fetch_all
 from exchange.region import Region
-from exchange.registry.policy import CertRecord, Changes, View, content_hash
+from exchange.registry.policy import CertRecord, Changes, Event, View
 from exchange.signing import Keyring, VerifyKey
 
 _PAGE = 500
@@ -113,12 +113,12 @@ def load_view(
 
 def _load_certificates(cur: Cursor, view: View, certificate_ids: Sequence[str]) -> None:
     cur.execute(
-        "SELECT certificate_id, body, producer, state, event_id::text FROM certificates "
-        "WHERE certificate_id = ANY(%s)",
+        "SELECT certificate_id, COALESCE(issuing_member, issuing_participant), state, "
+        "event_id::text, content_hash, body FROM certificates WHERE certificate_id = ANY(%s)",
         (list(certificate_ids),),
     )
-    for cert_id, body, producer, state, event_id in cur.fetchall():
-        view.certs[cert_id] = CertRecord(Certificate.from_json(body), producer, state, event_id)
+    for cert_id, issuer, state, event_id, digest, body in cur.fetchall():
+        view.certs[cert_id] = CertRecord(cert_id, issuer, state, event_id, bytes(digest), body)
 
 
 def _load_sequences(
@@ -259,7 +259,7 @@ def _write_certificates(cur: Cursor, out: Changes) -> None:
         "issuing_member, destination, scope, origin_type, origin_countries, date_of_issue, "
         "date_of_expiry, number_of_parcels, total_carats, total_value_usd, body, content_hash, "
         "state, event_id) VALUES %s",
-        [_certificate_row(c, p, e, s) for c, p, e, s in out.certificates],
+        [_certificate_row(c, p, e) for c, p, e in out.certificates],
     )
     _values(
         cur,
@@ -274,7 +274,7 @@ def _write_certificates(cur: Cursor, out: Changes) -> None:
                 p.value_usd,
                 p.origin_country,
             )
-            for c, _, _, _ in out.certificates
+            for c, _, _ in out.certificates
             for p in c.parcels
         ],
     )
@@ -297,9 +297,7 @@ def _write_certificates(cur: Cursor, out: Changes) -> None:
     )
 
 
-def _certificate_row(
-    cert: Certificate, producer: str, event_id: str, state: str
-) -> tuple[Any, ...]:
+def _certificate_row(cert: Certificate, producer: str, event: Event) -> tuple[Any, ...]:
     return (
         cert.certificate_id,
         producer,
@@ -314,10 +312,10 @@ def _certificate_row(
         cert.number_of_parcels,
         cert.total_carats,
         cert.total_value_usd,
-        Json(cert.to_json()),
-        psycopg2.Binary(content_hash(cert)),
-        state,
-        event_id,
+        Json(event.cert_json),
+        psycopg2.Binary(event.cert_digest),
+        "ISSUED",
+        event.event_id,
     )
 
 

@@ -25,13 +25,18 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pika
+from pika.spec import BasicProperties
 from support.region import region_text
 
 from exchange import postgres, provision, topology
 from exchange.admin import Admin
+from exchange.codec import SchemaStore
+from exchange.envelope import Envelope, VerifiesEvents, open_envelope
 from exchange.runtime import Runtime
 from exchange.settings import Settings
 
@@ -347,3 +352,74 @@ def apply_topology(rt: Runtime, management_url: str) -> None:
         admin.apply(definitions, admin_user="guest")
     finally:
         admin.close()
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+@dataclass(frozen=True)
+class Received:
+    """What a queue held, read back and opened: bodies, properties and their tally."""
+
+    messages: list[tuple[BasicProperties, bytes]]
+    events: list[Envelope]
+
+    @property
+    def event_ids(self) -> set[str]:
+        """The distinct event ids delivered."""
+        return {e.event_id for e in self.events}
+
+    @property
+    def duplicates(self) -> int:
+        """Deliveries beyond the first of each event id."""
+        return len(self.events) - len(self.event_ids)
+
+    def duplicates_identical(self) -> bool:
+        """True when every repeated event id carried exactly the same bytes each time."""
+        first: dict[str, bytes] = {}
+        for event in self.events:
+            if first.setdefault(event.event_id, event.raw) != event.raw:
+                return False
+        return True
+
+    def sequences(self, producer: str) -> list[int]:
+        """The distinct sequence numbers of ``producer``, sorted."""
+        return sorted({e.sequence for e in self.events if e.producer == producer})
+
+
+def read_back(
+    url: str,
+    queue: str,
+    store: SchemaStore,
+    keyring: VerifiesEvents,
+    *,
+    expect: int,
+    timeout: float = 120.0,
+    idle: float = 3.0,
+) -> Received:
+    """Consume ``queue`` (acking) until ``expect`` messages arrived and it stays idle ``idle``
+    seconds, or ``timeout`` passes; open every body (verifying its signature)."""
+    params = pika.URLParameters(url)
+    params.socket_timeout = 10
+    conn = pika.BlockingConnection(params)
+    messages: list[tuple[BasicProperties, bytes]] = []
+    try:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=1000)
+        deadline = time.monotonic() + timeout
+        for method, props, body in channel.consume(queue, inactivity_timeout=idle):
+            if method is None:
+                if len(messages) >= expect or time.monotonic() > deadline:
+                    break
+                continue
+            messages.append((props, body))
+            if len(messages) % 500 == 0:
+                channel.basic_ack(method.delivery_tag, multiple=True)
+            if time.monotonic() > deadline:
+                break
+        channel.cancel()
+        channel.basic_ack(0, multiple=True)
+    finally:
+        conn.close()
+    events = [open_envelope(store, keyring, body) for _, body in messages]
+    return Received(messages, events)

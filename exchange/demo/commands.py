@@ -1,0 +1,290 @@
+"""``kpx demo``: the demo's composition root.
+
+Sets up the private region, starts the services as processes, drives the plan with a live
+view, drains, reconciles as of the plan's date, prints statistics and the found-vs-seeded
+score, and stops everything (SIGTERM, exit codes 0) unless ``--keep``. Ctrl-C (or SIGTERM to
+the demo) stops everything cleanly too. Exit 0 only when no service crashed, every service
+exited 0 and precision and recall are both 1.0.
+
+This module is, like ``exchange/cli.py``, a composition root: it is the one place of the demo
+that imports ``nodes`` (to apply operations as each node's authority, as ``kpx node submit``
+does), and it hands plain callables to the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+
+from exchange import postgres
+from exchange.drain import wait_drained
+from exchange.outbox import OutboxWriter
+from exchange.runtime import Runtime
+from exchange.settings import Settings
+
+from . import setup
+from .anomalies import KINDS, make_plan
+from .driver import Driver, Submit
+from .monitor import Monitor
+from .processes import Fleet, kept_alive, kpx_command, services
+from .report import print_final, progress
+from .score import Score, score
+from .traffic import Plan, load_profiles
+
+TICK = 0.5
+DRAIN_TIMEOUT = 90.0
+DEFER_TIMEOUT = 30.0  # how long an operation may wait for the registry after the traffic
+
+
+@click.command("demo")
+@click.option(
+    "--duration",
+    type=click.FloatRange(5, 3600),
+    default=45.0,
+    show_default=True,
+    help="Seconds of simulated trade.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 500),
+    default=20.0,
+    show_default=True,
+    help="Certificates per second.",
+)
+@click.option(
+    "--members", default="all", show_default=True, help="Comma-separated member codes, or 'all'."
+)
+@click.option("--seed", type=int, default=2026, show_default=True, help="Seed of the plan.")
+@click.option("--keep", is_flag=True, help="Leave the services running at the end.")
+def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> None:
+    """A simulated region on real KP figures: live progress, then the final report."""
+    console = Console()
+    base = Settings.from_env(region=str(setup.EXAMPLE))
+    chosen = _members(members, setup.example_region())
+    folder = setup.demo_dir(base.state_dir.resolve())
+    still = kept_alive(folder / "pids")
+    if still:
+        pids = " ".join(map(str, still))
+        raise click.ClickException(f"a kept demo still runs; stop it first: kill -TERM {pids}")
+    with console.status("setting up the private region kpx_demo …"):
+        rt = setup.prepare(
+            Settings(base.region_path, base.amqp_url, base.database_url, base.state_dir.resolve()),
+            chosen,
+        )
+    plan = make_plan(
+        seed=seed,
+        duration=duration,
+        rate=rate,
+        members=chosen,
+        partners=[p.code for p in rt.region.partners],
+        profiles=load_profiles(),
+        policy=rt.region.policy,
+        today=datetime.now(UTC).date(),
+    )
+    fleet = Fleet(
+        services(rt.settings.region_path, list(rt.region.node_codes)),
+        _service_env(rt),
+        folder / "logs",
+    )
+    code = 1
+    with _stop_on_sigterm():
+        try:
+            code = _run(console, rt, plan, fleet, keep, folder)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: stopping every service …")
+            _stop(console, fleet)
+            code = 130
+    sys.exit(code)
+
+
+def _members(option: str, example: dict[str, Any]) -> list[str]:
+    known = list(example["members"])
+    if option.strip().lower() == "all":
+        return known
+    chosen = [c.strip().upper() for c in option.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in known]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"choose among {', '.join(known)}; got {option!r}", param_hint="--members"
+        )
+    return chosen
+
+
+def _service_env(rt: Runtime) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        KPX_REGION=str(rt.settings.region_path),
+        KPX_STATE_DIR=str(rt.settings.state_dir),
+        KPX_AMQP_URL=rt.settings.amqp_url,
+        KPX_DATABASE_URL=rt.settings.database_url,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM to the demo behaves like Ctrl-C: stop the services, then exit."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, folder: Path) -> int:
+    fleet.start()
+    fleet.write_pids(folder / "pids")
+    with console.status(
+        f"starting the registry, the reconciler and {len(rt.region.node_codes)} nodes …"
+    ):
+        problems = fleet.wait_ready(90.0)
+    if problems:
+        console.print(f"[red]services did not start: {'; '.join(problems)} (logs in {fleet.logs})")
+        _stop(console, fleet)
+        return 1
+    monitor = Monitor(rt)
+    try:
+        driver = _drive(console, rt, plan, fleet, monitor)
+        drained = _drain(console, rt)
+        result, stats = _reconcile(console, rt, plan)
+        print_final(console, plan, driver, monitor.read(), stats, result, fleet.services)
+    finally:
+        monitor.close()
+    crashed = fleet.crashed()
+    ok = result.perfect and drained and not crashed and not driver.refused
+    if keep:
+        _print_keep(console, fleet)
+        return 0 if ok else 1
+    codes = _stop(console, fleet)
+    return 0 if ok and all(c == 0 for c in codes.values()) else 1
+
+
+def _drive(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, monitor: Monitor) -> Driver:
+    submit, skip, voided, close = _node_access(rt)
+    driver = Driver(plan, submit, skip, voided)
+    before = now = monitor.read()
+    start = time.monotonic()
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                elapsed = time.monotonic() - start
+                driver.step(elapsed)
+                if elapsed - (now.at - start) >= 1.0 or now is before:
+                    before, now = now, monitor.read()
+                live.update(progress(plan, driver, now, before, elapsed, "trading"))
+                if fleet.crashed():
+                    raise click.ClickException(f"a service crashed: {fleet.crashed()}")
+                late = elapsed > plan_duration(plan) + DEFER_TIMEOUT
+                if driver.finished or late:
+                    break
+                time.sleep(TICK)
+    finally:
+        close()
+    return driver
+
+
+def plan_duration(plan: Plan) -> float:
+    """When the plan's last operation is due."""
+    return max((op.at for op in plan.ops), default=0.0)
+
+
+def _node_access(
+    rt: Runtime,
+) -> tuple[Submit, Callable[[str], None], Callable[[str], bool], Callable[[], None]]:
+    """submit / skip_sequence / is_voided callables on the nodes' and registry's databases."""
+    from nodes.operations import Node  # the demo's composition root: see the module notes
+
+    codes = rt.region.node_codes
+    conns = {c: postgres.connect(rt.node_dsn(c), application_name="kpx-demo") for c in codes}
+    nodes = {c: Node(c, rt.region, OutboxWriter(rt.store, rt.signer(c))) for c in codes}
+    registry = postgres.connect(rt.registry_dsn, application_name="kpx-demo")
+
+    def submit(code: str, lines: list[str]) -> list[tuple[bool, str]]:
+        return [(r.ok, str(r)) for r in nodes[code].submit(conns[code], lines)]
+
+    def skip_sequence(code: str) -> None:
+        # An event lost for good: its sequence number is taken but never published.
+        with postgres.transaction(conns[code]) as cur:
+            cur.execute(
+                "INSERT INTO producer_sequence (producer, last_sequence) VALUES (%s, 1) "
+                "ON CONFLICT (producer) DO UPDATE "
+                "SET last_sequence = producer_sequence.last_sequence + 1",
+                (code,),
+            )
+
+    def is_voided(certificate_id: str) -> bool:
+        with postgres.transaction(registry) as cur:
+            cur.execute(
+                "SELECT state FROM certificates WHERE certificate_id = %s", (certificate_id,)
+            )
+            row = cur.fetchone()
+        return row is not None and row[0] in ("VOIDED", "REPLACED")
+
+    def close() -> None:
+        for conn in [*conns.values(), registry]:
+            conn.close()
+
+    return submit, skip_sequence, is_voided, close
+
+
+def _drain(console: Console, rt: Runtime) -> bool:
+    with console.status("waiting for the region to drain (outboxes, queues, reconciler) …"):
+        drained = wait_drained(rt, DRAIN_TIMEOUT)
+    if not drained:
+        console.print(f"[red]the region did not drain within {DRAIN_TIMEOUT:.0f} s")
+    return drained
+
+
+def _kpx(rt: Runtime, *args: str) -> str:
+    """Run a kpx command on the demo region; its stdout (ClickException on failure)."""
+    argv = [*kpx_command(), "--region", str(rt.settings.region_path), *args]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=_service_env(rt), timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise click.ClickException(f"kpx {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _reconcile(console: Console, rt: Runtime, plan: Plan) -> tuple[Score, dict[str, Any] | None]:
+    as_of = plan.timeline.as_of.isoformat()
+    with console.status(f"kpx reconcile --as-of {as_of} …"):
+        _kpx(rt, "reconcile", "--as-of", as_of)
+        found = json.loads(_kpx(rt, "registry", "discrepancies", "--json"))
+        stats = json.loads(
+            _kpx(rt, "stats", "--period", plan.timeline.clean.name, "--format", "json")
+        )
+    return score(plan.expected, found, KINDS), stats
+
+
+def _stop(console: Console, fleet: Fleet) -> dict[str, int]:
+    with console.status("stopping the services (SIGTERM, draining) …"):
+        codes = fleet.stop()
+    text = ", ".join(f"{name} {code}" for name, code in codes.items())
+    style = "green" if all(c == 0 for c in codes.values()) else "red"
+    console.print(f"[{style}]stopped; exit codes: {text}")
+    return codes
+
+
+def _print_keep(console: Console, fleet: Fleet) -> None:
+    pids = " ".join(str(s.proc.pid) for s in fleet.services if s.proc is not None)
+    console.print(f"services left running (--keep); stop them with:  kill -TERM {pids}")

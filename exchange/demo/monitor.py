@@ -1,0 +1,86 @@
+"""What the live view shows, read from the databases and the broker's management API.
+
+Read-only: the registry's ``certificates``, ``import_confirmations`` and ``event_log``, the
+reconciler's ``recon.discrepancies``, every outbox backlog, and the queue depths.
+Errors: a query that fails (a service restarting its schema, the API briefly away) leaves the
+previous figure in place; the view is advisory, the final report reads again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from exchange import outbox, postgres, topology
+from exchange.admin import Admin
+from exchange.errors import KpxError
+from exchange.runtime import Runtime
+
+_COUNTS = (
+    "SELECT (SELECT count(*) FROM certificates),"
+    " (SELECT count(*) FROM event_log WHERE decision = 'REJECTED'),"
+    " (SELECT count(*) FROM import_confirmations),"
+    " (SELECT count(*) FROM event_log),"
+    " (SELECT count(*) FROM recon.discrepancies)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Counts at one moment."""
+
+    at: float
+    accepted: int = 0
+    rejected: int = 0
+    confirmations: int = 0
+    events: int = 0
+    discrepancies: int = 0
+    backlog: int = 0
+    queued: int = 0
+    dead: int = 0
+
+
+class Monitor:
+    """Keeps one read connection per database and polls them."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        dsns = [rt.registry_dsn, *(rt.node_dsn(c) for c in rt.region.node_codes)]
+        self.conns = [postgres.connect(d, application_name="kpx-demo-monitor") for d in dsns]
+        self.admin = Admin(rt.settings.amqp_url)
+        self.last = Snapshot(time.monotonic())
+
+    def read(self) -> Snapshot:
+        """The current counts (the previous ones where a source did not answer)."""
+        try:
+            counts = self._registry_counts()
+            backlog = sum(outbox.backlog(c) for c in self.conns)
+        except KpxError:
+            return self.last
+        queued, dead = self._queues()
+        self.last = Snapshot(time.monotonic(), *counts, backlog, queued, dead)
+        return self.last
+
+    def _registry_counts(self) -> tuple[int, int, int, int, int]:
+        conn = self.conns[0]
+        with postgres.translated("reading the demo's counts"), conn.cursor() as cur:
+            cur.execute(_COUNTS)
+            row = cur.fetchone()
+        conn.commit()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
+
+    def _queues(self) -> tuple[int, int]:
+        try:
+            queues = self.admin.queues(self.rt.region.vhost)
+        except KpxError:
+            return self.last.queued, self.last.dead
+        dead = sum(int(q.get("messages", 0)) for q in queues if q["name"] == topology.DEAD_QUEUE)
+        total = sum(int(q.get("messages", 0)) for q in queues)
+        return total - dead, dead
+
+    def close(self) -> None:
+        """Close every connection."""
+        for conn in self.conns:
+            conn.close()
+        self.admin.close()
