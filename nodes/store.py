@@ -135,10 +135,15 @@ def apply_decision(
     detail: str,
     decided_at: datetime,
 ) -> None:
-    """Record the registry's answer about one of this node's events."""
+    """Record the registry's answer about one of this node's events.
+
+    An acceptance is final: a forged copy of our event, rejected under the same event id,
+    must not overwrite it, whichever of the two answers arrives first.
+    """
     cur.execute(
         "UPDATE node_events SET registry_state = %s, registry_reason = %s, "
-        "registry_detail = %s, decided_at = %s WHERE event_id = %s",
+        "registry_detail = %s, decided_at = %s "
+        "WHERE event_id = %s AND registry_state <> 'accepted'",
         (decision.lower(), reason, detail, decided_at, subject_event_id),
     )
 

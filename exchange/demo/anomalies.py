@@ -21,6 +21,7 @@ from exchange.certificate import CENT
 from exchange.certnumber import regional_number
 from exchange.region import Policy
 
+from .production import declare_production, own_exports
 from .timeline import Timeline
 from .traffic import (
     MIN_CERTIFICATES,
@@ -32,10 +33,8 @@ from .traffic import (
     Shipment,
     clean_confirmation,
     clean_trade,
-    declare_production,
     finish,
     mark_voided,
-    own_exports,
     received_day,
 )
 

@@ -23,7 +23,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 
@@ -31,7 +31,7 @@ from exchange.certificate import CENT, amount_text, sum_of
 from exchange.certnumber import regional_number
 from exchange.reconciliation import within_pct
 from exchange.region import Policy
-from exchange.statistics import Period, half_year_of, quarter_of
+from exchange.statistics import Period, quarter_of
 
 from .parties import FIRMS
 from .timeline import Timeline
@@ -395,16 +395,14 @@ def _destination(b: Builder, member: str) -> str:
     others = [m for m in b.members if m != member]
     choices = [h for h in HUBS if h in b.partners] + others
     weights = [HUBS[h] for h in HUBS if h in b.partners]
-    weights += [INTRA_WEIGHT / len(others)] * len(others)
+    weights += [INTRA_WEIGHT / len(others) for _ in others]  # none with a single member
     return b.rng.choices(choices, weights=weights)[0]
 
 
 def _partner_shipment(b: Builder, at: float, issued: date) -> None:
     """A hub's own certificate for rough going into the region (not the mirror seed's pair)."""
-    partner = b.rng.choice(b.partners)
-    member = b.rng.choice(b.members)
-    if (partner, member) in b.reserved:
-        return
+    pairs = [(p, m) for p in b.partners for m in b.members if (p, m) not in b.reserved]
+    partner, member = b.rng.choice(pairs)
     parcels = b.parcels(800.0, HUB_USD_PER_CT, None, b.rng.randint(1, 3))
     clean_confirmation(b, b.ship(at, partner, member, issued, parcels), at)
 
@@ -427,63 +425,6 @@ def clean_confirmation(b: Builder, s: Shipment, at: float) -> None:
         got = _cents(float(value) * (1 + b.rng.uniform(-0.01, 0.01)))
         value = got if within_pct(s.value_usd, got, tol.value_pct / 2) else value
     b.confirm(b.later(at), s.destination, s, received, carats=carats, value=value)
-
-
-# ---------------------------------------------------------------- production
-
-
-MINES = {
-    "BW": ("JWANENG", "ORAPA", "KAROWE"),
-    "ZA": ("VENETIA", "FINSCH", "CULLINAN"),
-    "NA": ("NAMDEB-MARINE", "ORANJEMUND"),
-    "LS": ("LETSENG", "LIQHOBONG"),
-    "AO": ("CATOCA", "LULO"),
-    "CD": ("MIBA", "COOP-TSHIKAPA-017", "COOP-KASAI-042"),
-    "ZW": ("MARANGE-ZCDC", "MUROWA"),
-}
-
-
-def own_exports(shipments: Sequence[Shipment], member: str, half: str) -> Decimal:
-    """Carats of ``member`` origin that ``member`` exported in ``half`` (live certificates)."""
-    return sum_of(
-        p[1]
-        for s in shipments
-        if s.issuer == member and not s.voided and half_year_of(s.date_of_issue) == half
-        for p in s.parcels
-        if p[3] == member
-    )
-
-
-def declare_production(b: Builder, short: tuple[str, str] | None) -> None:
-    """Each member declares each half-year's production above its own-origin exports.
-
-    ``short`` (member, half-year) declares less than it exported: the supply seed.
-    """
-    halves = sorted({half_year_of(s.date_of_issue) for s in b.shipments})
-    for member in b.members:
-        for half in halves:
-            exported = own_exports(b.shipments, member, half)
-            if exported == 0:
-                continue
-            factor = 0.45 if (member, half) == short else b.rng.uniform(1.10, 1.45)
-            _declare(b, member, half, exported * Decimal(str(factor)))
-
-
-def _declare(b: Builder, member: str, half: str, carats: Decimal) -> None:
-    mines = MINES.get(member, ("MINE-01",))[: b.rng.randint(1, 3)]
-    share = (carats / len(mines)).quantize(CENT, rounding=ROUND_CEILING)
-    price = b.profiles[member].usd_per_ct
-    for mine in mines:
-        at = b.rng.uniform(0.80, 0.88) * b.duration
-        value = (share * price).quantize(CENT)
-        body = {
-            "op": "declare_production",
-            "period": half,
-            "producer": f"{member}-{mine}",
-            "carats": amount_text(share),
-            "value_usd": amount_text(value),
-        }
-        b.ops.append(Op(at, member, body))
 
 
 def finish(b: Builder, seed: int) -> Plan:

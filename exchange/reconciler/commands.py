@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 import time
 from datetime import date
-from types import FrameType
 from typing import Any
 
 import click
@@ -28,6 +25,7 @@ from exchange.errors import KpxError
 from exchange.events import DiscrepancyKind
 from exchange.postgres import connect, transaction
 from exchange.reconciler import asof, figures, service, store
+from exchange.signals import stop_on_signals
 from exchange.statistics import FORMATS, Period, render, summary_line
 
 log = logging.getLogger(__name__)
@@ -52,21 +50,19 @@ def reconciler() -> None:
 def run(metrics_port: int) -> None:
     """Consume accepted events, raise discrepancies, relay notices; SIGTERM drains, exits 0."""
     obj = _obj()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("reconciler: signal %d, draining", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     metrics.serve(metrics_port, lambda: (not stop.is_set(), "ok"))
     producer = service.producer_id(obj.region)
     try:
         service.run_service(
-            obj.registry_dsn, obj.amqp_url(topology.RECONCILER_USER), obj.region, obj.store,
-            obj.keyring(), obj.signer(producer), stop,
-        )  # fmt: skip
+            obj.registry_dsn,
+            obj.amqp_url(topology.reconciler_user(obj.region.vhost)),
+            obj.region,
+            obj.store,
+            obj.keyring(),
+            obj.signer(producer),
+            stop,
+        )
     except KpxError as exc:
         raise _fail(exc) from exc
 

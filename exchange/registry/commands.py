@@ -3,14 +3,13 @@
 The composition root attaches :data:`registry` to ``kpx`` and passes, as click's context
 object, a runtime with ``settings``, ``region``, ``store``, ``registry_dsn``, ``keyring()``,
 ``signer(producer)`` and ``amqp_url(user)`` (see exchange/runtime.py). SIGTERM handling is the
-CLI's: ``run`` takes the ``stop`` event from ``obj.stop`` when present.
+same as every service's: SIGTERM or SIGINT sets the ``stop`` event (exchange/signals.py).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -23,6 +22,7 @@ from exchange import topology
 from exchange.errors import KpxError, NotFound, Refusal
 from exchange.postgres import Connection, connect
 from exchange.registry import deadletters, participant, queries, service
+from exchange.signals import stop_on_signals
 
 DEFAULT_METRICS_PORT = 9401
 _T = TypeVar("_T")
@@ -75,7 +75,7 @@ def run(metrics_port: int) -> None:
     """Consume kpx.registry until SIGTERM; decide, record and answer every event."""
     obj = _obj()
     region = obj.region
-    stop = getattr(obj, "stop", None) or threading.Event()
+    stop = stop_on_signals()
     service.run_registry(
         obj.registry_dsn,
         obj.amqp_url(topology.registry_user(region.vhost)),
