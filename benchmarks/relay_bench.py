@@ -18,7 +18,6 @@ In a throw-away copy of the example region (real broker, real databases):
 
 from __future__ import annotations
 
-import statistics
 import sys
 import threading
 import time

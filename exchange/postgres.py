@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.errorcodes
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
@@ -98,7 +99,10 @@ def create_database(server_url: str, database: str) -> bool:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
             if cur.fetchone():
                 return False
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+                return False  # another process created it between our look and our create
             log.info("created database %r", database)
             return True
     finally:

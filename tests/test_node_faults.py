@@ -374,6 +374,6 @@ def test_the_node_connection_cut_mid_stream_reconnects_by_itself_and_loses_no_ev
     assert cuts >= 2, f"only {cuts} connections were cut mid-stream"
     assert proxy.accepted > cuts, "the relay never reconnected through the proxy"
     lost, duplicates = verify_delivery(region, code, count)
-    report(capsys, "TCP connection cut (x{})".format(cuts), events=count, lost=lost,
+    report(capsys, f"TCP connection cut (x{cuts})", events=count, lost=lost,
            duplicates=duplicates, recover_s=max(recoveries),
            drain_after_last_cut_s=drained - cut_at)  # fmt: skip

@@ -192,8 +192,8 @@ def test_issue_void_confirm_import_and_declare_production_each_commit_a_row_and_
 def test_the_submit_command_prints_one_result_line_per_input_line_and_exits_0(
     rt: Runtime,
 ) -> None:
-    done = cli(rt, "node", "submit", "--member", "ZA", "-",
-               stdin="\n".join([issue(destination="IN"), issue(destination="EU")]) + "\n")  # fmt: skip
+    lines_in = "\n".join([issue(destination="IN"), issue(destination="EU")]) + "\n"
+    done = cli(rt, "node", "submit", "--member", "ZA", "-", stdin=lines_in)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split(" ")[:2] for line in lines] == [["1", "ok"], ["2", "ok"]]

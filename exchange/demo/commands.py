@@ -108,6 +108,9 @@ def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> N
             console.print("[yellow]interrupted: stopping every service …")
             _stop(console, fleet)
             code = 130
+        except Exception:
+            _stop(console, fleet)  # never leave services behind on an error
+            raise
     sys.exit(code)
 
 
@@ -169,13 +172,28 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         print_final(console, plan, driver, monitor.read(), stats, result, fleet.services)
     finally:
         monitor.close()
-    crashed = fleet.crashed()
-    ok = result.perfect and drained and not crashed and not driver.refused
+    problems = _problems(result, drained, fleet, driver)
     if keep:
         _print_keep(console, fleet)
-        return 0 if ok else 1
-    codes = _stop(console, fleet)
-    return 0 if ok and all(c == 0 for c in codes.values()) else 1
+    else:
+        codes = _stop(console, fleet)
+        problems += [f"{name} exited with {c}" for name, c in codes.items() if c != 0]
+    verdict = (
+        "[green]kpx demo: ok" if not problems else f"[red]kpx demo: FAILED — {'; '.join(problems)}"
+    )
+    console.print(verdict)
+    return 0 if not problems else 1
+
+
+def _problems(result: Score, drained: bool, fleet: Fleet, driver: Driver) -> list[str]:
+    """Why the run failed, if it did."""
+    problems = (
+        [] if result.perfect else [f"precision {result.precision:.2f}, recall {result.recall:.2f}"]
+    )
+    problems += [] if drained else ["the region did not drain"]
+    problems += [f"{name} crashed (exit {c})" for name, c in fleet.crashed()]
+    problems += [f"{len(driver.refused)} operation(s) refused"] if driver.refused else []
+    return problems
 
 
 def _drive(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, monitor: Monitor) -> Driver:

@@ -167,6 +167,11 @@ def print_final(
             f"[red]missed[/] {e.kind} {e.certificate_id or ''} {list(e.participants)} "
             f"{e.period or ''}: {e.story}"
         )
+    seeded = sum(k.seeded for k in result.kinds)
+    console.print(
+        f"found {seeded - len(result.missed)} of {seeded} seeded anomalies, "
+        f"{len(result.false_positives)} false positive(s)"
+    )
     console.print(f"precision {result.precision:.2f}  recall {result.recall:.2f}", style="bold")
     urls = Table.grid(padding=(0, 2))
     for s in fleet:

@@ -11,6 +11,8 @@ tail of its log (a fault test fails with the reason, never skips). :class:`Broke
 joins three such nodes. :func:`region_on` provisions a private copy of the example region on
 a private broker (``provision.init_broker`` assumes the management API on port 15672, the
 shared broker's, so the topology is applied here through the private node's API port).
+:func:`read_back` consumes a queue and opens every message, so a test can count what arrived:
+distinct event ids, sequences, and whether duplicates are byte-identical.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from pathlib import Path
 import httpx
 import pika
 from pika.spec import BasicProperties
-from support.region import region_text
 
 from exchange import postgres, provision, topology
 from exchange.admin import Admin
@@ -39,6 +40,7 @@ from exchange.codec import SchemaStore
 from exchange.envelope import Envelope, VerifiesEvents, open_envelope
 from exchange.runtime import Runtime
 from exchange.settings import Settings
+from support.region import region_text
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -346,9 +348,7 @@ def apply_topology(rt: Runtime, management_url: str) -> None:
     admin = Admin(rt.settings.amqp_url, override=management_url)
     try:
         for user in (u["name"] for u in definitions["users"]):
-            admin.put_user(
-                user, rt.settings.broker_password(rt.region.vhost, user, create=True)
-            )
+            admin.put_user(user, rt.settings.broker_password(rt.region.vhost, user, create=True))
         admin.apply(definitions, admin_user="guest")
     finally:
         admin.close()

@@ -24,6 +24,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psycopg2
+
 from support.broker import free_port
 
 BIN = Path("/usr/lib/postgresql/15/bin")
