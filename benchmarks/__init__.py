@@ -35,6 +35,7 @@ from exchange import postgres, provision
 from exchange.admin import Admin
 from exchange.runtime import Runtime
 from exchange.settings import Settings
+from nodes.service import migrate as prepare_node_database
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_REGION = ROOT / "deploy" / "region.example.toml"
@@ -127,7 +128,7 @@ def scratch_region() -> Iterator[Runtime]:
         )  # fmt: skip
         rt = Runtime.load(settings)
         try:
-            provision.init_region(rt)
+            provision.init_region(rt, prepare_node_database)
             yield rt
         finally:
             admin = Admin(amqp_admin_url())

@@ -20,6 +20,7 @@ from exchange.runtime import Runtime
 from exchange.settings import Settings
 from exchange.signing import generate_key, save_key
 from nodes.commands import node, submit_all
+from nodes.service import migrate as prepare_node_database
 
 log = logging.getLogger("kpx")
 
@@ -47,7 +48,7 @@ def region() -> None:
 @click.pass_obj
 def region_init(rt: Runtime) -> None:
     """Create databases, migrations, broker vhost/users/permissions/topology and keys."""
-    provision.init_region(rt)
+    provision.init_region(rt, prepare_node_database)
     click.echo(f"region {rt.region.code} ready: vhost {rt.region.vhost!r}, "
                f"{len(rt.region.node_codes)} nodes, keys in {rt.keys_dir}")
 
@@ -133,36 +134,20 @@ cli.add_command(node)
 cli.add_command(submit_all, "submit")
 
 
-def _attach_optional() -> None:
-    """Attach the registry, reconciler and demo commands."""
-    # TEMPORARY while the parts land: attach what exists.
-    try:
-        from exchange.registry.commands import registry
+def _attach_parts() -> None:
+    """Attach the registry, reconciler and demo commands (imported late: they are heavier)."""
+    from exchange.demo.commands import demo
+    from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
+    from exchange.registry.commands import registry
 
-        cli.add_command(registry)
-    except ImportError:
-        pass
-    try:
-        from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
-
-        if "registry" in cli.commands:
-            cli.commands["registry"].add_command(discrepancies)  # type: ignore[attr-defined]
-        cli.add_command(reconciler)
-        cli.add_command(reconcile)
-        cli.add_command(stats)
-    except ImportError:
-        pass
-    try:
-        from exchange.demo.commands import demo
-
-        cli.add_command(demo)
-    except ImportError:
-        pass
+    registry.add_command(discrepancies)
+    for command in (registry, reconciler, reconcile, stats, demo):
+        cli.add_command(command)
 
 
 def main() -> None:
     """Entry point of the ``kpx`` console script; KpxErrors become one clear line, exit 2."""
-    _attach_optional()
+    _attach_parts()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -7,20 +7,19 @@ changing the topology: what exists is kept, what is missing is created.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from urllib.parse import urlsplit
-
-import psycopg2
 
 from exchange import postgres, topology
 from exchange.admin import Admin
 from exchange.errors import KeyFileError
+from exchange.registry import service as registry_service
+from exchange.registry import store as registry_store
 from exchange.runtime import Runtime
-from exchange.signing import Keyring, generate_key, latest_signer, save_key
+from exchange.signing import generate_key, latest_signer, save_key
 
 log = logging.getLogger(__name__)
 
-REGISTRY_PACKAGES = ("exchange", "exchange.registry", "exchange.reconciler")
-NODE_PACKAGES = ("exchange", "nodes")
 
 
 def producers(rt: Runtime) -> list[str]:
@@ -28,11 +27,18 @@ def producers(rt: Runtime) -> list[str]:
     return [rt.region.code, rt.reconciler_producer, *rt.region.node_codes]
 
 
-def init_region(rt: Runtime) -> None:
-    """Create or complete everything the region needs; raises Broker*/Database* errors."""
+PrepareNode = Callable[[str], None]
+
+
+def init_region(rt: Runtime, prepare_node: PrepareNode) -> None:
+    """Create or complete everything the region needs; raises Broker*/Database* errors.
+
+    ``prepare_node(dsn)`` applies a node database's migrations: it is passed in by the
+    composition root, because the regional side never imports the node package.
+    """
     ensure_keys(rt)
     init_broker(rt)
-    init_databases(rt)
+    init_databases(rt, prepare_node)
 
 
 def ensure_keys(rt: Runtime) -> None:
@@ -63,36 +69,19 @@ def _admin_user(amqp_url: str) -> str:
     return urlsplit(amqp_url).username or "guest"
 
 
-def init_databases(rt: Runtime) -> None:
+def init_databases(rt: Runtime, prepare_node: PrepareNode) -> None:
     """Create the registry's and every node's database and apply their migrations."""
     settings, region = rt.settings, rt.region
     postgres.create_database(settings.database_url, region.registry_database)
     conn = postgres.connect(rt.registry_dsn)
     try:
-        for package in REGISTRY_PACKAGES:
-            postgres.migrate(conn, package)
-        register_keys(conn, rt.keyring())
+        registry_service.prepare_database(conn, region)
+        postgres.migrate(conn, "exchange.reconciler")
+        with postgres.transaction(conn) as cur:
+            new = sum(registry_store.register_key(cur, key) for key in rt.keyring())
+        log.info("registered %d new authority key(s)", new)
     finally:
         conn.close()
     for code in region.node_codes:
         postgres.create_database(settings.database_url, region.node(code).database)
-        conn = postgres.connect(rt.node_dsn(code))
-        try:
-            for package in NODE_PACKAGES:
-                postgres.migrate(conn, package)
-        finally:
-            conn.close()
-
-
-def register_keys(conn: postgres.Connection, keyring: Keyring) -> int:
-    """Register every public key of the keyring with the registry; return how many were new."""
-    new = 0
-    with postgres.transaction(conn) as cur:
-        for key in keyring:
-            cur.execute(
-                "INSERT INTO authority_keys (key_id, producer, public_key) VALUES (%s, %s, %s) "
-                "ON CONFLICT (key_id) DO NOTHING",
-                (key.key_id, key.producer, psycopg2.Binary(key.public_key)),
-            )
-            new += cur.rowcount
-    return new
+        prepare_node(rt.node_dsn(code))

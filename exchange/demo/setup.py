@@ -23,6 +23,7 @@ from exchange.admin import Admin
 from exchange.errors import ConfigError
 from exchange.runtime import Runtime
 from exchange.settings import Settings
+from nodes.service import migrate as prepare_node_database
 
 PREFIX = "kpx_demo"
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "region.example.toml"
@@ -102,5 +103,5 @@ def prepare(settings: Settings, members: Sequence[str]) -> Runtime:
     path = write_region(settings.state_dir, members)
     rt = Runtime.load(Settings(path, settings.amqp_url, settings.database_url, settings.state_dir))
     clean_slate(rt.settings, example_region())
-    provision.init_region(rt)
+    provision.init_region(rt, prepare_node_database)
     return rt

@@ -40,6 +40,7 @@ from exchange.codec import SchemaStore
 from exchange.envelope import Envelope, VerifiesEvents, open_envelope
 from exchange.runtime import Runtime
 from exchange.settings import Settings
+from nodes.service import migrate as prepare_node_database
 from support.region import region_text
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -331,7 +332,7 @@ def region_on(
     try:
         provision.ensure_keys(rt)
         apply_topology(rt, broker.management_url)
-        provision.init_databases(rt)
+        provision.init_databases(rt, prepare_node_database)
         yield rt
     finally:
         for name in (

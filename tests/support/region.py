@@ -16,6 +16,7 @@ from exchange import postgres, provision
 from exchange.admin import Admin
 from exchange.runtime import Runtime
 from exchange.settings import Settings
+from nodes.service import migrate as prepare_node_database
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "region.example.toml"
 
@@ -46,7 +47,7 @@ def provisioned_region(
     )
     rt = Runtime.load(settings)
     try:
-        provision.init_region(rt)
+        provision.init_region(rt, prepare_node_database)
         yield rt
     finally:
         admin = Admin(amqp_url)
