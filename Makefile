@@ -32,7 +32,7 @@ services:
 	scripts/ensure-services
 
 test: venv services
-	$(BIN)/python -m exchange.compat
+	$(BIN)/kpx schemas check
 	$(PYTEST) -q -m "not faults"
 
 # Exit code 5 is "no tests collected": until the fault suite exists that is not a failure.
