@@ -12,6 +12,7 @@ fields must therefore be added *before* ``signature``.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -89,13 +90,21 @@ def seal(
     return event_id, unsigned[:-1] + _SIGNATURE_PREFIX + signature
 
 
-def open_envelope(store: SchemaStore, keyring: VerifiesEvents, data: bytes) -> Envelope:
+def open_envelope(
+    store: SchemaStore,
+    keyring: VerifiesEvents,
+    data: bytes,
+    *,
+    decoded: Mapping[str, Any] | None = None,
+) -> Envelope:
     """Decode and verify wire bytes; return the envelope with its decoded payload.
 
+    ``decoded`` is the Envelope record the caller already decoded from ``data`` (the registry
+    looks at the producer before verifying): passing it saves decoding the envelope twice.
     Raises a CodecError subclass for bytes that are not a kpx envelope, UnknownKey or
     BadSignature when the signature cannot be accepted.
     """
-    _, env = store.decode(data, expected="Envelope")
+    env = store.decode(data, expected="Envelope")[1] if decoded is None else decoded
     signature = env["signature"]
     if len(signature) != _SIGNATURE_LEN or data[-66:-64] != _SIGNATURE_PREFIX:
         raise BadSignature(

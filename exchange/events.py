@@ -8,7 +8,8 @@ this module reads no clock and no configuration. ``CertificateIssued`` wraps the
 in :class:`Issuance`, so every event type has one payload class (:data:`PAYLOAD_TYPES`).
 
 Errors: ``from_json`` raises Refusal(SCHEMA_INVALID) naming the field;
-:func:`payload_from_record` raises Refusal(SCHEMA_UNKNOWN) for an event type it does not know.
+:func:`payload_from_record` raises Refusal(SCHEMA_UNKNOWN) for an event type it does not know
+and Refusal(SCHEMA_INVALID) for text holding a NUL character.
 """
 
 from __future__ import annotations
@@ -356,9 +357,38 @@ def payload_from_record(event_type: str, record: Mapping[str, Any]) -> Payload:
     """The payload dataclass of a decoded event record.
 
     Raises Refusal(SCHEMA_UNKNOWN) for an event type this version does not know (the
-    envelope's enum resolves a newer type to UNKNOWN).
+    envelope's enum resolves a newer type to UNKNOWN), Refusal(SCHEMA_INVALID) for text that
+    holds a NUL character.
     """
     cls = PAYLOAD_TYPES.get(event_type)
     if cls is None:
         raise Refusal("SCHEMA_UNKNOWN", f"event_type {event_type!r} is not one kpx knows")
+    if _holds_nul(record):
+        # Avro strings may hold U+0000, but no KP text does and PostgreSQL cannot store it
+        # (text or jsonb): refused here, the event gets a decision instead of failing its batch.
+        raise Refusal("SCHEMA_INVALID", f"{_nul_path(record)} holds a NUL character (U+0000)")
     return cls.from_record(record)
+
+
+def _holds_nul(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return "\x00" in value
+    if kind is dict:
+        return any(_holds_nul(v) for v in value.values())
+    if kind is list or kind is tuple:
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def _nul_path(value: Any, path: str = "the payload") -> str:
+    """Where the first NUL is, as ``exporter.name`` or ``parcels[0].origin_country``."""
+    items: Any = ()
+    if isinstance(value, Mapping):
+        items = ((f"{path}.{k}" if path != "the payload" else str(k), v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for where, item in items:
+        if _holds_nul(item):
+            return _nul_path(item, where)
+    return path

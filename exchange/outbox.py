@@ -14,6 +14,7 @@ duplicates. One relay per producer runs at a time, guarded by an advisory lock.
 
 from __future__ import annotations
 
+import collections
 import logging
 import select
 import threading
@@ -35,12 +36,25 @@ from exchange import metrics
 from exchange.codec import SchemaStore
 from exchange.envelope import SignsEvents, seal
 from exchange.errors import BrokerUnavailable, DatabaseUnavailable, TransientError
+from exchange.pgcopy import copy_rows
 from exchange.postgres import Connection, Cursor, connect, translated
-from exchange.rabbitmq import AsyncPublisher, Outcome, Outgoing
+from exchange.rabbitmq import AsyncPublisher, Confirms, Outcome, Outgoing
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "kpx_outbox"
+_OUTBOX_COLUMNS = ("relay", "event_id", "event_type", "exchange", "routing_key", "body")
+_PIPELINE = 2  # batches in flight at once
+_REFUSALS_BEFORE_RECONNECT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A published batch awaiting its confirms: the outbox ids, in order."""
+
+    ids: list[int]
+    confirms: Confirms
+    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +110,24 @@ class OutboxWriter:
         rows: list[tuple[Any, ...]] = []
         for offset, item in enumerate(items):
             event_id, body = seal(
-                self.store, self.signer, item.event_type, item.record, first + offset,
+                self.store,
+                self.signer,
+                item.event_type,
+                item.record,
+                first + offset,
                 event_id=item.event_id,
             )
             appended.append(Appended(event_id, first + offset, body))
             rows.append(
                 (self.relay, event_id, item.event_type, item.exchange, item.routing_key, body)
             )
-        insert_rows(cur, rows)
+        if any(item.event_id is not None for item in items):
+            insert_rows(cur, rows)
+        else:
+            # Fresh uuid4 ids cannot meet an existing row, so the ON CONFLICT guard has
+            # nothing to do and COPY (no ON CONFLICT, a third of the SQL cost) is safe.
+            copy_rows(cur, "outbox", _OUTBOX_COLUMNS, rows)
+            _notify(cur, self.relay)
         return appended
 
     def append_raw(self, cur: Cursor, rows: Sequence[tuple[str, str, str, str, bytes]]) -> None:
@@ -113,7 +137,8 @@ class OutboxWriter:
 
 
 def insert_rows(cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert outbox rows (relay, event_id, event_type, exchange, routing_key, body)."""
+    """Insert outbox rows (relay, event_id, event_type, exchange, routing_key, body);
+    a row whose (relay, event_id, exchange) is already there is skipped."""
     psycopg2.extras.execute_values(
         cur,
         "INSERT INTO outbox (relay, event_id, event_type, exchange, routing_key, body) "
@@ -121,7 +146,12 @@ def insert_rows(cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
         [(r[0], r[1], r[2], r[3], r[4], psycopg2.Binary(r[5])) for r in rows],
         page_size=500,
     )
-    cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, rows[0][0]))
+    _notify(cur, rows[0][0])
+
+
+def _notify(cur: Cursor, relay: str) -> None:
+    """Wake the relay when the transaction commits."""
+    cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, relay))
 
 
 class OutboxRelay:
@@ -144,7 +174,9 @@ class OutboxRelay:
         self._listen: Connection | None = None
         self._publisher: AsyncPublisher | None = None
         self._last_gauge = 0.0
+        self._refusals = 0  # consecutive batches the broker nacked or returned
         self.published = 0
+        self.connected = threading.Event()  # set while connected to both database and broker
 
     # -- the loop --
 
@@ -166,37 +198,67 @@ class OutboxRelay:
         self._disconnect()
 
     def _loop(self, stop: threading.Event) -> None:
+        # Two batches in flight: while the broker confirms one, the next is read and sent, so
+        # the database work never leaves the channel idle. Rows are still marked strictly
+        # after their confirm; ``after`` only says what this connection has already sent.
         self._connect(stop)
+        window: collections.deque[_InFlight] = collections.deque()
+        after = 0
         while not stop.is_set():
-            sent = self.relay_batch()
+            if len(window) < _PIPELINE:
+                rows = self._read(after)
+                if rows:
+                    after = rows[-1][0]
+                    window.append(self._send(rows))
+                    continue
+            if window:
+                if not self._settle(window.popleft()):
+                    self._settle_all(window)
+                    after = 0  # re-read from the first unsent row, in order
+                continue
+            # Caught up, nothing in flight: start again from the first unsent row, which also
+            # picks up a row whose transaction committed after a later id had been read.
+            after = 0
             self._update_gauges()
-            if sent < self.batch_size:
-                self._wait_for_work(stop)
+            self._wait_for_work(stop)
+        self._settle_all(window)
 
-    def relay_batch(self) -> int:
-        """Publish one batch of unsent rows and mark the confirmed ones; return how many."""
-        assert self._db is not None and self._publisher is not None
+    def _read(self, after: int) -> list[tuple[Any, ...]]:
+        assert self._db is not None
         with translated("reading the outbox"), self._db.cursor() as cur:
             cur.execute(
                 "SELECT id, event_id::text, event_type, exchange, routing_key, body FROM outbox "
-                "WHERE relay = %s AND sent_at IS NULL ORDER BY id LIMIT %s",
-                (self.relay, self.batch_size),
+                "WHERE relay = %s AND sent_at IS NULL AND id > %s ORDER BY id LIMIT %s",
+                (self.relay, after, self.batch_size),
             )
             rows = cur.fetchall()
         self._db.commit()
-        if not rows:
-            return 0
+        return rows
+
+    def _send(self, rows: list[tuple[Any, ...]]) -> _InFlight:
+        assert self._publisher is not None
         messages = [Outgoing(r[3], r[4], bytes(r[5]), r[1], r[2]) for r in rows]
-        started = time.monotonic()
-        outcomes = self._publisher.publish_many(messages, timeout=self.confirm_timeout)
-        metrics.PUBLISH_CONFIRM.labels(self.relay).observe(time.monotonic() - started)
-        confirmed = [r[0] for r, o in zip(rows, outcomes, strict=True) if o == Outcome.CONFIRMED]
+        return _InFlight(
+            [r[0] for r in rows], self._publisher.publish_async(messages), time.monotonic()
+        )
+
+    def _settle(self, batch: _InFlight) -> bool:
+        """Wait for a batch's confirms, mark the confirmed rows; True when all were confirmed."""
+        outcomes = batch.confirms.wait(self.confirm_timeout)
+        metrics.PUBLISH_CONFIRM.labels(self.relay).observe(time.monotonic() - batch.started)
+        confirmed = [i for i, o in zip(batch.ids, outcomes, strict=True) if o == Outcome.CONFIRMED]
         self._mark_sent(confirmed)
         self._count(outcomes)
-        if len(confirmed) < len(rows):
-            return self._after_partial(outcomes)
         self.published += len(confirmed)
-        return len(confirmed)
+        if len(confirmed) == len(batch.ids):
+            self._refusals = 0
+            return True
+        self._after_partial(outcomes)
+        return False
+
+    def _settle_all(self, window: collections.deque[_InFlight]) -> None:
+        while window:
+            self._settle(window.popleft())
 
     def _mark_sent(self, ids: list[int]) -> None:
         if not ids:
@@ -218,20 +280,26 @@ class OutboxRelay:
             if n:
                 counter.labels(label).inc(n)
 
-    def _after_partial(self, outcomes: list[str]) -> int:
+    def _after_partial(self, outcomes: list[str]) -> None:
         assert self._publisher is not None
         if Outcome.FAILED in outcomes or self._publisher.closed.is_set():
             raise BrokerUnavailable(f"relay {self.relay}: connection lost, publishes unconfirmed")
-        # Nacked or unroutable: the broker is overloaded or a queue is missing. Back off and
-        # retry the same rows in order; never skip them.
+        # Nacked or unroutable: the broker is overloaded, a queue is missing, or (in a
+        # cluster) the channel still points at a queue leader that died. Back off and retry
+        # the same rows in order, never skipping them; after a few refusals in a row,
+        # reconnect, which also moves to another cluster node.
+        self._refusals += 1
         log.warning(
-            "relay %s: %d nacked, %d returned; retrying",
+            "relay %s: %d nacked, %d returned; retrying (%d in a row)",
             self.relay,
             outcomes.count(Outcome.NACKED),
             outcomes.count(Outcome.RETURNED),
+            self._refusals,
         )
+        if self._refusals >= _REFUSALS_BEFORE_RECONNECT:
+            self._refusals = 0
+            raise BrokerUnavailable(f"relay {self.relay}: broker keeps refusing; reconnecting")
         time.sleep(1.0)
-        return 0
 
     # -- connections --
 
@@ -248,6 +316,7 @@ class OutboxRelay:
         self._publisher.on_blocked = lambda b: metrics.BROKER_BLOCKED.labels(
             f"relay-{self.relay}"
         ).set(int(b))
+        self.connected.set()
         log.info("relay %s: connected", self.relay)
 
     def _wait_for_lock(self, stop: threading.Event) -> None:
@@ -268,6 +337,7 @@ class OutboxRelay:
         raise DatabaseUnavailable(f"relay {self.relay}: stopped while waiting for the lock")
 
     def _disconnect(self) -> None:
+        self.connected.clear()
         metrics.BROKER_CONNECTED.labels(f"relay-{self.relay}").set(0)
         if self._publisher is not None:
             self._publisher.close()

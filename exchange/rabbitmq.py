@@ -101,21 +101,38 @@ class Outcome:
 
 
 @dataclass
-class _Batch:
+class Confirms:
+    """The broker's answers for one published batch, filled in by the IO thread."""
+
     messages: Sequence[Outgoing]
     outcomes: list[str | None]
     remaining: int
+    publisher: str = ""
     done: threading.Event = field(default_factory=threading.Event)
 
     def settle(self, index: int, outcome: str) -> None:
+        """Record one message's outcome (a returned message keeps "returned")."""
         if self.outcomes[index] is None:
             self.outcomes[index] = outcome
             self.remaining -= 1
             if self.remaining == 0:
                 self.done.set()
-        elif self.outcomes[index] == Outcome.RETURNED:
-            # the broker acks a returned message after returning it; keep "returned"
-            pass
+
+    def fail_all(self) -> None:
+        """Nothing of the batch reached the broker."""
+        for index in range(len(self.outcomes)):
+            self.settle(index, Outcome.FAILED)
+
+    def wait(self, timeout: float) -> list[str]:
+        """Block until every message is answered (or ``timeout``); unanswered count as FAILED."""
+        if not self.done.wait(timeout):
+            log.warning(
+                "publisher %s: %d confirms late after %.0f s",
+                self.publisher,
+                self.remaining,
+                timeout,
+            )
+        return [o if o is not None else Outcome.FAILED for o in self.outcomes]
 
 
 class AsyncPublisher:
@@ -140,8 +157,10 @@ class AsyncPublisher:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._next_tag = 1
-        self._pending: collections.OrderedDict[int, tuple[_Batch, int]] = collections.OrderedDict()
-        self._by_id: dict[str, tuple[_Batch, int]] = {}
+        self._pending: collections.OrderedDict[int, tuple[Confirms, int]] = (
+            collections.OrderedDict()
+        )
+        self._by_id: dict[str, tuple[Confirms, int]] = {}
         self.closed = threading.Event()
         self.blocked = False
         self.on_blocked: Callable[[bool], None] | None = None
@@ -188,20 +207,25 @@ class AsyncPublisher:
 
     def publish_many(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> list[str]:
         """Publish ``messages`` in order; return one Outcome per message, in order."""
-        batch = _Batch(messages, [None] * len(messages), len(messages))
+        return self.publish_async(messages).wait(timeout)
+
+    def publish_async(self, messages: Sequence[Outgoing]) -> Confirms:
+        """Hand ``messages`` to the IO thread and return at once; ``wait`` for their outcomes.
+
+        Several batches may be in flight: the caller reads its next batch while the broker
+        confirms this one.
+        """
+        batch = Confirms(messages, [None] * len(messages), len(messages), self._name)
         if not messages:
-            return []
-        if self.closed.is_set() or self._conn is None:
-            return [Outcome.FAILED] * len(messages)
-        try:
-            self._conn.ioloop.add_callback_threadsafe(lambda: self._publish_on_loop(batch))
-        except Exception:
-            return [Outcome.FAILED] * len(messages)
-        if not batch.done.wait(timeout):
-            log.warning(
-                "publisher %s: %d confirms late after %.0f s", self._name, batch.remaining, timeout
-            )
-        return [o if o is not None else Outcome.FAILED for o in batch.outcomes]
+            batch.done.set()
+        elif self.closed.is_set() or self._conn is None:
+            batch.fail_all()
+        else:
+            try:
+                self._conn.ioloop.add_callback_threadsafe(lambda: self._publish_on_loop(batch))
+            except Exception:  # the loop is gone: nothing was sent
+                batch.fail_all()
+        return batch
 
     # -- IO thread --
 
@@ -269,7 +293,7 @@ class AsyncPublisher:
         if self.on_blocked is not None:
             self.on_blocked(blocked)
 
-    def _publish_on_loop(self, batch: _Batch) -> None:
+    def _publish_on_loop(self, batch: Confirms) -> None:
         channel = self._channel
         for index, msg in enumerate(batch.messages):
             if channel is None or not channel.is_open:

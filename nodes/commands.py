@@ -11,6 +11,7 @@ from typing import IO, Any
 import click
 
 from exchange import postgres, topology
+from exchange.errors import TransientError
 from exchange.outbox import OutboxWriter
 from exchange.runtime import Runtime
 from exchange.signals import stop_on_signals
@@ -53,7 +54,13 @@ def run(member: str, metrics_port: int | None) -> None:
         keyring=rt.keyring(),
         senders=frozenset({rt.region.code, rt.reconciler_producer}),
     )
-    service.run(stop_on_signals(), metrics_port=metrics_port)
+    stop = stop_on_signals()
+    try:
+        service.run(stop, metrics_port=metrics_port)
+    except TransientError:
+        if not stop.is_set():
+            raise
+        # Stopped while reconnecting: every unsent event stays in the outbox; a clean stop.
 
 
 @node.command("submit")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from datetime import date
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import click
 
 from exchange import metrics, topology
-from exchange.errors import KpxError
+from exchange.errors import KpxError, TransientError
 from exchange.events import DiscrepancyKind
 from exchange.postgres import connect, transaction
 from exchange.reconciler import asof, figures, service, store
@@ -51,7 +52,8 @@ def run(metrics_port: int) -> None:
     """Consume accepted events, raise discrepancies, relay notices; SIGTERM drains, exits 0."""
     obj = _obj()
     stop = stop_on_signals()
-    metrics.serve(metrics_port, lambda: (not stop.is_set(), "ok"))
+    consuming = threading.Event()
+    metrics.serve(metrics_port, lambda: _health(stop, consuming))
     producer = service.producer_id(obj.region)
     try:
         service.run_service(
@@ -62,9 +64,20 @@ def run(metrics_port: int) -> None:
             obj.keyring(),
             obj.signer(producer),
             stop,
+            consuming,
         )
+    except TransientError as exc:
+        if not stop.is_set():
+            raise _fail(exc) from exc
+        # Stopped while reconnecting: nothing was in flight, so this is a clean stop.
+        log.info("reconciler: stopped while reconnecting (%s)", exc)
     except KpxError as exc:
         raise _fail(exc) from exc
+
+
+def _health(stop: threading.Event, consuming: threading.Event) -> tuple[bool, str]:
+    ok = consuming.is_set() and not stop.is_set()
+    return ok, "consuming\n" if ok else "not consuming\n"
 
 
 @click.command("reconcile")

@@ -99,8 +99,11 @@ class Reconciler:
         *,
         batch_size: int = 250,
         today: Callable[[], date] = lambda: datetime.now(UTC).date(),
+        consuming: threading.Event | None = None,
     ) -> None:
         self.dsn, self.amqp_url, self.ctx = dsn, amqp_url, ctx
+        # Set while the consumer is connected: what the service's /healthz reports.
+        self.consuming = consuming if consuming is not None else threading.Event()
         self.store, self.keyring, self.today = store, keyring, today
         self.batch_size = batch_size
         self.recorded = 0
@@ -148,11 +151,13 @@ class Reconciler:
             batch_size=self.batch_size, max_wait=0.05,
         )  # fmt: skip
         self._consumer.connect()
+        self.consuming.set()
         metrics.BROKER_CONNECTED.labels(SERVICE).set(1)
         log.info("reconciler: consuming %s", topology.RECONCILER_QUEUE)
         self._consumer.run(self.handle, stop)
 
     def _close(self) -> None:
+        self.consuming.clear()
         metrics.BROKER_CONNECTED.labels(SERVICE).set(0)
         if self._consumer is not None:
             self._consumer.close()
@@ -169,14 +174,19 @@ def run_service(
     keyring: VerifiesEvents,
     signer: Signer,
     stop: threading.Event,
+    consuming: threading.Event | None = None,
 ) -> None:
-    """The whole service: migrations, the relay thread, the consumer; returns when stopped."""
+    """The whole service: migrations, the relay thread, the consumer; returns when stopped.
+
+    ``consuming`` is set while the consumer is connected (for /healthz).
+    """
     prepare(dsn)
     relay = OutboxRelay(dsn, amqp_url, producer_id(region))
     thread = threading.Thread(target=relay.run, args=(stop,), name="reconciler-relay")
     thread.start()
     try:
-        Reconciler(dsn, amqp_url, context(region, store, signer), store, keyring).run(stop)
+        ctx = context(region, store, signer)
+        Reconciler(dsn, amqp_url, ctx, store, keyring, consuming=consuming).run(stop)
     finally:
         stop.set()
         thread.join(timeout=30)

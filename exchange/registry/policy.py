@@ -66,7 +66,7 @@ class Event:
     payload: Payload
     raw: bytes
     record: Mapping[str, Any]  # the payload as decoded (to re-encode without rebuilding it)
-    cert_json: dict[str, Any] | None = None  # CertificateIssued: Certificate.to_json shape
+    cert_text: str | None = None  # CertificateIssued: Certificate.to_json as canonical JSON
     cert_digest: bytes = b""
 
     @property
@@ -182,8 +182,41 @@ def _json_value(key: str, value: Any) -> Any:
 
 def content_digest(body: Mapping[str, Any]) -> bytes:
     """A digest of a certificate's JSON, to tell "same again" from "other content" cheaply."""
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return text_digest(json.dumps(body, sort_keys=True, separators=(",", ":")))
+
+
+def text_digest(text: str) -> bytes:
+    """The digest of a certificate's canonical JSON text (see :func:`certificate_text`)."""
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def certificate_text(record: Mapping[str, Any]) -> str:
+    """``certificate_json(record)`` as canonical JSON text (sorted keys, no spaces).
+
+    The same text ``content_digest`` hashes, made by one ``json.dumps`` whose ``default``
+    renders decimals and dates, instead of a recursive copy of the record and then a dump:
+    a third of the cost, and the ingest does it for every certificate. Only the parcels'
+    ``hs_code`` symbols need mapping first (the one enum whose JSON form differs). Tests check
+    that both give the same text.
+    """
+    parcels = [
+        {**parcel, "hs_code": _HS_VALUES.get(parcel["hs_code"], parcel["hs_code"])}
+        for parcel in record["parcels"]
+    ]
+    return json.dumps(
+        {**record, "parcels": parcels},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=_json_default,
+    )
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} {value!r} has no JSON form in a certificate")
 
 
 def _rejected(refusal: Refusal) -> Verdict:
