@@ -39,6 +39,7 @@ from exchange.errors import BrokerUnavailable, DatabaseUnavailable, TransientErr
 from exchange.pgcopy import copy_rows
 from exchange.postgres import Connection, Cursor, connect, translated
 from exchange.rabbitmq import AsyncPublisher, Confirms, Outcome, Outgoing
+from exchange.signals import sleeper
 
 log = logging.getLogger(__name__)
 
@@ -181,21 +182,32 @@ class OutboxRelay:
     # -- the loop --
 
     def run(self, stop: threading.Event) -> None:
-        """Relay until ``stop`` is set, reconnecting with jittered backoff on transient errors."""
-        for attempt in Retrying(
-            retry=retry_if_exception_type(TransientError),
-            wait=wait_random_exponential(multiplier=0.5, max=15),
-            stop=stop_when_event_set(stop),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    self._loop(stop)
-                except TransientError:
-                    self._disconnect()
-                    raise
-        self._disconnect()
+        """Relay until ``stop`` is set, reconnecting with jittered backoff on transient errors.
+
+        Stopped while disconnected, it returns quietly: the unsent events stay in the outbox
+        for the next start.
+        """
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(TransientError),
+                wait=wait_random_exponential(multiplier=0.5, max=15),
+                stop=stop_when_event_set(stop),
+                sleep=sleeper(stop),  # a SIGTERM interrupts the backoff
+                before_sleep=before_sleep_log(log, logging.WARNING),
+                reraise=True,
+            ):
+                with attempt:
+                    try:
+                        self._loop(stop)
+                    except TransientError:
+                        self._disconnect()
+                        raise
+        except TransientError as exc:
+            if not stop.is_set():
+                raise
+            log.info("relay %s: stopped while disconnected (%s)", self.relay, exc)
+        finally:
+            self._disconnect()
 
     def _loop(self, stop: threading.Event) -> None:
         # Two batches in flight: while the broker confirms one, the next is read and sent, so

@@ -20,6 +20,7 @@ from exchange.envelope import VerifiesEvents
 from exchange.errors import TransientError
 from exchange.outbox import OutboxRelay
 from exchange.rabbitmq import BatchConsumer
+from exchange.signals import sleeper
 from nodes.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class NodeService:
             retry=retry_if_exception_type(TransientError),
             wait=wait_random_exponential(multiplier=0.5, max=15),
             stop=stop_when_event_set(stop),
+            sleep=sleeper(stop),  # a SIGTERM interrupts the backoff
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         ):

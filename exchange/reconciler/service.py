@@ -37,6 +37,7 @@ from exchange.rabbitmq import BatchConsumer, Delivery
 from exchange.reconciler.store import Context, Raised, apply_batch, open_counts
 from exchange.reconciliation import Limits
 from exchange.region import Region
+from exchange.signals import sleeper
 from exchange.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Reconciler:
             retry=retry_if_exception_type(TransientError),
             wait=wait_random_exponential(multiplier=0.5, max=15),
             stop=stop_when_event_set(stop),
+            sleep=sleeper(stop),  # a SIGTERM interrupts the backoff
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         ):

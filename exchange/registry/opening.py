@@ -125,7 +125,8 @@ class Opener:
             why = f"{sender} (envelope producer {claimed!r}) is no node of the region"
             return self._refused(delivery, env, producer, Refusal("UNKNOWN_PRODUCER", why))
         if claimed != producer:
-            why = f"envelope producer {claimed} but published by broker user {user!r} of {producer}"
+            # repr: a claimed producer is untrusted text (a NUL in it would fail the insert)
+            why = f"envelope producer {claimed!r} but published by {user!r} of {producer}"
             return self._refused(delivery, env, producer, Refusal("BAD_SIGNATURE", why))
         return self._verified(delivery, env, producer)
 

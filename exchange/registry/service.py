@@ -34,6 +34,7 @@ from exchange.region import Region
 from exchange.registry import policy, store
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
+from exchange.signals import sleeper
 from exchange.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ def _consume(
         retry=retry_if_exception_type(TransientError),
         wait=wait_random_exponential(multiplier=0.5, max=15),
         stop=stop_when_event_set(stop),
+        sleep=sleeper(stop),  # a SIGTERM interrupts the backoff
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     )
