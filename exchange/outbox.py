@@ -24,13 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2.extras
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_when_event_set,
-    wait_random_exponential,
-)
 
 from exchange import metrics
 from exchange.codec import SchemaStore
@@ -39,7 +32,7 @@ from exchange.errors import BrokerUnavailable, DatabaseUnavailable, TransientErr
 from exchange.pgcopy import copy_rows
 from exchange.postgres import Connection, Cursor, connect, translated
 from exchange.rabbitmq import AsyncPublisher, Confirms, Outcome, Outgoing
-from exchange.signals import sleeper
+from exchange.retry import until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +181,7 @@ class OutboxRelay:
         for the next start.
         """
         try:
-            for attempt in Retrying(
-                retry=retry_if_exception_type(TransientError),
-                wait=wait_random_exponential(multiplier=0.5, max=15),
-                stop=stop_when_event_set(stop),
-                sleep=sleeper(stop),  # a SIGTERM interrupts the backoff
-                before_sleep=before_sleep_log(log, logging.WARNING),
-                reraise=True,
-            ):
+            for attempt in until_stopped(stop, log):
                 with attempt:
                     try:
                         self._loop(stop)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -25,11 +24,3 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     return stop
 
-
-def sleeper(stop: threading.Event) -> Callable[[float], None]:
-    """A ``sleep`` for tenacity's backoff that a stop (SIGTERM) cuts short."""
-
-    def sleep(seconds: float) -> None:
-        stop.wait(seconds)
-
-    return sleep

@@ -6,21 +6,12 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_when_event_set,
-    wait_random_exponential,
-)
-
 from exchange import metrics, postgres, topology
 from exchange.codec import SchemaStore
 from exchange.envelope import VerifiesEvents
-from exchange.errors import TransientError
 from exchange.outbox import OutboxRelay
 from exchange.rabbitmq import BatchConsumer
-from exchange.signals import sleeper
+from exchange.retry import until_stopped
 from nodes.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -56,14 +47,7 @@ class NodeService:
         log.info("node %s: stopped", self.code)
 
     def _consume(self, stop: threading.Event, consuming: threading.Event) -> None:
-        for attempt in Retrying(
-            retry=retry_if_exception_type(TransientError),
-            wait=wait_random_exponential(multiplier=0.5, max=15),
-            stop=stop_when_event_set(stop),
-            sleep=sleeper(stop),  # a SIGTERM interrupts the backoff
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        ):
+        for attempt in until_stopped(stop, log):
             with attempt:
                 self._consume_once(stop, consuming)
 

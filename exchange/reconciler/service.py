@@ -18,18 +18,10 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_when_event_set,
-    wait_random_exponential,
-)
-
 from exchange import metrics, topology
 from exchange.codec import SchemaStore
 from exchange.envelope import Envelope, VerifiesEvents, open_envelope
-from exchange.errors import CodecError, SignatureError, TransientError
+from exchange.errors import CodecError, SignatureError
 from exchange.events import DiscrepancyKind
 from exchange.outbox import OutboxRelay, OutboxWriter
 from exchange.postgres import Connection, connect, migrate, transaction
@@ -37,7 +29,7 @@ from exchange.rabbitmq import BatchConsumer, Delivery
 from exchange.reconciler.store import Context, Raised, apply_batch, open_counts
 from exchange.reconciliation import Limits
 from exchange.region import Region
-from exchange.signals import sleeper
+from exchange.retry import until_stopped
 from exchange.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -132,14 +124,7 @@ class Reconciler:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, reconnecting on transient failures."""
-        for attempt in Retrying(
-            retry=retry_if_exception_type(TransientError),
-            wait=wait_random_exponential(multiplier=0.5, max=15),
-            stop=stop_when_event_set(stop),
-            sleep=sleeper(stop),  # a SIGTERM interrupts the backoff
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        ):
+        for attempt in until_stopped(stop, log):
             with attempt:
                 try:
                     self._consume(stop)

@@ -16,14 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_when_event_set,
-    wait_random_exponential,
-)
-
 from exchange import metrics, topology
 from exchange.codec import SchemaStore
 from exchange.errors import TransientError
@@ -34,7 +26,7 @@ from exchange.region import Region
 from exchange.registry import policy, store
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
-from exchange.signals import sleeper
+from exchange.retry import until_stopped
 from exchange.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -177,14 +169,7 @@ def _consume(
     )
     writer = OutboxWriter(schemas, signer, relay=region.code)
     ctx = context(region)
-    retrying = Retrying(
-        retry=retry_if_exception_type(TransientError),
-        wait=wait_random_exponential(multiplier=0.5, max=15),
-        stop=stop_when_event_set(stop),
-        sleep=sleeper(stop),  # a SIGTERM interrupts the backoff
-        before_sleep=before_sleep_log(log, logging.WARNING),
-        reraise=True,
-    )
+    retrying = until_stopped(stop, log)
     try:
         for attempt in retrying:
             with attempt:
