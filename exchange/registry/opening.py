@@ -181,8 +181,8 @@ class Opener:
         except Refusal as refusal:
             return self._authentic(delivery, env, producer, refusal)
         except (KeyError, TypeError, ValueError) as exc:
-            refusal = Refusal("SCHEMA_INVALID", f"payload: {exc!r}")
-            return self._authentic(delivery, env, producer, refusal)
+            invalid = Refusal("SCHEMA_INVALID", f"payload: {exc!r}")
+            return self._authentic(delivery, env, producer, invalid)
         event = make_event(
             envelope.event_id,
             envelope.event_type,
