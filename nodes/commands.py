@@ -19,8 +19,13 @@ from nodes import store
 from nodes.operations import Node, Result
 from nodes.service import NodeService, migrate
 
-member_option = click.option("--member", "member", required=True, metavar="XX",
-                             help="The member's or partner's participant code.")
+member_option = click.option(
+    "--member",
+    "member",
+    required=True,
+    metavar="XX",
+    help="The member's or partner's participant code.",
+)
 
 
 def _rt() -> Runtime:
@@ -107,13 +112,16 @@ def submit_all(source: IO[str]) -> None:
     for number, line in enumerate(lines, start=1):
         code = _member_of(line)
         if code is None or code not in rt.region.node_codes:
-            results[number] = (f"{number} refused SCHEMA_INVALID member must name a node of "
-                               f"region {rt.region.code}, got {code!r}")
+            results[number] = (
+                f"{number} refused SCHEMA_INVALID member must name a node of "
+                f"region {rt.region.code}, got {code!r}"
+            )
         else:
             by_member[code].append((number, line.rstrip("\n")))
     for code, numbered in by_member.items():
-        for result, (number, _) in zip(_submit(rt, code, iter([text for _, text in numbered])),
-                                       numbered, strict=True):
+        for result, (number, _) in zip(
+            _submit(rt, code, iter([text for _, text in numbered])), numbered, strict=True
+        ):
             text = str(result).split(" ", 1)[1]
             results[number] = f"{number} {text}"
     refused = 0
@@ -138,8 +146,18 @@ def _member_of(line: str) -> str | None:
 def certificates(member: str, as_json: bool) -> None:
     """The node's certificates with the registry's last answer (accepted/rejected/pending)."""
     rows = _query(_rt(), member.upper(), store.certificates)
-    _show(rows, as_json, ("certificate_id", "destination", "total_carats", "state",
-                          "registry_state", "registry_reason"))
+    _show(
+        rows,
+        as_json,
+        (
+            "certificate_id",
+            "destination",
+            "total_carats",
+            "state",
+            "registry_state",
+            "registry_reason",
+        ),
+    )
 
 
 @node.command("shipments")
@@ -149,15 +167,22 @@ def certificates(member: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def shipments(member: str, expected: bool, show_all: bool, as_json: bool) -> None:
     """Shipments announced to this participant by the registry and not yet confirmed."""
-    rows = _query(_rt(), member.upper(),
-                  lambda cur: store.expected_shipments(cur, only_open=not show_all))
+    rows = _query(
+        _rt(), member.upper(), lambda cur: store.expected_shipments(cur, only_open=not show_all)
+    )
     for row in rows:
         body = row.pop("body")
-        row.update(destination=body["destination"], total_carats=body["total_carats"],
-                   total_value_usd=body["total_value_usd"],
-                   date_of_expiry=body["date_of_expiry"])
-    _show(rows, as_json, ("certificate_id", "issuing_participant", "total_carats",
-                          "date_of_expiry", "confirmed"))
+        row.update(
+            destination=body["destination"],
+            total_carats=body["total_carats"],
+            total_value_usd=body["total_value_usd"],
+            date_of_expiry=body["date_of_expiry"],
+        )
+    _show(
+        rows,
+        as_json,
+        ("certificate_id", "issuing_participant", "total_carats", "date_of_expiry", "confirmed"),
+    )
 
 
 def _query(rt: Runtime, code: str, fn: Any) -> list[dict[str, Any]]:

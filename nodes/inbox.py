@@ -9,6 +9,7 @@ unverifiable message is set aside on ``kpx.dead`` with its reason, never retried
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from exchange import metrics, topology
 from exchange.codec import SchemaStore
@@ -32,9 +33,13 @@ class Inbox:
         schemas: SchemaStore,
         keyring: VerifiesEvents,
         senders: frozenset[str],
+        reconnect: Callable[[], Connection] | None = None,
     ) -> None:
         self.code = code
         self.conn = conn
+        # A fresh connection once the database restarted: the consumer retries the batch,
+        # and without one every retry would meet the same closed connection.
+        self.reconnect = reconnect
         self.schemas = schemas
         self.keyring = keyring
         self.senders = senders  # the registry's and the reconciler's producer identities
@@ -42,6 +47,8 @@ class Inbox:
 
     def handle(self, batch: list[Delivery]) -> None:
         """Apply one batch in one transaction (the consumer acks it afterwards)."""
+        if self.conn.closed and self.reconnect is not None:
+            self.conn = self.reconnect()
         with transaction(self.conn) as cur:
             for delivery in batch:
                 envelope = self._open(delivery)

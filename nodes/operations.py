@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -85,38 +86,56 @@ class Node:
         return next(iter(self._apply_chunk(conn, [(1, json.dumps(operation, default=str))])))
 
     def _apply_chunk(self, conn: Connection, lines: list[tuple[int, str]]) -> list[Result]:
-        # Each operation runs under a savepoint, so a refused one leaves nothing behind; the
-        # events of the accepted ones are sealed and appended together at the end of the
-        # chunk, which takes their sequence numbers in one statement, gap-free.
-        results: list[Result] = []
+        # Consecutive issue operations are validated in Python first and then written as a
+        # group: one statement numbers them, one inserts them (a few round trips for the
+        # whole group instead of several per certificate). Any other operation runs alone
+        # under a savepoint, so a refused one leaves nothing behind. The events of accepted
+        # operations are sealed and appended together at the end of the chunk, which takes
+        # their sequence numbers in one statement, gap-free.
+        results: dict[int, Result] = {}
         self._events = []
         with transaction(conn) as cur:
             book = self._book(cur)
-            savepoint = "SAVEPOINT op"
+            group: list[tuple[int, CertificateDraft]] = []
             for number, line in lines:
-                cur.execute(savepoint)
-                savepoint = "RELEASE SAVEPOINT op; SAVEPOINT op"
-                queued = len(self._events)
                 try:
-                    subject = self._dispatch(cur, _parse(line), book)
+                    op = _parse(line)
+                    if op.get("op") == "issue":
+                        group.append((number, self._draft(op.get("certificate"), book)))
+                        continue
                 except Refusal as refusal:
-                    cur.execute("ROLLBACK TO SAVEPOINT op")
-                    del self._events[queued:]
-                    results.append(
-                        Result(number, False, code=refusal.code, sentence=refusal.sentence)
-                    )
+                    results[number] = _refused(number, refusal)
                     continue
-                results.append(Result(number, True, subject=subject))
+                self._issue_group(cur, group, results)
+                group = []
+                results[number] = self._apply_one(cur, number, op, book)
+            self._issue_group(cur, group, results)
             self._flush_events(cur)
-        return results
+        return [results[number] for number, _ in lines]
+
+    def _apply_one(
+        self, cur: Cursor, number: int, op: Mapping[str, Any], book: Mapping[str, str]
+    ) -> Result:
+        cur.execute("SAVEPOINT op")
+        queued = len(self._events)
+        try:
+            subject = self._dispatch(cur, op, book)
+        except Refusal as refusal:
+            cur.execute("ROLLBACK TO SAVEPOINT op")
+            del self._events[queued:]
+            return _refused(number, refusal)
+        cur.execute("RELEASE SAVEPOINT op")
+        return Result(number, True, subject=subject)
 
     def _flush_events(self, cur: Cursor) -> None:
         pending = [p for p, _ in self._events]
         appended = self.writer.append_many(cur, pending)
         store.record_events(
             cur,
-            [(a.event_id, a.sequence, p.event_type, subject)
-             for a, (p, subject) in zip(appended, self._events, strict=True)],
+            [
+                (a.event_id, a.sequence, p.event_type, subject)
+                for a, (p, subject) in zip(appended, self._events, strict=True)
+            ],
         )
         self._events = []
 
@@ -128,8 +147,6 @@ class Node:
     def _dispatch(self, cur: Cursor, op: Mapping[str, Any], book: Mapping[str, str]) -> str:
         kind = op.get("op")
         body = {k: v for k, v in op.items() if k not in ("op", "member")}
-        if kind == "issue":
-            return self.issue(cur, body.get("certificate"), book)
         if kind == "void":
             return self.void(cur, body)
         if kind == "confirm_import":
@@ -143,8 +160,8 @@ class Node:
 
     # -- operations (inside the caller's transaction) --
 
-    def issue(self, cur: Cursor, obj: Any, book: Mapping[str, str]) -> str:
-        """Validate and record a certificate; allocate its number when it has none."""
+    def _draft(self, obj: Any, book: Mapping[str, str]) -> CertificateDraft:
+        """Parse and validate an ``issue`` certificate (pure: no database yet)."""
         if not isinstance(obj, Mapping):
             raise Refusal(SCHEMA_INVALID, "certificate must be a JSON object")
         draft = CertificateDraft.from_json(
@@ -154,41 +171,64 @@ class Node:
             issuing_authority=self.settings.authority,
             members=self.region.member_codes,
         )
-        stated = draft.certificate_id is not None
-        cert = self._numbered(cur, draft)
-        refusal = rules.check_certificate(cert, self.code, book, self.region.policy,
-                                          region_code=self.region.code,
-                                          members=self.region.member_codes)
-        if refusal is not None:
-            raise refusal
-        if stated and store.certificate_state(cur, cert.certificate_id) is not None:
-            raise Refusal(
-                "DUPLICATE_CERTIFICATE",
-                f"certificate_id {cert.certificate_id} was already issued by this node",
-            )
-        event_id = self._emit(
-            Issuance(cert).to_record(), "CertificateIssued", cert.certificate_id
-        )
-        store.insert_certificate(cur, cert, event_id)
-        return cert.certificate_id
-
-    def _numbered(self, cur: Cursor, draft: CertificateDraft) -> Certificate:
-        if draft.certificate_id is not None:
-            return draft.with_id(draft.certificate_id)
-        if not self.is_member:
+        if draft.certificate_id is None and not self.is_member:
             raise Refusal(
                 SCHEMA_INVALID,
                 f"certificate_id is missing: {self.code} is a partner "
                 "and numbers its own certificates",
             )
-        year = draft.date_of_issue.year
-        while True:  # skip serials the national system already used for stated numbers
-            number = regional_number(
-                self.region.code, self.code, year, store.next_serial(cur, year)
+        refusal = rules.check_certificate(
+            draft, self.code, book, self.region.policy,
+            region_code=self.region.code, members=self.region.member_codes,
+        )  # fmt: skip
+        if refusal is not None:
+            raise refusal
+        return draft
+
+    def _issue_group(
+        self, cur: Cursor, group: list[tuple[int, CertificateDraft]], results: dict[int, Result]
+    ) -> None:
+        """Number and store a group of validated certificates, in input order."""
+        seen: set[str] = set()
+        todo: list[tuple[int, CertificateDraft]] = []
+        for number, draft in group:
+            if draft.certificate_id in seen:
+                results[number] = _duplicate(number, draft.certificate_id)
+                continue
+            if draft.certificate_id is not None:
+                seen.add(draft.certificate_id)
+            todo.append((number, draft))
+        while todo:
+            numbered = self._numbered(cur, todo)
+            stored = store.insert_certificates(cur, [(c, r, e) for _, _, c, r, e in numbered])
+            todo = []
+            for number, draft, cert, record, event_id in numbered:
+                # Two rows of one statement may carry the same number (a stated number equal
+                # to a freshly allocated one): the first in input order is the one stored.
+                if cert.certificate_id in stored:
+                    stored.discard(cert.certificate_id)
+                    self._emit(record, "CertificateIssued", cert.certificate_id, event_id)
+                    results[number] = Result(number, True, subject=cert.certificate_id)
+                elif draft.certificate_id is not None:
+                    results[number] = _duplicate(number, draft.certificate_id)
+                else:  # the national system had already used this serial: take the next one
+                    todo.append((number, draft))
+
+    def _numbered(
+        self, cur: Cursor, todo: list[tuple[int, CertificateDraft]]
+    ) -> list[tuple[int, CertificateDraft, Certificate, dict[str, Any], str]]:
+        """Each draft with its number (the next serials of its year when it has none)."""
+        wanted = Counter(d.date_of_issue.year for _, d in todo if d.certificate_id is None)
+        serials = {year: iter(store.next_serials(cur, year, n)) for year, n in wanted.items()}
+        out = []
+        for number, draft in todo:
+            year = draft.date_of_issue.year
+            cert = draft.with_id(
+                draft.certificate_id
+                or regional_number(self.region.code, self.code, year, next(serials[year]))
             )
-            # checked here, not after: an allocated number must never be refused as a duplicate
-            if store.certificate_state(cur, number) is None:
-                return draft.with_id(number)
+            out.append((number, draft, cert, Issuance(cert).to_record(), str(uuid.uuid4())))
+        return out
 
     def void(self, cur: Cursor, obj: Mapping[str, Any]) -> str:
         """Void a certificate this node issued (or mark it replaced)."""
@@ -234,8 +274,7 @@ class Node:
                 f"{self.code} is a partner: only members declare production to the region",
             )
         declaration = ProductionDeclaration.from_json(obj, participant=self.code)
-        refusal = rules.check_production(declaration, self.code,
-                                         members=self.region.member_codes)
+        refusal = rules.check_production(declaration, self.code, members=self.region.member_codes)
         if refusal is not None:
             raise refusal
         subject = f"{declaration.period}/{declaration.producer_id}"
@@ -249,14 +288,31 @@ class Node:
         """The participant this node speaks for: the region for a member, itself otherwise."""
         return self.region.code if self.is_member else self.code
 
-    def _emit(self, record: dict[str, Any], event_type: str, subject: str) -> str:
+    def _emit(
+        self, record: dict[str, Any], event_type: str, subject: str, event_id: str | None = None
+    ) -> str:
         """Queue the operation's event for the end of the chunk; return its id."""
-        event_id = str(uuid.uuid4())
+        event_id = event_id or str(uuid.uuid4())
         self._events.append(
-            (Pending(event_type, record, topology.EVENTS, f"{self.code}.{event_type}", event_id),
-             subject)
+            (
+                Pending(event_type, record, topology.EVENTS, f"{self.code}.{event_type}", event_id),
+                subject,
+            )
         )
         return event_id
+
+
+def _refused(number: int, refusal: Refusal) -> Result:
+    return Result(number, False, code=refusal.code, sentence=refusal.sentence)
+
+
+def _duplicate(number: int, certificate_id: str) -> Result:
+    return Result(
+        number,
+        False,
+        code="DUPLICATE_CERTIFICATE",
+        sentence=f"certificate_id {certificate_id} was already issued by this node",
+    )
 
 
 def _parse(line: str) -> Mapping[str, Any]:

@@ -52,7 +52,10 @@ class NodeService:
                 self._consume_once(stop, consuming)
 
     def _consume_once(self, stop: threading.Event, consuming: threading.Event) -> None:
-        conn = postgres.connect(self.dsn, application_name=f"kpx-inbox-{self.code}")
+        def connect() -> postgres.Connection:
+            return postgres.connect(self.dsn, application_name=f"kpx-inbox-{self.code}")
+
+        conn = connect()
         consumer = BatchConsumer(
             self.amqp_url,
             topology.node_queue(self.code),
@@ -60,7 +63,7 @@ class NodeService:
             prefetch=200,
             batch_size=100,
         )
-        inbox = Inbox(self.code, conn, self.schemas, self.keyring, self.senders)
+        inbox = Inbox(self.code, conn, self.schemas, self.keyring, self.senders, connect)
         inbox.consumer = consumer
         try:
             consumer.connect()
@@ -71,7 +74,7 @@ class NodeService:
             consuming.clear()
             metrics.BROKER_CONNECTED.labels(f"inbox-{self.code}").set(0)
             consumer.close()
-            conn.close()
+            inbox.conn.close()
 
 
 def migrate(dsn: str) -> None:

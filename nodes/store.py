@@ -12,21 +12,22 @@ from typing import Any
 
 import psycopg2.extras
 
-from exchange.certificate import Certificate
+from exchange.certificate import Certificate, certificate_json_text
 from exchange.events import ImportConfirmation, ProductionDeclaration, Voiding
 from exchange.postgres import Cursor
 
 
-def next_serial(cur: Cursor, year: int) -> int:
-    """Allocate the next serial of ``year`` (gap-free within committed transactions)."""
+def next_serials(cur: Cursor, year: int, count: int) -> range:
+    """Allocate the next ``count`` serials of ``year`` (gap-free within committed transactions)."""
     cur.execute(
-        "INSERT INTO serials (year, last_serial) VALUES (%s, 1) ON CONFLICT (year) "
-        "DO UPDATE SET last_serial = serials.last_serial + 1 RETURNING last_serial",
-        (year,),
+        "INSERT INTO serials (year, last_serial) VALUES (%s, %s) ON CONFLICT (year) "
+        "DO UPDATE SET last_serial = serials.last_serial + EXCLUDED.last_serial "
+        "RETURNING last_serial",
+        (year, count),
     )
     row = cur.fetchone()
     assert row is not None
-    return int(row[0])
+    return range(int(row[0]) - count + 1, int(row[0]) + 1)
 
 
 def certificate_state(cur: Cursor, certificate_id: str) -> str | None:
@@ -46,22 +47,38 @@ def record_events(cur: Cursor, rows: list[tuple[str, int, str, str]]) -> None:
     )
 
 
-def insert_certificate(cur: Cursor, cert: Certificate, event_id: str) -> None:
-    """Store an issued certificate."""
-    cur.execute(
+def insert_certificates(
+    cur: Cursor, rows: list[tuple[Certificate, dict[str, Any], str]]
+) -> set[str]:
+    """Store issued certificates (certificate, its Avro record, event id) in one statement.
+
+    Returns the ids stored; an id already present is skipped (ON CONFLICT), so the caller
+    learns about duplicates without an error aborting its transaction.
+    """
+    if not rows:
+        return set()
+    stored = psycopg2.extras.execute_values(
+        cur,
         "INSERT INTO certificates (certificate_id, destination, date_of_issue, date_of_expiry, "
-        "total_carats, total_value_usd, body, event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            cert.certificate_id,
-            cert.destination,
-            cert.date_of_issue,
-            cert.date_of_expiry,
-            cert.total_carats,
-            cert.total_value_usd,
-            json.dumps(cert.to_json()),
-            event_id,
-        ),
+        "total_carats, total_value_usd, body, event_id) VALUES %s "
+        "ON CONFLICT (certificate_id) DO NOTHING RETURNING certificate_id",
+        [
+            (
+                c.certificate_id,
+                c.destination,
+                c.date_of_issue,
+                c.date_of_expiry,
+                c.total_carats,
+                c.total_value_usd,
+                certificate_json_text(record["certificate"]),
+                event_id,
+            )
+            for c, record, event_id in rows
+        ],
+        page_size=500,
+        fetch=True,
     )
+    return {str(row[0]) for row in stored}
 
 
 def void_certificate(cur: Cursor, voiding: Voiding) -> None:
