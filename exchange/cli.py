@@ -26,8 +26,14 @@ log = logging.getLogger("kpx")
 
 
 @click.group()
-@click.option("--region", "region", envvar="KPX_REGION", default=None, metavar="FILE",
-              help="The region file (TOML). Default: $KPX_REGION or deploy/region.example.toml.")
+@click.option(
+    "--region",
+    "region",
+    envvar="KPX_REGION",
+    default=None,
+    metavar="FILE",
+    help="The region file (TOML). Default: $KPX_REGION or deploy/region.example.toml.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
 def cli(ctx: click.Context, region: str | None, verbose: int) -> None:
@@ -49,8 +55,10 @@ def region() -> None:
 def region_init(rt: Runtime) -> None:
     """Create databases, migrations, broker vhost/users/permissions/topology and keys."""
     provision.init_region(rt, prepare_node_database)
-    click.echo(f"region {rt.region.code} ready: vhost {rt.region.vhost!r}, "
-               f"{len(rt.region.node_codes)} nodes, keys in {rt.keys_dir}")
+    click.echo(
+        f"region {rt.region.code} ready: vhost {rt.region.vhost!r}, "
+        f"{len(rt.region.node_codes)} nodes, keys in {rt.keys_dir}"
+    )
 
 
 @region.command("drain")
@@ -72,12 +80,25 @@ def topology_() -> None:
 
 
 @topology_.command("export")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("deploy/rabbitmq/definitions.json"), show_default=True)
-@click.option("--admin-user", default="kpx-admin", show_default=True,
-              help="Administrator created at boot (a broker loading definitions makes no guest).")
-@click.option("--admin-password", envvar="KPX_BROKER_ADMIN_PASSWORD", default="kpx-admin",
-              show_default=True, help="Its password ($KPX_BROKER_ADMIN_PASSWORD); change it.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("deploy/rabbitmq/definitions.json"),
+    show_default=True,
+)
+@click.option(
+    "--admin-user",
+    default="kpx-admin",
+    show_default=True,
+    help="Administrator created at boot (a broker loading definitions makes no guest).",
+)
+@click.option(
+    "--admin-password",
+    envvar="KPX_BROKER_ADMIN_PASSWORD",
+    default="kpx-admin",
+    show_default=True,
+    help="Its password ($KPX_BROKER_ADMIN_PASSWORD); change it.",
+)
 @click.pass_obj
 def topology_export(rt: Runtime, output: Path, admin_user: str, admin_password: str) -> None:
     """Write the topology as RabbitMQ definitions (service users without passwords:
@@ -88,15 +109,18 @@ def topology_export(rt: Runtime, output: Path, admin_user: str, admin_password: 
     click.echo(f"wrote {output}")
 
 
-
 @cli.group()
 def keys() -> None:
     """Authority signing keys."""
 
 
 @keys.command("generate")
-@click.option("--member", required=True, metavar="XX", help="Producer: a node code, the region "
-              "code, or <REGION>-RECONCILER.")
+@click.option(
+    "--member",
+    required=True,
+    metavar="XX",
+    help="Producer: a node code, the region code, or <REGION>-RECONCILER.",
+)
 @click.pass_obj
 def keys_generate(rt: Runtime, member: str) -> None:
     """Generate a new Ed25519 key; register it with `kpx region init` (key rotation)."""
@@ -158,4 +182,3 @@ def main() -> None:
     except KpxError as exc:
         click.echo(f"kpx: {type(exc).__name__}: {exc}", err=True)
         sys.exit(2)
-

@@ -68,8 +68,11 @@ def probe(rt: Runtime) -> list[str]:
     admin = Admin(rt.settings.amqp_url)
     try:
         queues = admin.queues(rt.region.vhost)
-        problems += [f"queue {q['name']} has no consumer" for q in queues
-                     if q["name"] != topology.DEAD_QUEUE and not q.get("consumers", 0)]
+        problems += [
+            f"queue {q['name']} has no consumer"
+            for q in queues
+            if q["name"] != topology.DEAD_QUEUE and not q.get("consumers", 0)
+        ]
     except KpxError as exc:
         problems.append(f"broker: {exc}")
     finally:

@@ -21,7 +21,6 @@ from exchange.signing import generate_key, latest_signer, save_key
 log = logging.getLogger(__name__)
 
 
-
 def producers(rt: Runtime) -> list[str]:
     """Every producer identity of the region: the registry, the reconciler, each node."""
     return [rt.region.code, rt.reconciler_producer, *rt.region.node_codes]

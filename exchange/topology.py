@@ -170,12 +170,17 @@ def definitions(
         for c in node_codes
     ]
     user_entries = [
-        {"name": u, "password_hash": "", "hashing_algorithm": _HASHING, "tags": []}
-        for u in users
+        {"name": u, "password_hash": "", "hashing_algorithm": _HASHING, "tags": []} for u in users
     ]
     if admin is not None:
-        user_entries.append({"name": admin[0], "password_hash": admin[1],
-                             "hashing_algorithm": _HASHING, "tags": ["administrator"]})
+        user_entries.append(
+            {
+                "name": admin[0],
+                "password_hash": admin[1],
+                "hashing_algorithm": _HASHING,
+                "tags": ["administrator"],
+            }
+        )
         permissions.append(_perm(vhost, admin[0], ".*", ".*", ".*"))
     return {
         "rabbit_version": "3.10",

@@ -41,8 +41,11 @@ def provisioned_region(
     path = tmp / "region.toml"
     path.write_text(region_text(prefix), encoding="utf-8")
     settings = Settings.from_env(
-        {"KPX_AMQP_URL": amqp_url, "KPX_DATABASE_URL": database_url,
-         "KPX_STATE_DIR": str(tmp / "state")},
+        {
+            "KPX_AMQP_URL": amqp_url,
+            "KPX_DATABASE_URL": database_url,
+            "KPX_STATE_DIR": str(tmp / "state"),
+        },
         region=str(path),
     )
     rt = Runtime.load(settings)
@@ -55,6 +58,8 @@ def provisioned_region(
             admin.delete_vhost(rt.region.vhost)
         finally:
             admin.close()
-        for name in (rt.region.registry_database,
-                     *(rt.region.node(c).database for c in rt.region.node_codes)):
+        for name in (
+            rt.region.registry_database,
+            *(rt.region.node(c).database for c in rt.region.node_codes),
+        ):
             postgres.drop_database(database_url, name)
