@@ -392,9 +392,11 @@ class BatchConsumer:
         prefetch: int = 500,
         batch_size: int = 250,
         max_wait: float = 0.02,
+        max_age: float = 0.1,
     ) -> None:
         self.url, self.queue, self.name = url, queue, name
         self.prefetch, self.batch_size, self.max_wait = prefetch, batch_size, max_wait
+        self.max_age = max_age  # the longest a message waits for its batch to fill
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._dead_channel: BlockingChannel | None = None
@@ -447,18 +449,28 @@ class BatchConsumer:
             self.connect()
         assert self._channel is not None
         batch: list[Delivery] = []
+        opened = 0.0  # when the batch's first message arrived
         with translated(f"{self.name}: consuming {self.queue!r}"):
             for method, props, body in self._channel.consume(
                 self.queue, inactivity_timeout=self.max_wait
             ):
                 if method is not None:
                     assert props is not None and body is not None
+                    if not batch:
+                        opened = time.monotonic()
                     batch.append(
                         Delivery(
                             method.delivery_tag, method.routing_key, props, body, method.redelivered
                         )
                     )
-                if batch and (method is None or len(batch) >= self.batch_size):
+                # Flush when the queue pauses, the batch is full, or its first message has
+                # waited max_age: a steady trickle must not wait for a full batch. Under load
+                # the prefetched messages pile up while a batch is handled, so batches grow.
+                if batch and (
+                    method is None
+                    or len(batch) >= self.batch_size
+                    or time.monotonic() - opened >= self.max_age
+                ):
                     self._handle(handler, batch, stop)
                     batch = []
                 if stop.is_set() and not batch:
