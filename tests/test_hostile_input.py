@@ -63,16 +63,16 @@ from exchange.runtime import Runtime
 from exchange.signing import generate_key
 
 KPX = Path(sys.executable).with_name("kpx")
-REASONS = frozenset(
-    "SCHEMA_UNKNOWN SCHEMA_INVALID BAD_SIGNATURE UNKNOWN_PRODUCER ISSUER_MISMATCH "
-    "BAD_CERTIFICATE_NUMBER DUPLICATE_CERTIFICATE NOT_A_PARTICIPANT PARTICIPANT_SUSPENDED "
-    "INVALID_HS_CODE TOTALS_MISMATCH INVALID_DATES NON_POSITIVE_QUANTITY UNKNOWN_CERTIFICATE "
-    "NOT_ALLOWED".split()
-)
+REASONS = frozenset({
+    "SCHEMA_UNKNOWN", "SCHEMA_INVALID", "BAD_SIGNATURE", "UNKNOWN_PRODUCER", "ISSUER_MISMATCH",
+    "BAD_CERTIFICATE_NUMBER", "DUPLICATE_CERTIFICATE", "NOT_A_PARTICIPANT",
+    "PARTICIPANT_SUSPENDED", "INVALID_HS_CODE", "TOTALS_MISMATCH", "INVALID_DATES",
+    "NON_POSITIVE_QUANTITY", "UNKNOWN_CERTIFICATE", "NOT_ALLOWED",
+})  # fmt: skip
 DECIDE_TIMEOUT = 60.0
 FORGED_SEQUENCE = 10**9  # unauthentic messages never take a real sequence number (no gaps)
 SQL = "'; DROP TABLE certificates; --"
-QUOTES = "O'Brien \"&\" Sons \\ back\\slash %s %(x)s $1 ;"
+QUOTES = 'O\'Brien "&" Sons \\ back\\slash %s %(x)s $1 ;'
 LONG = "x" * 100_000
 
 
@@ -313,16 +313,17 @@ def test_random_and_mutated_bytes_are_rejected_and_valid_events_between_all_land
             body = mutate(rng, rng.choice(bases).body)
             if any(body == b.body for b in bases):
                 continue
-        sent.append(registry.forged("BW", body, f"fuzz-{n % 3 and 'mutated' or 'random'}"))
+        sent.append(registry.forged("BW", body, "fuzz-mutated" if n % 3 else "fuzz-random"))
     sent.append(registry.valid())
     rows = registry.check(sent)
     not_envelopes = {s.body for s in sent if rows[s.key]["detail"].startswith("not a kpx")}
     dead = registry.dead_letters()
     assert not_envelopes <= dead.keys(), "a body that is no envelope is not dead-lettered"
     assert all(dead[b].split(":")[0] in REASONS for b in not_envelopes)
-    print(f"\n[hostile] fuzz: {len(sent)} messages, "
-          f"{Counter(rows[s.key]['reason'] for s in sent if not s.valid)}, "
-          f"{len(not_envelopes)} dead-lettered, {sum(s.valid for s in sent)} valid accepted")  # fmt: skip
+    reasons = Counter(rows[s.key]["reason"] for s in sent if not s.valid)
+    valid = sum(s.valid for s in sent)
+    print(f"\n[hostile] fuzz: {len(sent)} messages, {dict(reasons)}, "
+          f"{len(not_envelopes)} dead-lettered, {valid} valid accepted")  # fmt: skip
 
 
 def test_an_oversized_message_is_dead_lettered_with_a_reason(registry: Registry) -> None:
@@ -546,7 +547,9 @@ TABLES = ("certificates", "parcels", "event_log", "certificate_history", "import
           "producer_sequences", "participants", "authority_keys", "outbox")  # fmt: skip
 
 
-@pytest.mark.parametrize("value", [SQL, QUOTES, LONG, "nul\x00byte"], ids=["sql", "quotes", "100kB", "nul"])  # fmt: skip
+@pytest.mark.parametrize(
+    "value", [SQL, QUOTES, LONG, "nul\x00byte"], ids=["sql", "quotes", "100kB", "nul"]
+)
 def test_sql_metacharacters_and_long_strings_in_every_text_field_are_decided_safely(
     registry: Registry, value: str
 ) -> None:
@@ -564,9 +567,7 @@ def test_sql_metacharacters_and_long_strings_in_every_text_field_are_decided_saf
         assert row["decision"] in ("ACCEPTED", "REJECTED"), (s.what, row)
         assert row["decision"] == "ACCEPTED" or row["reason"] in REASONS, (s.what, row)
         if s.key in certs and row["decision"] == "ACCEPTED":  # stored byte for byte
-            stored = registry.query(
-                "SELECT body FROM certificates WHERE event_id = %s", (s.key,)
-            )
+            stored = registry.query("SELECT body FROM certificates WHERE event_id = %s", (s.key,))
             assert stored == [{"body": certs[s.key].to_json()}], s.what
     registry.check([s for s in sent if s.valid])
     after = _counts(registry)
@@ -583,6 +584,7 @@ def _counts(registry: Registry) -> dict[str, int]:
 
 def test_every_rejection_is_listed_by_kpx_registry_rejections(registry: Registry) -> None:
     rt = registry.rt
+    registry.check([registry.forged("BW", b"\x00 not an envelope", "garbage"), registry.valid()])
     env = {"KPX_STATE_DIR": str(rt.settings.state_dir), "KPX_AMQP_URL": rt.settings.amqp_url,
            "KPX_DATABASE_URL": rt.settings.database_url, "PATH": ""}  # fmt: skip
     result = subprocess.run(
@@ -595,7 +597,7 @@ def test_every_rejection_is_listed_by_kpx_registry_rejections(registry: Registry
         "SELECT COALESCE(claimed_event_id, event_id)::text AS id, reason FROM event_log "
         "WHERE decision = 'REJECTED'"
     )
-    assert len(rejected) > 300, "run the whole module: the other tests make the rejections"
+    assert rejected
     assert Counter((r["event_id"], r["reason"]) for r in listed) == Counter(
         (r["id"], r["reason"]) for r in rejected
     )

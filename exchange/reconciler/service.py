@@ -106,6 +106,8 @@ class Reconciler:
     def handle(self, batch: list[Delivery]) -> None:
         """Open, record and check one batch; dead-letter what cannot be opened."""
         assert self._conn is not None and self._consumer is not None
+        if self._conn.closed:  # the database restarted: the consumer is retrying this batch
+            self._conn = connect(self.dsn, application_name="kpx-reconciler")
         envelopes: list[Envelope] = []
         for d in batch:
             try:
