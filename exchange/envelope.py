@@ -20,6 +20,10 @@ from typing import Any, Protocol
 from exchange.codec import SchemaStore
 from exchange.errors import BadSignature, UndecodableDatum
 
+# The largest event the exchange accepts. A certificate with a thousand parcels is about 60 kB;
+# the limit keeps a signed but absurd event (megabytes of free text) from being stored, and a
+# node refuses an operation line above it before anything is signed.
+MAX_EVENT_BYTES = 1024 * 1024
 _SIGNATURE_LEN = 64
 # Avro zig-zag varint of 64 (the signature's length) followed by the signature itself.
 _SIGNATURE_PREFIX = b"\x80\x01"

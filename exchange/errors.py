@@ -15,6 +15,7 @@ should do about it::
         │   ├── TruncatedMessage    the datum ends early
         │   ├── TrailingBytes       bytes left over after the datum
         │   ├── UndecodableDatum    the datum does not match its writer schema
+        │   ├── MessageTooLarge     an event above the size limit of the exchange
         │   └── SchemaViolation     writing a record that does not match its schema
         ├── SignatureError
         │   ├── UnknownKey          no registered key for that key id / producer
@@ -78,6 +79,10 @@ class TrailingBytes(CodecError):
 
 class UndecodableDatum(CodecError):
     """The datum cannot be decoded with its writer schema."""
+
+
+class MessageTooLarge(CodecError):
+    """An event bigger than the exchange accepts (see exchange.envelope.MAX_EVENT_BYTES)."""
 
 
 class SchemaViolation(CodecError):

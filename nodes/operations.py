@@ -22,6 +22,7 @@ from typing import Any
 from exchange import rules, topology
 from exchange.certificate import Certificate, CertificateDraft
 from exchange.certnumber import regional_number
+from exchange.envelope import MAX_EVENT_BYTES
 from exchange.errors import Refusal
 from exchange.events import ImportConfirmation, Issuance, ProductionDeclaration, Voiding
 from exchange.outbox import OutboxWriter, Pending
@@ -316,6 +317,12 @@ def _duplicate(number: int, certificate_id: str) -> Result:
 
 
 def _parse(line: str) -> Mapping[str, Any]:
+    if len(line) > MAX_EVENT_BYTES:
+        raise Refusal(
+            SCHEMA_INVALID,
+            f"the line is {len(line):,} characters; an operation may have at most "
+            f"{MAX_EVENT_BYTES:,}",
+        )
     try:
         op = json.loads(line, parse_float=Decimal)
     except (ValueError, RecursionError) as exc:

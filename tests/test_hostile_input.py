@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -610,3 +610,20 @@ def test_a_nul_in_the_envelope_producer_is_rejected_with_a_reason(registry: Regi
     sent = [registry.forged("BW", claims.body, "producer BW\\x00"), registry.valid()]
     rows = registry.check(sent)
     assert rows[sent[0].key]["reason"] == "BAD_SIGNATURE"
+
+
+def test_a_validly_signed_event_above_the_size_limit_is_rejected_and_set_aside(
+    registry: Registry,
+) -> None:
+    from exchange.envelope import MAX_EVENT_BYTES
+
+    cert = replace(registry.fresh(), issuing_authority="A" * (MAX_EVENT_BYTES + 1))
+    sealed = registry.producers.seal("BW", issuance(cert))
+    registry.send(sealed, "1 MiB authority")
+    # Set aside before it is read, it is filed like any unreadable message: by its digest.
+    big = Sent("1 MiB authority", digest_key(sealed.body), sealed.body)
+    sent = [big, registry.valid()]
+    rows = registry.check(sent)
+    assert rows[big.key]["reason"] == "SCHEMA_INVALID"
+    assert "above the limit" in rows[big.key]["detail"]
+    assert registry.dead_letters().get(big.body, "").startswith("SCHEMA_INVALID")

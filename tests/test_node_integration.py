@@ -411,3 +411,16 @@ def test_a_certificate_issued_and_voided_in_one_submission_is_voided(rt: Runtime
         json.dumps({"op": "void", "certificate_id": number, "reason": "shipment cancelled"}),
     ])  # fmt: skip
     assert [(r.ok, r.subject) for r in results] == [(True, number), (True, number)]
+
+
+def test_an_operation_line_above_the_event_size_limit_is_refused(rt: Runtime) -> None:
+    from exchange.envelope import MAX_EVENT_BYTES
+
+    huge = json.dumps(
+        {"op": "issue", "certificate": certificate(issuing_authority="A" * MAX_EVENT_BYTES)}
+    )
+    before = counts(rt, "BW")
+    [result] = submit(rt, "BW", [huge])
+    assert (result.ok, result.code) == (False, "SCHEMA_INVALID")
+    assert "at most" in result.sentence
+    assert counts(rt, "BW") == before

@@ -31,8 +31,14 @@ from datetime import datetime
 from typing import Any
 
 from exchange.codec import SchemaStore
-from exchange.envelope import open_envelope
-from exchange.errors import CodecError, Refusal, SignatureError, UnknownFingerprint
+from exchange.envelope import MAX_EVENT_BYTES, open_envelope
+from exchange.errors import (
+    CodecError,
+    MessageTooLarge,
+    Refusal,
+    SignatureError,
+    UnknownFingerprint,
+)
 from exchange.events import EVENT_TYPES, Issuance, Payload, payload_from_record
 from exchange.rabbitmq import Delivery
 from exchange.registry.policy import Event, certificate_text, text_digest
@@ -114,6 +120,11 @@ class Opener:
         """Open one delivery; never raises for bad input (only for a bug)."""
         user = delivery.properties.user_id
         auth = self.users.get(user) if user else None
+        if len(delivery.body) > MAX_EVENT_BYTES:
+            size = MessageTooLarge(
+                f"{len(delivery.body):,} bytes, above the limit of {MAX_EVENT_BYTES:,}"
+            )
+            return self._dead(delivery, auth, size)
         try:
             _, env = self.store.decode(delivery.body, expected="Envelope")
         except CodecError as exc:
