@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+from exchange import topology
 from exchange.codec import SchemaStore, default_store
 from exchange.region import Region, load_region
 from exchange.settings import Settings
@@ -49,7 +50,7 @@ class Runtime:
     @property
     def reconciler_producer(self) -> str:
         """The reconciler's producer identity (its events' producer field)."""
-        return f"{self.region.code}-RECONCILER"
+        return topology.reconciler_producer(self.region.code)
 
     def keyring(self) -> Keyring:
         """Every public key in the keys directory."""

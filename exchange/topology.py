@@ -23,8 +23,6 @@ DEAD_QUEUE = "kpx.registry.dead"
 RECONCILER_QUEUE = "kpx.reconciler"
 # Broker users are global to a broker, not per vhost, so every region's users carry its vhost
 # name: two regions (say, production and the demo) on one broker never share a user.
-REGISTRY_USER = "kpx-registry"  # registry_user("kpx")
-RECONCILER_USER = "kpx-reconciler"  # reconciler_user("kpx")
 
 # Redeliveries before a message is dead-lettered. High enough that a database outage (which
 # returns batches to the queue when the consumer gives up waiting) never dead-letters a valid
@@ -35,6 +33,11 @@ DELIVERY_LIMIT = 20
 def node_queue(code: str) -> str:
     """The queue a node reads its decisions and notices from."""
     return f"kpx.node.{code}"
+
+
+def reconciler_producer(region_code: str) -> str:
+    """The reconciler's producer and relay identity, ``<REGION>-RECONCILER``."""
+    return f"{region_code}-RECONCILER"
 
 
 def node_user(code: str, vhost: str = "kpx") -> str:
@@ -50,14 +53,6 @@ def registry_user(vhost: str = "kpx") -> str:
 def reconciler_user(vhost: str = "kpx") -> str:
     """The broker user of the reconciler of the region on ``vhost``."""
     return f"{vhost}-reconciler"
-
-
-def node_of_user(user: str, vhost: str, node_codes: Sequence[str]) -> str | None:
-    """The node code whose broker user is ``user``, or None."""
-    for code in node_codes:
-        if node_user(code, vhost) == user:
-            return code
-    return None
 
 
 def _quorum(dead_letter: bool) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from test_registry_support import (
     certificate,
     confirmation,
     issuance,
-    make_env,
+    running_env,
     snapshot,
     voiding,
     wait_until,
@@ -26,12 +26,7 @@ from exchange.registry import deadletters, participant, policy, queries
 
 @pytest.fixture(scope="module")
 def env(make_session_vhost: Any, make_session_database: Any) -> Iterator[Env]:
-    vhost, database = make_session_vhost(), make_session_database()
-    env = make_env(vhost.name, vhost.amqp_url, database.url)
-    running = env.run_registry()
-    yield env
-    running.stop()
-    env.publisher.close()
+    yield from running_env(make_session_vhost, make_session_database)
 
 
 _serial = iter(range(500_000, 1_000_000))

@@ -19,7 +19,7 @@ from test_registry_support import (
     certificate,
     confirmation,
     issuance,
-    make_env,
+    running_env,
     voiding,
     wait_until,
 )
@@ -33,12 +33,7 @@ from exchange.signing import generate_key
 
 @pytest.fixture(scope="module")
 def env(make_session_vhost: Any, make_session_database: Any) -> Iterator[Env]:
-    vhost, database = make_session_vhost(), make_session_database()
-    env = make_env(vhost.name, vhost.amqp_url, database.url)
-    running = env.run_registry()
-    yield env
-    running.stop()
-    env.publisher.close()
+    yield from running_env(make_session_vhost, make_session_database)
 
 
 _serial = iter(range(1, 1_000_000))

@@ -441,3 +441,15 @@ def snapshot(env: Env) -> dict[str, Any]:
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def running_env(make_vhost: Any, make_database: Any) -> Iterator[Env]:
+    """A fresh Env with its registry running, stopped afterwards (for a module fixture)."""
+    vhost, database = make_vhost(), make_database()
+    env = make_env(vhost.name, vhost.amqp_url, database.url)
+    running = env.run_registry()
+    try:
+        yield env
+    finally:
+        running.stop()
+        env.publisher.close()

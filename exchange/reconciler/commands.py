@@ -54,7 +54,7 @@ def run(metrics_port: int) -> None:
     stop = stop_on_signals()
     consuming = threading.Event()
     metrics.serve(metrics_port, lambda: _health(stop, consuming))
-    producer = service.producer_id(obj.region)
+    producer = topology.reconciler_producer(obj.region.code)
     try:
         service.run_service(
             obj.registry_dsn,
@@ -90,7 +90,9 @@ def reconcile(as_of: Any, as_json: bool) -> None:
     started = time.monotonic()
     try:
         service.prepare(obj.registry_dsn)
-        ctx = service.context(obj.region, obj.store, obj.signer(service.producer_id(obj.region)))
+        ctx = service.context(
+            obj.region, obj.store, obj.signer(topology.reconciler_producer(obj.region.code))
+        )
         conn = connect(obj.registry_dsn, application_name="kpx-reconcile")
         try:
             summary = asof.reconcile(conn, ctx, day)

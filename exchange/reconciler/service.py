@@ -36,11 +36,6 @@ log = logging.getLogger(__name__)
 SERVICE = "reconciler"
 
 
-def producer_id(region: Region) -> str:
-    """The reconciler's producer and relay identity, ``<REGION>-RECONCILER``."""
-    return f"{region.code}-RECONCILER"
-
-
 def context(region: Region, store: SchemaStore, signer: Signer) -> Context:
     """The recording context of ``region`` with an outbox writer signing as ``signer``."""
     return Context(
@@ -48,7 +43,7 @@ def context(region: Region, store: SchemaStore, signer: Signer) -> Context:
         region=region.code,
         members=frozenset(region.member_codes),
         node_codes=frozenset(region.node_codes),
-        writer=OutboxWriter(store, signer, relay=producer_id(region)),
+        writer=OutboxWriter(store, signer, relay=topology.reconciler_producer(region.code)),
     )
 
 
@@ -170,7 +165,7 @@ def run_service(
     ``consuming`` is set while the consumer is connected (for /healthz).
     """
     prepare(dsn)
-    relay = OutboxRelay(dsn, amqp_url, producer_id(region))
+    relay = OutboxRelay(dsn, amqp_url, topology.reconciler_producer(region.code))
     thread = threading.Thread(target=relay.run, args=(stop,), name="reconciler-relay")
     thread.start()
     try:
