@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from exchange import postgres, provision
-from exchange.admin import Admin
-from exchange.runtime import Runtime
-from exchange.settings import Settings
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.app import provision
+from exchange.app.runtime import Runtime
+from exchange.app.settings import Settings
 from nodes.service import migrate as prepare_node_database
 
 ROOT = Path(__file__).resolve().parents[1]

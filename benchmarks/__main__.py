@@ -35,7 +35,7 @@ from benchmarks import (
     naive_baseline,
     relay_bench,
 )
-from exchange.admin import management_url
+from exchange.adapters.management import management_url
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 RELAY_LIMIT = (

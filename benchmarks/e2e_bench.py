@@ -47,13 +47,14 @@ from pika.spec import BasicProperties
 from benchmarks import Row, issue_line, scratch_region
 from benchmarks.registry_bench import _certificate
 from benchmarks.relay_bench import percentile
-from exchange import postgres, topology
-from exchange.admin import Admin
-from exchange.envelope import seal
-from exchange.events import Issuance
-from exchange.outbox import OutboxWriter
-from exchange.runtime import Runtime
-from exchange.settings import Settings
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.app.runtime import Runtime
+from exchange.app.settings import Settings
+from exchange.domain.events import Issuance
+from exchange.messaging.outbox import OutboxWriter
+from exchange.wire import topology
+from exchange.wire.envelope import seal
 from nodes.operations import Node
 
 NODES = ("BW", "ZA", "NA")

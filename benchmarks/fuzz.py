@@ -21,10 +21,10 @@ from datetime import date
 from decimal import Decimal
 
 from benchmarks import Row
-from exchange.codec import SchemaStore, default_store
-from exchange.envelope import open_envelope, seal
 from exchange.errors import KpxError
-from exchange.signing import Keyring, generate_key
+from exchange.wire.codec import SchemaStore, default_store
+from exchange.wire.envelope import open_envelope, seal
+from exchange.wire.signing import Keyring, generate_key
 
 
 def _samples(store: SchemaStore, keyring: Keyring) -> list[bytes]:

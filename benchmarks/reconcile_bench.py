@@ -25,11 +25,18 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from exchange.codec import default_store
-from exchange.postgres import Connection, connect, create_database, drop_database, dsn_for, migrate
+from exchange.adapters.postgres import (
+    Connection,
+    connect,
+    create_database,
+    drop_database,
+    dsn_for,
+    migrate,
+)
+from exchange.domain.region import load_region
 from exchange.reconciler import asof, service
-from exchange.region import load_region
-from exchange.signing import generate_key
+from exchange.wire.codec import default_store
+from exchange.wire.signing import generate_key
 
 SERVER = os.environ.get("KPX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REGION_FILE = Path(__file__).resolve().parent.parent / "deploy" / "region.example.toml"

@@ -33,9 +33,9 @@ import psycopg2
 import psycopg2.extras
 from pika.spec import BasicProperties
 
-from exchange import postgres, topology
-from exchange.admin import Admin
-from exchange.certificate import (
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.domain.certificate import (
     Certificate,
     Container,
     HsCode,
@@ -45,13 +45,14 @@ from exchange.certificate import (
     Party,
     Scope,
 )
-from exchange.certnumber import regional_number
-from exchange.codec import default_store
-from exchange.envelope import seal
-from exchange.events import Issuance
-from exchange.region import Region, parse_region
+from exchange.domain.certnumber import regional_number
+from exchange.domain.events import Issuance
+from exchange.domain.region import Region, parse_region
 from exchange.registry import service, store
-from exchange.signing import Signer, generate_key
+from exchange.wire import topology
+from exchange.wire.codec import default_store
+from exchange.wire.envelope import seal
+from exchange.wire.signing import Signer, generate_key
 
 MEMBERS = ("BW", "ZA", "NA")
 PASSWORD = "bench-" + secrets.token_hex(8)

@@ -27,10 +27,11 @@ import pika
 
 from benchmarks import Row, issue_line, scratch_region
 from benchmarks.ceilings import declare_quorum, publish_rate
-from exchange import postgres, topology
-from exchange.envelope import open_envelope
-from exchange.outbox import OutboxRelay, OutboxWriter, Pending, backlog
-from exchange.runtime import Runtime
+from exchange.adapters import postgres
+from exchange.app.runtime import Runtime
+from exchange.messaging.outbox import OutboxRelay, OutboxWriter, Pending, backlog
+from exchange.wire import topology
+from exchange.wire.envelope import open_envelope
 from nodes.operations import Node
 
 CODE = "BW"

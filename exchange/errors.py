@@ -27,7 +27,8 @@ should do about it::
         └── NotFound                a certificate, discrepancy or dead letter that does not exist
 
 Adapters translate driver exceptions (pika, psycopg2) into this tree in one place each
-(``exchange/rabbitmq.py``, ``exchange/postgres.py``), always ``raise Ours(...) from exc``.
+(``exchange/adapters/rabbitmq.py``, ``exchange/adapters/postgres.py``), always
+``raise Ours(...) from exc``.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class UndecodableDatum(CodecError):
 
 
 class MessageTooLarge(CodecError):
-    """An event bigger than the exchange accepts (see exchange.envelope.MAX_EVENT_BYTES)."""
+    """An event bigger than the exchange accepts (see exchange.wire.envelope.MAX_EVENT_BYTES)."""
 
 
 class SchemaViolation(CodecError):

@@ -10,11 +10,12 @@ from typing import IO, Any
 
 import click
 
-from exchange import postgres, topology
+from exchange.adapters import postgres
+from exchange.adapters.signals import stop_on_signals
+from exchange.app.runtime import Runtime
 from exchange.errors import TransientError
-from exchange.outbox import OutboxWriter
-from exchange.runtime import Runtime
-from exchange.signals import stop_on_signals
+from exchange.messaging.outbox import OutboxWriter
+from exchange.wire import topology
 from nodes import store
 from nodes.operations import Node, Result
 from nodes.service import NodeService, migrate

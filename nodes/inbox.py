@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from exchange import metrics, topology
-from exchange.codec import SchemaStore
-from exchange.envelope import Envelope, VerifiesEvents, open_envelope
+from exchange.adapters import metrics
+from exchange.adapters.postgres import Connection, Cursor, transaction
+from exchange.adapters.rabbitmq import BatchConsumer, Delivery
+from exchange.domain.events import Decision, DiscrepancyNotice, ShipmentNotice, StatusChange
 from exchange.errors import PermanentError
-from exchange.events import Decision, DiscrepancyNotice, ShipmentNotice, StatusChange
-from exchange.postgres import Connection, Cursor, transaction
-from exchange.rabbitmq import BatchConsumer, Delivery
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore
+from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
 from nodes import store
 
 log = logging.getLogger(__name__)

@@ -19,15 +19,16 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from exchange import rules, topology
-from exchange.certificate import Certificate, CertificateDraft
-from exchange.certnumber import regional_number
-from exchange.envelope import MAX_EVENT_BYTES
+from exchange.adapters.postgres import Connection, Cursor, transaction
+from exchange.domain import rules
+from exchange.domain.certificate import Certificate, CertificateDraft
+from exchange.domain.certnumber import regional_number
+from exchange.domain.events import ImportConfirmation, Issuance, ProductionDeclaration, Voiding
+from exchange.domain.region import Region
 from exchange.errors import Refusal
-from exchange.events import ImportConfirmation, Issuance, ProductionDeclaration, Voiding
-from exchange.outbox import OutboxWriter, Pending
-from exchange.postgres import Connection, Cursor, transaction
-from exchange.region import Region
+from exchange.messaging.outbox import OutboxWriter, Pending
+from exchange.wire import topology
+from exchange.wire.envelope import MAX_EVENT_BYTES
 from nodes import store
 
 log = logging.getLogger(__name__)

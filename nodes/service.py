@@ -6,17 +6,18 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from exchange import metrics, postgres, topology
-from exchange.codec import SchemaStore
-from exchange.envelope import VerifiesEvents
-from exchange.outbox import OutboxRelay
-from exchange.rabbitmq import BatchConsumer
-from exchange.retry import until_stopped
+from exchange.adapters import metrics, postgres
+from exchange.adapters.rabbitmq import BatchConsumer
+from exchange.adapters.retry import until_stopped
+from exchange.messaging.outbox import OutboxRelay
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore
+from exchange.wire.envelope import VerifiesEvents
 from nodes.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("exchange", "nodes")
+PACKAGES = ("exchange.messaging", "nodes")
 
 
 @dataclass(frozen=True)

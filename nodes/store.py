@@ -12,9 +12,9 @@ from typing import Any
 
 import psycopg2.extras
 
-from exchange.certificate import Certificate, certificate_json_text
-from exchange.events import ImportConfirmation, ProductionDeclaration, Voiding
-from exchange.postgres import Cursor
+from exchange.adapters.postgres import Cursor
+from exchange.domain.certificate import Certificate, certificate_json_text
+from exchange.domain.events import ImportConfirmation, ProductionDeclaration, Voiding
 
 
 def next_serials(cur: Cursor, year: int, count: int) -> range:

@@ -16,7 +16,7 @@ from fastavro.schema import load_schema
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.certificate import (
+from exchange.domain.certificate import (
     Certificate,
     CertificateDraft,
     HsCode,
@@ -24,8 +24,7 @@ from exchange.certificate import (
     from_symbol,
     to_amount,
 )
-from exchange.errors import Refusal
-from exchange.events import (
+from exchange.domain.events import (
     EVENT_TYPES,
     PAYLOAD_TYPES,
     Decision,
@@ -42,6 +41,7 @@ from exchange.events import (
     Voiding,
     payload_from_record,
 )
+from exchange.errors import Refusal
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 ISSUER = {"issuing_participant": "XS", "issuing_member": "BW", "issuing_authority": "MoME"}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.certnumber import (
+from exchange.domain.certnumber import (
     RegionalNumber,
     check_digits,
     check_foreign,

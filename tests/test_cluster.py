@@ -24,9 +24,9 @@ from support.broker import BrokerCluster, PrivateBroker, broker_cluster, read_ba
 from support.services import unique_name
 from test_node_faults import issue, outbox, prefill
 
-from exchange import topology
-from exchange.outbox import OutboxRelay
-from exchange.runtime import Runtime
+from exchange.app.runtime import Runtime
+from exchange.messaging.outbox import OutboxRelay
+from exchange.wire import topology
 
 pytestmark = pytest.mark.faults
 

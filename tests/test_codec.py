@@ -16,14 +16,6 @@ import pytest
 from fastavro import schemaless_writer
 from fastavro.schema import load_schema
 
-from exchange.codec import (
-    HEADER_SIZE,
-    MAGIC,
-    SchemaStore,
-    default_schemas_dir,
-    default_store,
-    schema_fingerprint,
-)
 from exchange.errors import (
     BadMagic,
     SchemaViolation,
@@ -31,6 +23,14 @@ from exchange.errors import (
     TruncatedMessage,
     UndecodableDatum,
     UnknownFingerprint,
+)
+from exchange.wire.codec import (
+    HEADER_SIZE,
+    MAGIC,
+    SchemaStore,
+    default_schemas_dir,
+    default_store,
+    schema_fingerprint,
 )
 
 EVENT_TYPES = (

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_codec import EVENT_TYPES, example_records
 
-from exchange.codec import HEADER_SIZE, MAGIC, default_schemas_dir, default_store
 from exchange.errors import CodecError
+from exchange.wire.codec import HEADER_SIZE, MAGIC, default_schemas_dir, default_store
 
 RECORDS = [*EVENT_TYPES, "Envelope"]
 QUICK = settings(max_examples=200, deadline=None)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from exchange.codec import default_schemas_dir
-from exchange.compat import check_all, check_pair, main
+from exchange.wire.codec import default_schemas_dir
+from exchange.wire.compat import check_all, check_pair, main
 
 PARTY = {
     "type": "record",
@@ -254,7 +254,7 @@ def test_main_prints_the_problems_and_returns_one(
 
 def test_the_module_runs_as_a_command_that_exits_zero() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "exchange.compat", str(default_schemas_dir())],
+        [sys.executable, "-m", "exchange.wire.compat", str(default_schemas_dir())],
         capture_output=True,
         text=True,
         check=False,

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def _kpx() -> list[str]:
     script = Path(sys.executable).with_name("kpx")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "exchange.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "exchange.app.cli"]
 
 
 def test_a_short_demo_finds_exactly_the_seeded_anomalies_and_stops_cleanly(

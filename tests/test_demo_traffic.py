@@ -1,7 +1,7 @@
 """The demo's plan is deterministic, passes the rules, and seeds exactly one of every kind.
 
 The strongest test here replays the plan through the pure reconciliation rules
-(exchange.reconciliation) the way the reconciler applies them — event-time findings per
+(exchange.domain.discrepancy) the way the reconciler applies them — event-time findings per
 certificate, then the as-of checks — and requires exactly the seeded keys: clean traffic
 must raise nothing (precision 1.0) and every seed must raise its kind (recall 1.0).
 """
@@ -16,16 +16,15 @@ from typing import Any
 
 import pytest
 
-from exchange import rules
-from exchange.certificate import CertificateDraft, sum_of
-from exchange.certnumber import is_well_formed
 from exchange.demo import setup
 from exchange.demo.anomalies import KINDS, make_plan
 from exchange.demo.score import score
 from exchange.demo.timeline import Timeline
 from exchange.demo.traffic import Plan, key_of, load_profiles
-from exchange.events import DiscrepancyKind, ImportConfirmation, ProductionDeclaration
-from exchange.reconciliation import (
+from exchange.domain import rules
+from exchange.domain.certificate import CertificateDraft, sum_of
+from exchange.domain.certnumber import is_well_formed
+from exchange.domain.discrepancy import (
     CertificateFacts,
     ConfirmationFacts,
     Flow,
@@ -40,8 +39,9 @@ from exchange.reconciliation import (
     spread,
     supply_balances,
 )
-from exchange.region import Region, load_region
-from exchange.statistics import Period, half_year_of, quarter_of
+from exchange.domain.events import DiscrepancyKind, ImportConfirmation, ProductionDeclaration
+from exchange.domain.kpstats import Period, half_year_of, quarter_of
+from exchange.domain.region import Region, load_region
 
 REGION: Region = load_region(setup.EXAMPLE)
 MEMBERS = [m.code for m in REGION.members]
@@ -343,7 +343,7 @@ def test_the_score_lists_false_positives_and_misses() -> None:
 
 def test_the_demo_region_is_private_and_keeps_only_the_chosen_members() -> None:
     text = setup.toml_text(setup.demo_region(setup.example_region(), ["BW", "CD"]))
-    from exchange.region import parse_region
+    from exchange.domain.region import parse_region
 
     region = parse_region(tomllib.loads(text))
     assert region.vhost == "kpx_demo"

@@ -51,16 +51,16 @@ from test_registry_support import (
     voiding,
 )
 
-from exchange import topology
-from exchange.certificate import Certificate, HsCode
-from exchange.codec import HEADER_SIZE, MAGIC
-from exchange.envelope import open_envelope, seal
-from exchange.events import Decision, Outcome, payload_from_record
-from exchange.postgres import connect, fetch_all
+from exchange.adapters.postgres import connect, fetch_all
+from exchange.app.runtime import Runtime
+from exchange.domain.certificate import Certificate, HsCode
+from exchange.domain.events import Decision, Outcome, payload_from_record
 from exchange.registry.opening import digest_key
 from exchange.registry.service import run_registry
-from exchange.runtime import Runtime
-from exchange.signing import generate_key
+from exchange.wire import topology
+from exchange.wire.codec import HEADER_SIZE, MAGIC
+from exchange.wire.envelope import open_envelope, seal
+from exchange.wire.signing import generate_key
 
 KPX = Path(sys.executable).with_name("kpx")
 REASONS = frozenset({
@@ -615,7 +615,7 @@ def test_a_nul_in_the_envelope_producer_is_rejected_with_a_reason(registry: Regi
 def test_a_validly_signed_event_above_the_size_limit_is_rejected_and_set_aside(
     registry: Registry,
 ) -> None:
-    from exchange.envelope import MAX_EVENT_BYTES
+    from exchange.wire.envelope import MAX_EVENT_BYTES
 
     cert = replace(registry.fresh(), issuing_authority="A" * (MAX_EVENT_BYTES + 1))
     sealed = registry.producers.seal("BW", issuance(cert))

@@ -21,7 +21,7 @@ import avro.schema
 import pytest
 from test_codec import EVENT_TYPES, example_records
 
-from exchange.codec import HEADER_SIZE, MAGIC, SchemaStore, default_schemas_dir, default_store
+from exchange.wire.codec import HEADER_SIZE, MAGIC, SchemaStore, default_schemas_dir, default_store
 
 RECORDS = [*EVENT_TYPES, "Envelope"]
 _EMPTY = 0xC15D213AA4D7A795  # the spec's EMPTY: the CRC-64-AVRO of nothing

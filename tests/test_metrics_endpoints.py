@@ -40,7 +40,7 @@ from support.services_up import (
     services_up,
 )
 
-from exchange.runtime import Runtime
+from exchange.app.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHITECTURE = ROOT / "docs" / "architecture.md"

@@ -31,9 +31,10 @@ from support.broker import PrivateBroker, free_port, private_broker, read_back, 
 from support.proxy import FaultProxy
 from support.services import unique_name
 
-from exchange import postgres, topology
-from exchange.outbox import OutboxRelay, OutboxWriter, Pending
-from exchange.runtime import Runtime
+from exchange.adapters import postgres
+from exchange.app.runtime import Runtime
+from exchange.messaging.outbox import OutboxRelay, OutboxWriter, Pending
+from exchange.wire import topology
 from nodes.operations import Node
 
 pytestmark = pytest.mark.faults
@@ -47,7 +48,7 @@ DRAIN_TIMEOUT = 180.0
 # crash leaves published events unmarked.
 RELAY_RUNNER = """
 import logging, os, signal, sys, threading
-from exchange.outbox import OutboxRelay
+from exchange.messaging.outbox import OutboxRelay
 dsn, url, relay, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 if kill_at:
@@ -137,7 +138,7 @@ def prefill(rt: Runtime, code: str, count: int) -> None:
         with postgres.transaction(conn) as cur:
             cur.execute("SELECT body FROM outbox WHERE relay = %s ORDER BY id LIMIT 1", (code,))
             body = bytes(cur.fetchone()[0])
-        from exchange.envelope import open_envelope
+        from exchange.wire.envelope import open_envelope
 
         record = open_envelope(rt.store, rt.keyring(), body).payload
         writer = OutboxWriter(rt.store, rt.signer(code))

@@ -26,9 +26,10 @@ from support.broker import read_back
 from support.region import provisioned_region
 from support.services import unique_name
 
-from exchange import postgres, topology
-from exchange.outbox import OutboxRelay, OutboxWriter, backlog
-from exchange.runtime import Runtime
+from exchange.adapters import postgres
+from exchange.app.runtime import Runtime
+from exchange.messaging.outbox import OutboxRelay, OutboxWriter, backlog
+from exchange.wire import topology
 from nodes.operations import Node, Result
 
 KPX = Path(sys.executable).with_name("kpx")
@@ -94,7 +95,7 @@ def counts(rt: Runtime, code: str) -> dict[str, int]:
 
 def outbox_events(rt: Runtime, code: str) -> list[Any]:
     """Every event in the node's outbox, opened (signature verified), in outbox order."""
-    from exchange.envelope import open_envelope
+    from exchange.wire.envelope import open_envelope
 
     conn = postgres.connect(rt.node_dsn(code))
     try:
@@ -380,7 +381,7 @@ def za_certificate(**changes: Any) -> dict:
 
 
 def test_a_number_stated_twice_in_one_submission_is_refused_the_second_time(rt: Runtime) -> None:
-    from exchange.certnumber import regional_number
+    from exchange.domain.certnumber import regional_number
 
     number = regional_number(rt.region.code, "ZA", 2027, 900)
     line = json.dumps({"op": "issue", "certificate": za_certificate(certificate_id=number)})
@@ -392,7 +393,7 @@ def test_a_number_stated_twice_in_one_submission_is_refused_the_second_time(rt: 
 def test_an_allocated_serial_already_stated_by_the_national_system_is_skipped(
     rt: Runtime,
 ) -> None:
-    from exchange.certnumber import regional_number
+    from exchange.domain.certnumber import regional_number
 
     taken = regional_number(rt.region.code, "ZA", 2027, 1)
     stated = json.dumps({"op": "issue", "certificate": za_certificate(certificate_id=taken)})
@@ -403,7 +404,7 @@ def test_an_allocated_serial_already_stated_by_the_national_system_is_skipped(
 
 
 def test_a_certificate_issued_and_voided_in_one_submission_is_voided(rt: Runtime) -> None:
-    from exchange.certnumber import regional_number
+    from exchange.domain.certnumber import regional_number
 
     number = regional_number(rt.region.code, "ZA", 2027, 901)
     results = submit(rt, "ZA", [
@@ -414,7 +415,7 @@ def test_a_certificate_issued_and_voided_in_one_submission_is_voided(rt: Runtime
 
 
 def test_an_operation_line_above_the_event_size_limit_is_refused(rt: Runtime) -> None:
-    from exchange.envelope import MAX_EVENT_BYTES
+    from exchange.wire.envelope import MAX_EVENT_BYTES
 
     huge = json.dumps(
         {"op": "issue", "certificate": certificate(issuing_authority="A" * MAX_EVENT_BYTES)}

@@ -54,10 +54,10 @@ from support.pipeline import (
 from support.proxy import FaultProxy
 from support.services import unique_name
 
-from exchange import topology
+from exchange.adapters.postgres import connect
+from exchange.app.runtime import Runtime
 from exchange.errors import KpxError
-from exchange.postgres import connect
-from exchange.runtime import Runtime
+from exchange.wire import topology
 
 pytestmark = pytest.mark.faults
 

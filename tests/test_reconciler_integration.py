@@ -20,17 +20,17 @@ import pytest
 from click.testing import CliRunner
 from support.services import Database, Vhost
 
-from exchange import topology
-from exchange.admin import Admin
-from exchange.certnumber import regional_number
-from exchange.codec import SchemaStore, default_store
-from exchange.envelope import Envelope, open_envelope, seal
-from exchange.outbox import OutboxRelay
-from exchange.postgres import Connection, connect, migrate, transaction
-from exchange.reconciler import asof, commands, figures, service, store
-from exchange.region import Region, load_region
-from exchange.signing import Keyring, Signer, generate_key
-from exchange.statistics import Period
+from exchange.adapters.management import Admin
+from exchange.adapters.postgres import Connection, connect, migrate, transaction
+from exchange.domain.certnumber import regional_number
+from exchange.domain.kpstats import Period
+from exchange.domain.region import Region, load_region
+from exchange.messaging.outbox import OutboxRelay
+from exchange.reconciler import aggregation, commands, deadline_checks, service, store
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore, default_store
+from exchange.wire.envelope import Envelope, open_envelope, seal
+from exchange.wire.signing import Keyring, Signer, generate_key
 
 REGION_FILE = Path(__file__).resolve().parent.parent / "deploy" / "region.example.toml"
 AS_OF = date(2026, 8, 15)
@@ -340,7 +340,7 @@ def test_reconcile_as_of_raises_each_kind_exactly_once_at_the_edges(
     simulate_registry(db)
     assert found(db) == set()  # nothing at event time: the scenario is clean until AS_OF
 
-    summary = asof.reconcile(db, ctx, AS_OF)
+    summary = deadline_checks.reconcile(db, ctx, AS_OF)
     assert found(db) == expected
     assert summary.total == len(expected)
     details = _details(db)
@@ -350,7 +350,7 @@ def test_reconcile_as_of_raises_each_kind_exactly_once_at_the_edges(
     unknown = sorted(d for k, d in details if k == "UNKNOWN_CERTIFICATE")
     assert "never received" in unknown[0] and "rejected (TOTALS_MISMATCH" in unknown[1]
 
-    again = asof.reconcile(db, ctx, AS_OF)
+    again = deadline_checks.reconcile(db, ctx, AS_OF)
     assert again.total == 0 and found(db) == expected
     notices = count(db, "SELECT count(*) FROM outbox WHERE relay = 'XS-RECONCILER'")
     assert notices >= len(expected)  # one per concerned node
@@ -369,7 +369,7 @@ def test_discrepancies_are_listed_by_filter_and_resolved_with_a_note(
     ctx = service.context(region, codec, signers["XS-RECONCILER"])
     bodies, _ = as_of_scenario(Events(codec, signers))
     apply(db, ctx, codec, keyring, bodies)
-    asof.reconcile(db, ctx, AS_OF)
+    deadline_checks.reconcile(db, ctx, AS_OF)
     with transaction(db) as cur:
         mirror = store.list_discrepancies(cur, kind="MIRROR_MISMATCH", participant="AE")
         assert [(d["participants"], d["period"]) for d in mirror] == [(["ZA", "AE"], "2026-Q2")]
@@ -392,14 +392,14 @@ def test_statistics_are_versioned_and_show_what_a_late_event_changed(
         ev.production("BW", "2026-H1", "100.00"),
     ])  # fmt: skip
     q1 = Period.parse("2026-Q1")
-    first = figures.publish(db, q1, "XS", list(region.node_codes))
+    first = aggregation.publish(db, q1, "XS", list(region.node_codes))
     assert (first.version, first.previous_version, first.new_version) == (1, None, True)
     rows = {(r["section"], r["flow"], r["by"], r["key"]): r for r in first.rows}
     assert rows["trade", "export", "partner", "EU"]["carats"] == "75.00"
     assert rows["trade", "export", "partner", "EU"]["usd_per_carat"] == "10.00"
     assert rows["production", "production", "total", ""]["period"] == "2026-H1"
     assert rows["mirror", "mirror", "partner", "EU"]["mirror_carats"] == "0.00"
-    assert figures.publish(db, q1, "XS", list(region.node_codes)).new_version is False
+    assert aggregation.publish(db, q1, "XS", list(region.node_codes)).new_version is False
 
     apply(
         db,
@@ -408,7 +408,7 @@ def test_statistics_are_versioned_and_show_what_a_late_event_changed(
         keyring,
         [ev.confirmed(confirmation(cid("BW", 1), carats="75.00", usd="750.00"))],
     )
-    second = figures.publish(db, q1, "XS", list(region.node_codes))
+    second = aggregation.publish(db, q1, "XS", list(region.node_codes))
     assert (second.version, second.previous_version) == (2, 1)
     changed = {c.key[:3] + c.key[4:] for c in second.changes}
     assert ("trade", "EU", "2026-Q1", "partner", "BW") in changed

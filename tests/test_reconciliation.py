@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal as D
 
-from exchange.reconciliation import (
+from exchange.domain.discrepancy import (
     CertificateFacts,
     ConfirmationFacts,
     Flow,
@@ -28,8 +28,8 @@ from exchange.reconciliation import (
     unknown_certificate,
     within_pct,
 )
-from exchange.region import Policy
-from exchange.statistics import Period
+from exchange.domain.kpstats import Period
+from exchange.domain.region import Policy
 
 LIMITS = Limits()
 MEMBERS = frozenset({"BW", "ZA"})

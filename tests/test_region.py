@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from exchange.domain.region import Policy, Region, load_region, parse_region
 from exchange.errors import ConfigError
-from exchange.region import Policy, Region, load_region, parse_region
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "region.example.toml"
 

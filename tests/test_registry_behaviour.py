@@ -18,10 +18,10 @@ from test_registry_support import (
     wait_until,
 )
 
-from exchange.codec import MAGIC
-from exchange.events import Outcome, ParticipantStatus, StatusChange
-from exchange.postgres import connect
+from exchange.adapters.postgres import connect
+from exchange.domain.events import Outcome, ParticipantStatus, StatusChange
 from exchange.registry import deadletters, participant, policy, queries
+from exchange.wire.codec import MAGIC
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_hostile_messages_change_no_state_and_do_not_stop_the_consumer(env: Env)
 
 
 def _idle(env: Env) -> bool:
-    from exchange.admin import Admin
+    from exchange.adapters.management import Admin
 
     admin = Admin(env.admin_url)
     try:
@@ -211,7 +211,7 @@ def test_dead_letters_are_listed_without_being_consumed_and_can_be_reinjected(en
     listed = [d for d in deadletters.list_dead(url) if d["message_id"] == message_id]
     assert listed[0]["routing_key"] == "AE.ImportConfirmed"
     assert listed[0]["reason"].startswith("SCHEMA_INVALID")
-    from exchange import topology
+    from exchange.wire import topology
 
     user = topology.registry_user(env.vhost)
     assert deadletters.reinject(url, user, {message_id}) == 1

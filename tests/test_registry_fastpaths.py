@@ -16,8 +16,8 @@ import psycopg2.extras
 from support.services import Database
 from test_registry_support import certificate
 
-from exchange.pgcopy import copy_rows
-from exchange.postgres import connect, transaction
+from exchange.adapters.pgcopy import copy_rows
+from exchange.adapters.postgres import connect, transaction
 from exchange.registry import policy
 
 TRICKY_TEXT = 'back\\slash\ttab\nnewline\rreturn "quoted" {brace} , comma ünï \\N'

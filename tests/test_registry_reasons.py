@@ -24,11 +24,11 @@ from test_registry_support import (
     wait_until,
 )
 
-from exchange.certificate import HsCode
-from exchange.codec import HEADER_SIZE, MAGIC
-from exchange.envelope import seal
-from exchange.events import Issuance, Outcome
-from exchange.signing import generate_key
+from exchange.domain.certificate import HsCode
+from exchange.domain.events import Issuance, Outcome
+from exchange.wire.codec import HEADER_SIZE, MAGIC
+from exchange.wire.envelope import seal
+from exchange.wire.signing import generate_key
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_rejected_and_forged_messages_never_stop_the_consumer(env: Env) -> None:
 
 
 def test_a_key_registered_after_start_is_picked_up(env: Env) -> None:
-    from exchange.postgres import connect, transaction
+    from exchange.adapters.postgres import connect, transaction
     from exchange.registry import store
 
     key = generate_key("BW")

@@ -27,7 +27,7 @@ from test_registry_support import (
     wait_until,
 )
 
-from exchange.codec import default_store
+from exchange.wire.codec import default_store
 
 N_EVENTS = 5_000
 MEMBERS = ("BW", "ZA", "NA")
@@ -97,7 +97,7 @@ def deliver(env: Env, events: list[Sealed], registries: int) -> dict[str, Any]:
 
 
 def queue_empty(env: Env) -> None:
-    from exchange.admin import Admin
+    from exchange.adapters.management import Admin
 
     admin = Admin(env.admin_url)
     try:

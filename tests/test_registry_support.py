@@ -22,9 +22,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pika
 from pika.spec import BasicProperties
 
-from exchange import topology
-from exchange.admin import Admin
-from exchange.certificate import (
+from exchange.adapters.management import Admin
+from exchange.adapters.postgres import connect, fetch_all, transaction
+from exchange.domain.certificate import (
     Certificate,
     Container,
     HsCode,
@@ -34,14 +34,20 @@ from exchange.certificate import (
     Party,
     Scope,
 )
-from exchange.certnumber import regional_number
-from exchange.codec import SchemaStore, default_store
-from exchange.envelope import open_envelope, seal
-from exchange.events import Decision, ImportConfirmation, Issuance, Voiding, payload_from_record
-from exchange.postgres import connect, fetch_all, transaction
-from exchange.region import Region, parse_region
+from exchange.domain.certnumber import regional_number
+from exchange.domain.events import (
+    Decision,
+    ImportConfirmation,
+    Issuance,
+    Voiding,
+    payload_from_record,
+)
+from exchange.domain.region import Region, parse_region
 from exchange.registry import service, store
-from exchange.signing import Keyring, Signer, generate_key
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore, default_store
+from exchange.wire.envelope import open_envelope, seal
+from exchange.wire.signing import Keyring, Signer, generate_key
 
 PASSWORD = "kpx-test-password"
 NODES = ("BW", "ZA", "NA", "EU", "AE")

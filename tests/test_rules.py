@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.certificate import (
+from exchange.domain.certificate import (
     Certificate,
     CertificateDraft,
     Container,
@@ -23,11 +23,10 @@ from exchange.certificate import (
     Scope,
     sum_of,
 )
-from exchange.certnumber import regional_number
-from exchange.errors import Refusal
-from exchange.events import ImportConfirmation, ProductionDeclaration, Voiding
-from exchange.region import Policy
-from exchange.rules import (
+from exchange.domain.certnumber import regional_number
+from exchange.domain.events import ImportConfirmation, ProductionDeclaration, Voiding
+from exchange.domain.region import Policy
+from exchange.domain.rules import (
     check_certificate,
     check_dates,
     check_duplicate,
@@ -38,6 +37,7 @@ from exchange.rules import (
     check_void_against,
     issued_by,
 )
+from exchange.errors import Refusal
 
 MEMBERS = ("BW", "ZA")
 BOOK = {

@@ -1,4 +1,4 @@
-"""Ed25519 signing, key files and the keyring (exchange/signing.py); pure, no services."""
+"""Ed25519 signing, key files and the keyring (exchange/wire/signing.py); pure, no services."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exchange.errors import BadSignature, ConfigError, KeyFileError, UnknownKey
-from exchange.signing import (
+from exchange.wire.signing import (
     Keyring,
     Signer,
     VerifyKey,

@@ -8,8 +8,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from exchange.errors import ConfigError
-from exchange.statistics import (
+from exchange.domain.kpstats import (
     COLUMNS,
     Period,
     Report,
@@ -20,6 +19,7 @@ from exchange.statistics import (
     render,
     row,
 )
+from exchange.errors import ConfigError
 
 
 def test_periods_parse_to_their_first_and_last_days() -> None:

@@ -17,9 +17,9 @@ from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 
-from exchange.certificate import CENT
-from exchange.certnumber import regional_number
-from exchange.region import Policy
+from exchange.domain.certificate import CENT
+from exchange.domain.certnumber import regional_number
+from exchange.domain.region import Policy
 
 from .production import declare_production, own_exports
 from .timeline import Timeline

@@ -6,7 +6,7 @@ score, and stops everything (SIGTERM, exit codes 0) unless ``--keep``. Ctrl-C (o
 the demo) stops everything cleanly too. Exit 0 only when no service crashed, every service
 exited 0 and precision and recall are both 1.0.
 
-This module is, like ``exchange/cli.py``, a composition root: it is the one place of the demo
+This module is, like ``exchange/app/cli.py``, a composition root: it is the one place of the demo
 that imports ``nodes`` (to apply operations as each node's authority, as ``kpx node submit``
 does), and it hands plain callables to the driver.
 """
@@ -30,11 +30,11 @@ import click
 from rich.console import Console
 from rich.live import Live
 
-from exchange import postgres
-from exchange.drain import wait_drained
-from exchange.outbox import OutboxWriter
-from exchange.runtime import Runtime
-from exchange.settings import Settings
+from exchange.adapters import postgres
+from exchange.app.quiescence import wait_drained
+from exchange.app.runtime import Runtime
+from exchange.app.settings import Settings
+from exchange.messaging.outbox import OutboxWriter
 
 from . import setup
 from .anomalies import KINDS, make_plan

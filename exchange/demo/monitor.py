@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from exchange import outbox, postgres, topology
-from exchange.admin import Admin
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.app.runtime import Runtime
 from exchange.errors import KpxError
-from exchange.runtime import Runtime
+from exchange.messaging import outbox
+from exchange.wire import topology
 
 _COUNTS = (
     "SELECT (SELECT count(*) FROM certificates),"

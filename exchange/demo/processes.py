@@ -28,7 +28,7 @@ def kpx_command() -> list[str]:
     script = Path(sys.executable).with_name("kpx")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from exchange.cli import main; main()"]
+    return [sys.executable, "-c", "from exchange.app.cli import main; main()"]
 
 
 @dataclass

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import ROUND_CEILING, Decimal
 
-from exchange.certificate import CENT, amount_text, sum_of
-from exchange.statistics import half_year_of
+from exchange.domain.certificate import CENT, amount_text, sum_of
+from exchange.domain.kpstats import half_year_of
 
 from .traffic import Builder, Op, Shipment
 

@@ -18,11 +18,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from exchange import postgres, provision
-from exchange.admin import Admin
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.app import provision
+from exchange.app.runtime import Runtime
+from exchange.app.settings import Settings
 from exchange.errors import ConfigError
-from exchange.runtime import Runtime
-from exchange.settings import Settings
 from nodes.service import migrate as prepare_node_database
 
 PREFIX = "kpx_demo"

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from exchange.statistics import Period, half_year_of, quarter_of
+from exchange.domain.kpstats import Period, half_year_of, quarter_of
 
 # Past the gap timeout (24 h) with a day to spare when the demo runs across midnight UTC.
 _AFTER_TODAY = 2

@@ -27,11 +27,11 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
-from exchange.certificate import CENT, amount_text, sum_of
-from exchange.certnumber import regional_number
-from exchange.reconciliation import within_pct
-from exchange.region import Policy
-from exchange.statistics import Period, quarter_of
+from exchange.domain.certificate import CENT, amount_text, sum_of
+from exchange.domain.certnumber import regional_number
+from exchange.domain.discrepancy import within_pct
+from exchange.domain.kpstats import Period, quarter_of
+from exchange.domain.region import Policy
 
 from .parties import FIRMS
 from .timeline import Timeline

@@ -21,13 +21,14 @@ from typing import Any
 
 import click
 
-from exchange import metrics, topology
+from exchange.adapters import metrics
+from exchange.adapters.postgres import connect, transaction
+from exchange.adapters.signals import stop_on_signals
+from exchange.domain.events import DiscrepancyKind
+from exchange.domain.kpstats import FORMATS, Period, render, summary_line
 from exchange.errors import KpxError, TransientError
-from exchange.events import DiscrepancyKind
-from exchange.postgres import connect, transaction
-from exchange.reconciler import asof, figures, service, store
-from exchange.signals import stop_on_signals
-from exchange.statistics import FORMATS, Period, render, summary_line
+from exchange.reconciler import aggregation, deadline_checks, service, store
+from exchange.wire import topology
 
 log = logging.getLogger(__name__)
 KINDS = tuple(k.value for k in DiscrepancyKind if k is not DiscrepancyKind.UNKNOWN)
@@ -95,7 +96,7 @@ def reconcile(as_of: Any, as_json: bool) -> None:
         )
         conn = connect(obj.registry_dsn, application_name="kpx-reconcile")
         try:
-            summary = asof.reconcile(conn, ctx, day)
+            summary = deadline_checks.reconcile(conn, ctx, day)
             service.refresh_open_gauge(conn)
         finally:
             conn.close()
@@ -121,7 +122,7 @@ def stats(period: str, fmt: str) -> None:
         service.prepare(obj.registry_dsn)
         conn = connect(obj.registry_dsn, application_name="kpx-stats")
         try:
-            report = figures.publish(
+            report = aggregation.publish(
                 conn, Period.parse(period), obj.region.code, list(obj.region.node_codes)
             )
         finally:

@@ -1,11 +1,11 @@
 """``kpx reconciler run``: consume the registry's accepted events, record, check, notify.
 
-decode -> policy -> record: each delivery is opened and verified (exchange.envelope); bytes
+decode -> policy -> record: each delivery is opened and verified (exchange.wire.envelope); bytes
 that are not a verifiable kpx envelope are dead-lettered at once with the reason and never
 retried (the registry verified them already, so this means a bug or tampering). The batch
 is recorded in ONE transaction (store.apply_batch: tracking rows, projection, event-time
 findings and their outbox rows), and the consumer acks after the commit. An
-:class:`~exchange.outbox.OutboxRelay` thread publishes the ``DiscrepancyRaised`` notices.
+:class:`~exchange.messaging.outbox.OutboxRelay` thread publishes the ``DiscrepancyRaised`` notices.
 
 Errors: ``run`` retries TransientError (broker or database gone) with jittered backoff until
 ``stop`` is set; BrokerRefused and programming errors propagate.
@@ -18,19 +18,20 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 
-from exchange import metrics, topology
-from exchange.codec import SchemaStore
-from exchange.envelope import Envelope, VerifiesEvents, open_envelope
+from exchange.adapters import metrics
+from exchange.adapters.postgres import Connection, connect, migrate, transaction
+from exchange.adapters.rabbitmq import BatchConsumer, Delivery
+from exchange.adapters.retry import until_stopped
+from exchange.domain.discrepancy import Limits
+from exchange.domain.events import DiscrepancyKind
+from exchange.domain.region import Region
 from exchange.errors import CodecError, SignatureError
-from exchange.events import DiscrepancyKind
-from exchange.outbox import OutboxRelay, OutboxWriter
-from exchange.postgres import Connection, connect, migrate, transaction
-from exchange.rabbitmq import BatchConsumer, Delivery
+from exchange.messaging.outbox import OutboxRelay, OutboxWriter
 from exchange.reconciler.store import Context, Raised, apply_batch, open_counts
-from exchange.reconciliation import Limits
-from exchange.region import Region
-from exchange.retry import until_stopped
-from exchange.signing import Signer
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore
+from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
+from exchange.wire.signing import Signer
 
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
@@ -51,7 +52,7 @@ def prepare(dsn: str) -> None:
     """Apply the outbox and reconciler migrations (idempotent); raises DatabaseUnavailable."""
     conn = connect(dsn, application_name="kpx-reconciler-migrate")
     try:
-        migrate(conn, "exchange")
+        migrate(conn, "exchange.messaging")
         migrate(conn, "exchange.reconciler")
     finally:
         conn.close()

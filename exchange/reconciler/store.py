@@ -2,7 +2,7 @@
 
 :func:`apply_batch` records one batch of accepted envelopes in the caller's transaction:
 tracking rows first (a redelivered event id is skipped), then the projection rows, then the
-event-time findings of every certificate the batch touched (exchange.reconciliation), stored
+event-time findings of every certificate the batch touched (exchange.domain.discrepancy), stored
 once under their dedup key, each new one announced as ``DiscrepancyRaised`` to every concerned
 participant that runs a node, through the reconciler's outbox in the same transaction.
 
@@ -19,19 +19,19 @@ from typing import Any
 
 import psycopg2.extras
 
-from exchange import topology
-from exchange.certificate import HsCode, from_symbol
-from exchange.envelope import Envelope
-from exchange.errors import NotFound
-from exchange.outbox import OutboxWriter, Pending
-from exchange.postgres import Connection, Cursor
-from exchange.reconciliation import (
+from exchange.adapters.postgres import Connection, Cursor
+from exchange.domain.certificate import HsCode, from_symbol
+from exchange.domain.discrepancy import (
     CertificateFacts,
     ConfirmationFacts,
     Discrepancy,
     Limits,
     certificate_findings,
 )
+from exchange.errors import NotFound
+from exchange.messaging.outbox import OutboxWriter, Pending
+from exchange.wire import topology
+from exchange.wire.envelope import Envelope
 
 NOTICE = "DiscrepancyRaised"
 _NOTIFY_CHUNK = 1000

@@ -2,8 +2,8 @@
 
 The composition root attaches :data:`registry` to ``kpx`` and passes, as click's context
 object, a runtime with ``settings``, ``region``, ``store``, ``registry_dsn``, ``keyring()``,
-``signer(producer)`` and ``amqp_url(user)`` (see exchange/runtime.py). SIGTERM handling is the
-same as every service's: SIGTERM or SIGINT sets the ``stop`` event (exchange/signals.py).
+``signer(producer)`` and ``amqp_url(user)`` (see exchange/app/runtime.py). SIGTERM handling is the
+same as every service's: SIGTERM or SIGINT sets the ``stop`` event (exchange/adapters/signals.py).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 import click
 
-from exchange import topology
+from exchange.adapters.postgres import Connection, connect
+from exchange.adapters.signals import stop_on_signals
 from exchange.errors import KpxError, NotFound, Refusal
-from exchange.postgres import Connection, connect
 from exchange.registry import deadletters, participant, queries, service
-from exchange.signals import stop_on_signals
+from exchange.wire import topology
 
 DEFAULT_METRICS_PORT = 9401
 _T = TypeVar("_T")

@@ -15,8 +15,8 @@ from typing import Any
 import pika
 from pika.spec import BasicProperties
 
-from exchange import topology
-from exchange.rabbitmq import blocking_connection, translated
+from exchange.adapters.rabbitmq import blocking_connection, translated
+from exchange.wire import topology
 
 
 def _describe(method: Any, props: BasicProperties, body: bytes) -> dict[str, Any]:

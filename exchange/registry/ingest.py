@@ -22,15 +22,16 @@ from datetime import UTC, datetime
 
 from prometheus_client import Counter
 
-from exchange import metrics, topology
+from exchange.adapters import metrics
+from exchange.adapters.postgres import Connection, Cursor, transaction
+from exchange.adapters.rabbitmq import Delivery
+from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
 from exchange.errors import TransientError
-from exchange.events import EVENT_TYPES, ImportConfirmation, Issuance
-from exchange.outbox import OutboxWriter, Pending
-from exchange.postgres import Connection, Cursor, transaction
-from exchange.rabbitmq import Delivery
+from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.registry import policy, store
 from exchange.registry.opening import Opened, Opener
 from exchange.registry.policy import ACCEPTED, HELD, REJECTED, Event, Verdict
+from exchange.wire import topology
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from exchange.codec import SchemaStore
-from exchange.envelope import MAX_EVENT_BYTES, open_envelope
+from exchange.adapters.rabbitmq import Delivery
+from exchange.domain.events import EVENT_TYPES, Issuance, Payload, payload_from_record
 from exchange.errors import (
     CodecError,
     MessageTooLarge,
@@ -39,10 +39,10 @@ from exchange.errors import (
     SignatureError,
     UnknownFingerprint,
 )
-from exchange.events import EVENT_TYPES, Issuance, Payload, payload_from_record
-from exchange.rabbitmq import Delivery
 from exchange.registry.policy import Event, certificate_text, text_digest
-from exchange.signing import Keyring
+from exchange.wire.codec import SchemaStore
+from exchange.wire.envelope import MAX_EVENT_BYTES, open_envelope
+from exchange.wire.signing import Keyring
 
 _DIGEST_NAMESPACE = uuid.UUID("6f1c0d2e-8b1a-4f5e-9a43-6b7f0c2d9e51")
 

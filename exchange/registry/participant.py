@@ -12,15 +12,15 @@ from __future__ import annotations
 import re
 from datetime import date
 
-from exchange import topology
-from exchange.codec import SchemaStore
+from exchange.adapters.postgres import Connection, transaction
+from exchange.domain.events import ParticipantStatus, StatusChange
+from exchange.domain.region import Region
 from exchange.errors import Refusal
-from exchange.events import ParticipantStatus, StatusChange
-from exchange.outbox import OutboxWriter, Pending
-from exchange.postgres import Connection, transaction
-from exchange.region import Region
+from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.registry import store
-from exchange.signing import Signer
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore
+from exchange.wire.signing import Signer
 
 _CODE = re.compile(r"[A-Z]{2}")
 # What each command may change a status from, and to.

@@ -36,17 +36,17 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from exchange import rules
-from exchange.certificate import Certificate, HsCode, certificate_json_text
-from exchange.errors import Refusal
-from exchange.events import (
+from exchange.domain import rules
+from exchange.domain.certificate import Certificate, HsCode, certificate_json_text
+from exchange.domain.events import (
     ImportConfirmation,
     Issuance,
     Payload,
     ProductionDeclaration,
     Voiding,
 )
-from exchange.region import Policy
+from exchange.domain.region import Policy
+from exchange.errors import Refusal
 
 ACCEPTED, REJECTED, HELD = "ACCEPTED", "REJECTED", "HELD"
 NODE_EVENTS = frozenset(

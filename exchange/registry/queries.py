@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from exchange.certnumber import parse_regional
+from exchange.adapters.postgres import Connection, fetch_all
+from exchange.domain.certnumber import parse_regional
 from exchange.errors import NotFound, Refusal
-from exchange.postgres import Connection, fetch_all
 
 
 def show(conn: Connection, certificate_id: str) -> dict[str, Any]:

@@ -16,22 +16,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from exchange import metrics, topology
-from exchange.codec import SchemaStore
+from exchange.adapters import metrics
+from exchange.adapters.postgres import Connection, connect, migrate, transaction
+from exchange.adapters.rabbitmq import BatchConsumer, Delivery
+from exchange.adapters.retry import until_stopped
+from exchange.domain.region import Region
 from exchange.errors import TransientError
-from exchange.outbox import OutboxRelay, OutboxWriter, backlog
-from exchange.postgres import Connection, connect, migrate, transaction
-from exchange.rabbitmq import BatchConsumer, Delivery
-from exchange.region import Region
+from exchange.messaging.outbox import OutboxRelay, OutboxWriter, backlog
 from exchange.registry import policy, store
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
-from exchange.retry import until_stopped
-from exchange.signing import Signer
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore
+from exchange.wire.signing import Signer
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("exchange", "exchange.registry")
+PACKAGES = ("exchange.messaging", "exchange.registry")
 
 
 @dataclass

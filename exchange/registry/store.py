@@ -1,7 +1,7 @@
 """The registry's SQL: locks, loading the view a batch needs, writing what it decided.
 
 Every function takes a cursor inside the caller's transaction; nothing here commits. Errors
-are psycopg2's, translated by the caller's ``exchange.postgres.transaction``.
+are psycopg2's, translated by the caller's ``exchange.adapters.postgres.transaction``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 
-from exchange.certificate import Certificate
-from exchange.pgcopy import copy_rows
-from exchange.postgres import Connection, Cursor, fetch_all
-from exchange.region import Region
+from exchange.adapters.pgcopy import copy_rows
+from exchange.adapters.postgres import Connection, Cursor, fetch_all
+from exchange.domain.certificate import Certificate
+from exchange.domain.region import Region
 from exchange.registry.policy import CertRecord, Changes, Event, View
-from exchange.signing import Keyring, VerifyKey
+from exchange.wire.signing import Keyring, VerifyKey
 
 _PAGE = 500
 

@@ -34,12 +34,14 @@ import httpx
 import pika
 from pika.spec import BasicProperties
 
-from exchange import postgres, provision, topology
-from exchange.admin import Admin
-from exchange.codec import SchemaStore
-from exchange.envelope import Envelope, VerifiesEvents, open_envelope
-from exchange.runtime import Runtime
-from exchange.settings import Settings
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.app import provision
+from exchange.app.runtime import Runtime
+from exchange.app.settings import Settings
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore
+from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
 from nodes.service import migrate as prepare_node_database
 from support.region import region_text
 

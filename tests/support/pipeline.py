@@ -31,10 +31,10 @@ from typing import Any
 
 import psycopg2
 
+from exchange.adapters.postgres import Connection, connect, fetch_all
+from exchange.app.runtime import Runtime
 from exchange.errors import KpxError
-from exchange.outbox import OutboxWriter
-from exchange.postgres import Connection, connect, fetch_all
-from exchange.runtime import Runtime
+from exchange.messaging.outbox import OutboxWriter
 from nodes.operations import Node
 
 log = logging.getLogger(__name__)

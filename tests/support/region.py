@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from exchange import postgres, provision
-from exchange.admin import Admin
-from exchange.runtime import Runtime
-from exchange.settings import Settings
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.app import provision
+from exchange.app.runtime import Runtime
+from exchange.app.settings import Settings
 from nodes.service import migrate as prepare_node_database
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "region.example.toml"

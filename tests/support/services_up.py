@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exchange.runtime import Runtime
+from exchange.app.runtime import Runtime
 
 KPX = Path(sys.executable).with_name("kpx")
 READY_TIMEOUT = 60.0  # seconds; twelve Python processes starting at once on two cores

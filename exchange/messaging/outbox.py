@@ -25,14 +25,14 @@ from typing import Any
 
 import psycopg2.extras
 
-from exchange import metrics
-from exchange.codec import SchemaStore
-from exchange.envelope import SignsEvents, seal
+from exchange.adapters import metrics
+from exchange.adapters.pgcopy import copy_rows
+from exchange.adapters.postgres import Connection, Cursor, connect, translated
+from exchange.adapters.rabbitmq import AsyncPublisher, Confirms, Outcome, Outgoing
+from exchange.adapters.retry import until_stopped
 from exchange.errors import BrokerUnavailable, DatabaseUnavailable, TransientError
-from exchange.pgcopy import copy_rows
-from exchange.postgres import Connection, Cursor, connect, translated
-from exchange.rabbitmq import AsyncPublisher, Confirms, Outcome, Outgoing
-from exchange.retry import until_stopped
+from exchange.wire.codec import SchemaStore
+from exchange.wire.envelope import SignsEvents, seal
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ parameter, never ``now()``. The whole run is one transaction: its findings and t
 ``DiscrepancyRaised`` outbox rows commit together; notices are written reading the run's new
 rows through a server-side cursor, so memory stays flat.
 
-How each SQL predicate mirrors exchange.reconciliation (the same edges are integration-tested):
+How each SQL predicate mirrors exchange.domain.discrepancy (the same edges are integration-tested):
 
 - UNCONFIRMED_EXPIRED = ``unconfirmed_expired``: ``as_of > date_of_expiry + grace``
   (``past_deadline``); ``voided`` = a ``recon.voids`` row; ``confirmed`` = a confirmation
@@ -38,9 +38,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from exchange.postgres import Connection, Cursor, transaction
-from exchange.reconciler.store import Context, Raised, insert_for_run, notify_run
-from exchange.reconciliation import (
+from exchange.adapters.postgres import Connection, Cursor, transaction
+from exchange.domain.discrepancy import (
     Discrepancy,
     Flow,
     SupplyPeriod,
@@ -50,7 +49,8 @@ from exchange.reconciliation import (
     supply_balances,
     supply_finding,
 )
-from exchange.statistics import Period
+from exchange.domain.kpstats import Period
+from exchange.reconciler.store import Context, Raised, insert_for_run, notify_run
 
 _COLUMNS = "dedup_key, kind, certificate_id, participants, period, detail, raised_on, run_id"
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from exchange.codec import SchemaStore
 from exchange.errors import BadSignature, UndecodableDatum
+from exchange.wire.codec import SchemaStore
 
 # The largest event the exchange accepts. A certificate with a thousand parcels is about 60 kB;
 # the limit keeps a signed but absurd event (megabytes of free text) from being stored, and a
@@ -31,7 +31,7 @@ _EMPTY_BYTES = b"\x00"
 
 
 class SignsEvents(Protocol):
-    """What sealing needs of a signer (see exchange.signing.Signer)."""
+    """What sealing needs of a signer (see exchange.wire.signing.Signer)."""
 
     @property
     def key_id(self) -> str: ...
@@ -43,7 +43,7 @@ class SignsEvents(Protocol):
 
 
 class VerifiesEvents(Protocol):
-    """What opening needs of a keyring (see exchange.signing.Keyring)."""
+    """What opening needs of a keyring (see exchange.wire.signing.Keyring)."""
 
     def verify(self, key_id: str, producer: str, message: bytes, signature: bytes) -> None: ...
 

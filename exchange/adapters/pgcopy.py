@@ -10,7 +10,7 @@ Values are rendered as PostgreSQL's text input of the column type: None is ``\\N
 become ``\\x…`` hex (bytea); a list or tuple becomes an array literal; bool ``t``/``f``;
 dates and datetimes ISO 8601 (an aware datetime keeps its offset); everything else ``str()``
 (str, int, Decimal, JSON text). Errors are psycopg2's, translated by the caller's
-``exchange.postgres.transaction``.
+``exchange.adapters.postgres.transaction``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from exchange.postgres import Cursor
+from exchange.adapters.postgres import Cursor
 
 # COPY text format: backslash, and the row and column delimiters, are backslash-escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

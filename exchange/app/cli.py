@@ -14,11 +14,12 @@ from pathlib import Path
 
 import click
 
-from exchange import provision, topology
+from exchange.app import provision
+from exchange.app.runtime import Runtime
+from exchange.app.settings import Settings
 from exchange.errors import KpxError
-from exchange.runtime import Runtime
-from exchange.settings import Settings
-from exchange.signing import generate_key, save_key
+from exchange.wire import topology
+from exchange.wire.signing import generate_key, save_key
 from nodes.commands import node, submit_all
 from nodes.service import migrate as prepare_node_database
 
@@ -66,7 +67,7 @@ def region_init(rt: Runtime) -> None:
 @click.pass_obj
 def region_drain(rt: Runtime, timeout: float) -> None:
     """Exit 0 once every outbox and queue is empty and the reconciler has caught up."""
-    from exchange.drain import wait_drained
+    from exchange.app.quiescence import wait_drained
 
     if not wait_drained(rt, timeout):
         click.echo(f"not drained after {timeout:.0f} s", err=True)
@@ -136,7 +137,7 @@ def schemas() -> None:
 @schemas.command("check")
 def schemas_check() -> None:
     """Fail when a schema change breaks FULL_TRANSITIVE compatibility."""
-    from exchange import compat
+    from exchange.wire import compat
 
     sys.exit(compat.main())
 
@@ -145,7 +146,7 @@ def schemas_check() -> None:
 @click.pass_obj
 def check(rt: Runtime) -> None:
     """Probe: broker, databases and queue consumers; exit 0 when all are fine."""
-    from exchange.drain import probe
+    from exchange.app.quiescence import probe
 
     problems = probe(rt)
     for problem in problems:

@@ -1,8 +1,8 @@
 """KP statistics figures: set-based SQL aggregates over the projection, and their versions.
 
-The column meanings are in exchange/statistics.py. :func:`publish` computes the figures of a
+The column meanings are in exchange/domain/kpstats.py. :func:`publish` computes the figures of a
 period, compares them with the latest stored version, stores a new version when they differ,
-and returns a :class:`~exchange.statistics.Report` saying which version this is and what
+and returns a :class:`~exchange.domain.kpstats.Report` saying which version this is and what
 changed since the previous one.
 
 Errors: DatabaseUnavailable (transient).
@@ -14,9 +14,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from exchange.postgres import Connection, Cursor, transaction
-from exchange.reconciler.asof import regional_pattern
-from exchange.statistics import Period, Report, Row, canonical, changes, row
+from exchange.adapters.postgres import Connection, Cursor, transaction
+from exchange.domain.kpstats import Period, Report, Row, canonical, changes, row
+from exchange.reconciler.deadline_checks import regional_pattern
 
 _LIVE = "NOT EXISTS (SELECT 1 FROM recon.voids v WHERE v.certificate_id = c.certificate_id)"
 _EXPORTS = f"c.date_of_issue BETWEEN %(first)s AND %(last)s AND {_LIVE}"
@@ -77,7 +77,7 @@ WHERE exporter <> importer ORDER BY 1, 2
 
 
 def compute(cur: Cursor, period: Period, region: str, nodes: list[str]) -> list[Row]:
-    """Every statistics row of ``period`` (see exchange.statistics for the columns)."""
+    """Every statistics row of ``period`` (see exchange.domain.kpstats for the columns)."""
     params = {
         "first": period.first,
         "last": period.last,

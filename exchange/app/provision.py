@@ -10,13 +10,14 @@ import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from exchange import postgres, topology
-from exchange.admin import Admin
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.app.runtime import Runtime
 from exchange.errors import KeyFileError
 from exchange.registry import service as registry_service
 from exchange.registry import store as registry_store
-from exchange.runtime import Runtime
-from exchange.signing import generate_key, latest_signer, save_key
+from exchange.wire import topology
+from exchange.wire.signing import generate_key, latest_signer, save_key
 
 log = logging.getLogger(__name__)
 

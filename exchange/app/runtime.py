@@ -1,6 +1,6 @@
 """The runtime context every command receives: settings, region, codec and key access.
 
-Built once by the composition root (``exchange/cli.py``) from the settings and the region
+Built once by the composition root (``exchange/app/cli.py``) from the settings and the region
 file, and handed to commands as ``click``'s context object.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from exchange import topology
-from exchange.codec import SchemaStore, default_store
-from exchange.region import Region, load_region
-from exchange.settings import Settings
-from exchange.signing import Keyring, Signer, latest_signer
+from exchange.app.settings import Settings
+from exchange.domain.region import Region, load_region
+from exchange.wire import topology
+from exchange.wire.codec import SchemaStore, default_store
+from exchange.wire.signing import Keyring, Signer, latest_signer
 
 
 class Runtime:

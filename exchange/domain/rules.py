@@ -33,7 +33,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import fields
 from decimal import Decimal
 
-from exchange.certificate import (
+from exchange.domain.certificate import (
     Certificate,
     CertificateContent,
     CertificateDraft,
@@ -43,10 +43,10 @@ from exchange.certificate import (
     json_of,
     sum_of,
 )
-from exchange.certnumber import check_foreign, parse_regional
+from exchange.domain.certnumber import check_foreign, parse_regional
+from exchange.domain.events import HALF_YEAR, ImportConfirmation, ProductionDeclaration, Voiding
+from exchange.domain.region import Policy
 from exchange.errors import Refusal
-from exchange.events import HALF_YEAR, ImportConfirmation, ProductionDeclaration, Voiding
-from exchange.region import Policy
 
 GOOD_STANDING = frozenset({"ADMITTED", "REINSTATED"})
 VOIDABLE_STATES = frozenset({"ISSUED"})

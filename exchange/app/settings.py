@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from exchange.adapters.postgres import dsn_for, redact
 from exchange.errors import ConfigError
-from exchange.postgres import dsn_for, redact
 
 DEFAULT_REGION = "deploy/region.example.toml"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"

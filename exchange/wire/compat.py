@@ -11,7 +11,7 @@ writer symbol the reader lacks needs a reader enum default), fixed sizes, the pr
 int -> long -> float -> double and string <-> bytes, unions, and, beyond the spec because
 they change the meaning of the bytes, logical types and decimal precision and scale.
 
-Run ``python -m exchange.compat [SCHEMAS_DIR]``: prints every problem, exits 1 if any.
+Run ``python -m exchange.wire.compat [SCHEMAS_DIR]``: prints every problem, exits 1 if any.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 from fastavro.schema import load_schema
 
-from exchange.codec import default_schemas_dir, released_dirs
+from exchange.wire.codec import default_schemas_dir, released_dirs
 
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 NAMED = frozenset({"record", "error", "enum", "fixed"})

@@ -8,10 +8,11 @@ Two paths use them:
   IMPORTED_AFTER_EXPIRY, VOIDED_BUT_IMPORTED. Out of order is normal: a confirmation waits
   for its certificate, and the rules that need both fire when the second arrives.
 - **As of a date** (``kpx reconcile --as-of``): UNCONFIRMED_EXPIRED, UNKNOWN_CERTIFICATE and
-  VALUATION_OUTLIER run as set-based SQL over every certificate (exchange/reconciler/asof.py
-  states each SQL predicate beside the function here it mirrors; the integration tests hit the
-  same edges as the unit tests); EXPORTS_EXCEED_SUPPLY, MIRROR_MISMATCH and SEQUENCE_GAP
-  aggregate in SQL (members x half-years, pairs x quarters, gap ranges: small) and decide here.
+  VALUATION_OUTLIER run as set-based SQL over every certificate
+  (exchange/reconciler/deadline_checks.py states each SQL predicate beside the function here it
+  mirrors; the integration tests hit the same edges as the unit tests); EXPORTS_EXCEED_SUPPLY,
+  MIRROR_MISMATCH and SEQUENCE_GAP aggregate in SQL (members x half-years, pairs x quarters,
+  gap ranges: small) and decide here.
 
 All comparisons are exact decimal arithmetic: a tolerance of ``pct`` percent passes when
 ``|received - stated| * 100 <= stated * pct`` — exactly at the tolerance passes, one cent more
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from exchange.region import Policy
-from exchange.statistics import Period
+from exchange.domain.kpstats import Period
+from exchange.domain.region import Policy
 
 # Scales the MAD to the standard deviation of a normal distribution (Iglewicz and Hoaglin's
 # modified z-score), so that the region's k = 3.5 means what the literature means by it.

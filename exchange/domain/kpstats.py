@@ -1,6 +1,6 @@
 """KP statistics (Annex III): periods, the stable row shape, diffs between versions, formatting.
 
-Pure: the figures are aggregated by set-based SQL in ``exchange/reconciler/figures.py``; this
+Pure: the figures are aggregated by set-based SQL in ``exchange/reconciler/aggregation.py``; this
 module only names periods, shapes the rows, compares two versions and writes csv, json or a
 table. Every run that changes a period's figures is stored as a new version; the output names
 the version and, when an earlier one exists, lists the rows that changed since it.

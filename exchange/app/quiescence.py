@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from exchange import outbox, postgres, topology
-from exchange.admin import Admin
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.app.runtime import Runtime
 from exchange.errors import KpxError
-from exchange.runtime import Runtime
+from exchange.messaging import outbox
+from exchange.wire import topology
 
 # The management API refreshes queue statistics every 5 s (collect_statistics_interval): a
 # region counts as drained only when it stayed quiet for longer than that.

@@ -121,6 +121,12 @@ def drop_database(server_url: str, database: str) -> None:
         conn.close()
 
 
+# Migrations are recorded under the package that held them when they were first applied; the
+# outbox's moved from ``exchange`` to ``exchange.messaging`` and keeps its recorded name, so
+# databases migrated before the move do not run it again.
+_RECORDED_AS = {"exchange.messaging": "exchange"}
+
+
 def migrate(conn: Connection, package: str, *, lock_key: int = 7_202_310) -> list[str]:
     """Apply the ``NNN_*.sql`` files of ``package/sql`` not yet applied; return their names.
 
@@ -140,7 +146,7 @@ def migrate(conn: Connection, package: str, *, lock_key: int = 7_202_310) -> lis
         cur.execute("SELECT name FROM kpx_migrations")
         done = {row[0] for row in cur.fetchall()}
         for f in files:
-            name = f"{package}/{f.name}"
+            name = f"{_RECORDED_AS.get(package, package)}/{f.name}"
             if name in done:
                 continue
             cur.execute(f.read_text(encoding="utf-8"))

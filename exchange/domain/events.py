@@ -22,7 +22,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, ClassVar, Self, TypeVar
 
-from exchange.certificate import Certificate, JsonObject, from_symbol, record_of, to_amount
+from exchange.domain.certificate import Certificate, JsonObject, from_symbol, record_of, to_amount
 from exchange.errors import Refusal
 
 EVENT_TYPES: tuple[str, ...] = (

@@ -1,0 +1,4 @@
+"""Adapters named after their technology.
+
+PostgreSQL, RabbitMQ, the management API, metrics, retry and signals.
+"""

@@ -1,0 +1,1 @@
+"""The command line and composition root: settings, runtime, provisioning, quiescence."""

@@ -1,0 +1,1 @@
+"""Messaging built on the adapters: the transactional outbox and its relay."""

@@ -1,0 +1,4 @@
+"""The wire protocol both sides share.
+
+Avro codec, schema compatibility, envelopes, signing, broker topology.
+"""
