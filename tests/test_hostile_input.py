@@ -20,6 +20,7 @@ accepted and must come back byte for byte: an exporter may well be called O'Brie
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import random
 import subprocess
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import fastavro
 import pika
 import pika.exceptions
 import pytest
@@ -627,3 +629,113 @@ def test_a_validly_signed_event_above_the_size_limit_is_rejected_and_set_aside(
     assert rows[big.key]["reason"] == "SCHEMA_INVALID"
     assert "above the limit" in rows[big.key]["detail"]
     assert registry.dead_letters().get(big.body, "").startswith("SCHEMA_INVALID")
+
+
+# --------------------------------------------------------------------------- issue 11: limits
+
+
+class _Unchecked:
+    """A schema store stand-in that writes the envelope without kpx's own checks (a uuid
+    event_id among them), as a hostile producer's own Avro writer would."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def encode(self, name: str, record: dict[str, Any]) -> bytes:
+        if name != "Envelope":
+            return bytes(self._store.encode(name, record))
+        entry = self._store._entry(name)
+        out = io.BytesIO(entry.header)
+        out.seek(0, io.SEEK_END)
+        fastavro.schemaless_writer(out, entry.writing, record)
+        return out.getvalue()
+
+
+def _sealed_as(reg: Registry, code: str, payload: Any, *, sequence: int | None = None,
+               event_id: str | None = None) -> Sealed:  # fmt: skip
+    """An authentic event of ``code`` with a chosen sequence number or event id."""
+    p = reg.producers
+    if sequence is None:
+        sequence = p.sequences.get(code, 0) + 1
+        p.sequences[code] = sequence
+    kind = type(payload).EVENT_TYPE
+    signer = p.signers[code]
+    store: Any = _Unchecked(reg.rt.store)
+    event_id, body = seal(store, signer, kind, payload.to_record(), sequence,
+                          event_id=event_id)  # fmt: skip
+    return Sealed(event_id, kind, code, sequence, body)
+
+
+def test_a_poison_event_is_rejected_alone_and_its_batch_commits(registry: Registry) -> None:
+    """Item 5: a 100 kB certificate_id in a void or a confirmation (an index row too large
+    for PostgreSQL) is rejected with a reason; the valid events prefetched with it land."""
+    rng = random.Random(11)  # letters that do not compress below PostgreSQL's index row limit
+    noise = "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=100_000))
+    huge = dataclasses.replace(registry.fresh(), certificate_id=noise)
+    poison = [
+        registry.send(registry.producers.seal("BW", voiding(huge)), "100 kB void"),
+        registry.send(registry.producers.seal("ZA", confirmation(huge)), "100 kB confirmation"),
+    ]
+    sent = [*poison]
+    for _ in range(4):
+        za = issuance(registry.fresh("ZA", destination="BW"))
+        sent += [
+            registry.valid(),
+            registry.send(registry.producers.seal("ZA", za), "valid", valid=True),
+        ]
+    rows = registry.check(sent, registry.decided(sent, timeout=20))
+    for s in poison:
+        assert rows[s.key]["reason"] == "SCHEMA_INVALID"
+        assert "at most 100" in rows[s.key]["detail"]
+    told = {d.subject_event_id: d for d in registry.node_decisions("ZA")}
+    assert told[poison[1].key].decision is Outcome.REJECTED, "the producer is not answered"
+
+
+def test_an_event_id_that_is_no_uuid_is_rejected_with_a_reason(registry: Registry) -> None:
+    """Item 9: not INTERNAL_ERROR on the dead-letter queue with no answer."""
+    odd = [
+        _sealed_as(registry, "BW", issuance(registry.fresh()), event_id=text)
+        for text in ("not-a-uuid", str(uuid.uuid4()).upper(), "x" * 300)
+    ]
+    # filed under the uuid it spells, else under the digest of its bytes
+    keys = [str(uuid.UUID(s.event_id)) if i == 1 else digest_key(s.body) for i, s in enumerate(odd)]
+    sent = [Sent(f"event_id {s.event_id[:12]}", k, s.body) for s, k in zip(odd, keys, strict=True)]
+    for s in odd:  # a broker property holds at most 255 bytes: the message_id is another
+        registry.publish("BW", s.body, event_type=s.event_type)
+    sent.append(registry.valid())
+    rows = registry.check(sent, registry.decided(sent, timeout=20))
+    assert {rows[s.key]["reason"] for s in sent if not s.valid} == {"SCHEMA_INVALID"}
+    answered = {
+        d.subject_event_id for d in registry.node_decisions("BW") if d.decision is Outcome.REJECTED
+    }
+    assert {s.key for s in sent[:3]} <= answered, "the producer got no answer"
+
+
+def test_out_of_bounds_sequence_numbers_are_rejected_without_opening_gaps(
+    registry: Registry,
+) -> None:
+    """Item 7: 0 and negative numbers, and jumps to 2**62 or by 10**6, are rejected; no gap
+    row is written for them and the producer's later events land."""
+    code = "NA"
+    registry.check([registry.valid(code)])  # the producer has a high water
+    high = registry.producers.sequences[code]
+    gaps_before = registry.query(
+        "SELECT count(*) AS n FROM sequence_gaps WHERE producer = %s", (code,)
+    )
+    numbers = (0, -5, 2**62, high + 10**6)
+    bad = [_sealed_as(registry, code, issuance(registry.fresh(code)), sequence=n) for n in numbers]
+    sent = [registry.send(s, f"sequence {s.sequence}") for s in bad]
+    sent += [registry.valid(code), registry.valid(code)]
+    rows = registry.check(sent, registry.decided(sent, timeout=20))
+    assert [rows[s.key]["reason"] for s in sent[:4]] == [
+        "SCHEMA_INVALID", "SCHEMA_INVALID", "NOT_ALLOWED", "NOT_ALLOWED",
+    ]  # fmt: skip
+    gaps_after = registry.query(
+        "SELECT count(*) AS n FROM sequence_gaps WHERE producer = %s", (code,)
+    )
+    assert gaps_after == gaps_before, "an out-of-bounds number opened gaps"
+    used = registry.query(
+        "SELECT count(*) AS n FROM producer_sequences WHERE producer = %s AND sequence < 1",
+        (code,),
+    )
+    assert used == [{"n": 0}]

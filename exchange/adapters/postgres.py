@@ -2,8 +2,9 @@
 
 psycopg2's exceptions are translated here, and only here, into the kpx tree: anything that
 means "the server or the connection is gone, or the transaction lost a race" becomes
-:class:`DatabaseUnavailable` (transient: retry the whole unit of work); everything else is a
-programming error and propagates unchanged.
+:class:`DatabaseUnavailable` (transient: retry the whole unit of work); everything else — a
+programming error, or data the server cannot take (psycopg2 files a program-limit error such
+as "index row too large" under OperationalError too) — propagates unchanged.
 """
 
 from __future__ import annotations
@@ -29,16 +30,28 @@ log = logging.getLogger(__name__)
 Connection = psycopg2.extensions.connection
 Cursor = psycopg2.extensions.cursor
 
-# SQLSTATE classes that a retry of the same transaction can cure.
-_RETRYABLE_CODES = frozenset(
-    {
-        psycopg2.errorcodes.SERIALIZATION_FAILURE,
-        psycopg2.errorcodes.DEADLOCK_DETECTED,
-        psycopg2.errorcodes.ADMIN_SHUTDOWN,
-        psycopg2.errorcodes.CRASH_SHUTDOWN,
-        psycopg2.errorcodes.CANNOT_CONNECT_NOW,
-    }
-)
+# SQLSTATEs that a retry of the same transaction can cure: the connection or the server went
+# away (08, 57), it ran short of resources for a moment (53), the transaction lost a race (40,
+# 55P03). Anything else is about the statement or its data — a program limit (54, an index row
+# too large), a bad value (22) — and fails the same way on every retry: not transient.
+_RETRYABLE_CLASSES = frozenset({"08", "40", "53", "57"})
+_RETRYABLE_CODES = frozenset({psycopg2.errorcodes.LOCK_NOT_AVAILABLE})
+
+
+def is_transient(exc: psycopg2.Error) -> bool:
+    """True when ``exc`` means the database is unavailable (retry), not that the work is bad."""
+    if isinstance(exc, psycopg2.InterfaceError):
+        return True
+    code = exc.pgcode
+    if code is None:  # no answer from a server: the connection failed or was lost
+        return isinstance(exc, psycopg2.OperationalError)
+    return code[:2] in _RETRYABLE_CLASSES or code in _RETRYABLE_CODES
+
+
+def refused_data(exc: BaseException) -> bool:
+    """True when the server refused the statement's data (not a bug of ours, not an outage):
+    the same data fails the same way again, so the unit of work that carries it is refused."""
+    return isinstance(exc, psycopg2.Error) and not is_transient(exc)
 
 
 @contextmanager
@@ -46,10 +59,8 @@ def translated(what: str) -> Iterator[None]:
     """Translate psycopg2's connection-level failures raised inside the block."""
     try:
         yield
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        raise DatabaseUnavailable(f"{what}: {exc}".strip()) from exc
     except psycopg2.Error as exc:
-        if exc.pgcode in _RETRYABLE_CODES:
+        if is_transient(exc):
             raise DatabaseUnavailable(f"{what}: {exc.pgerror or exc}".strip()) from exc
         raise
 

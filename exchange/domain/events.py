@@ -9,7 +9,8 @@ in :class:`Issuance`, so every event type has one payload class (:data:`PAYLOAD_
 
 Errors: ``from_json`` raises Refusal(SCHEMA_INVALID) naming the field;
 :func:`payload_from_record` raises Refusal(SCHEMA_UNKNOWN) for an event type it does not know
-and Refusal(SCHEMA_INVALID) for text holding a NUL character.
+and Refusal(SCHEMA_INVALID) for text holding a NUL character or an identifier longer than
+:data:`MAX_IDENTIFIER_LENGTH`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,23 @@ REASON_CODES: tuple[str, ...] = (
 HALF_YEAR = re.compile(r"\d{4}-H[12]")
 # Keys an operation line carries besides the payload's own fields.
 _OPERATION_KEYS = ("op", "member")
+# Identifiers and codes are stored in indexed columns: a btree row above ~2.7 kB makes
+# PostgreSQL fail the statement (and the whole batch with it). No KP identifier comes near
+# this bound; free text (names, addresses, remarks) is not bounded here.
+MAX_IDENTIFIER_LENGTH = 100
+IDENTIFIER_FIELDS = frozenset(
+    {
+        "certificate_id",
+        "replaced_by",
+        "issuing_participant",
+        "issuing_member",
+        "importing_participant",
+        "destination",
+        "participant",
+        "period",
+        "producer_id",
+    }
+)
 _T = TypeVar("_T")
 
 
@@ -367,7 +385,34 @@ def payload_from_record(event_type: str, record: Mapping[str, Any]) -> Payload:
         # Avro strings may hold U+0000, but no KP text does and PostgreSQL cannot store it
         # (text or jsonb): refused here, the event gets a decision instead of failing its batch.
         raise Refusal("SCHEMA_INVALID", f"{_nul_path(record)} holds a NUL character (U+0000)")
+    too_long = _overlong_identifier(record)
+    if too_long is not None:
+        raise Refusal(
+            "SCHEMA_INVALID",
+            f"{too_long[0]} has {too_long[1]:,} characters; an identifier has at most "
+            f"{MAX_IDENTIFIER_LENGTH}",
+        )
     return cls.from_record(record)
+
+
+def _overlong_identifier(value: Any, path: str = "") -> tuple[str, int] | None:
+    """The first identifier field (at any depth) longer than the bound, with its length."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in IDENTIFIER_FIELDS and isinstance(item, str):
+                if len(item) > MAX_IDENTIFIER_LENGTH:
+                    return where, len(item)
+            elif isinstance(item, Mapping | list | tuple):
+                found = _overlong_identifier(item, where)
+                if found is not None:
+                    return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _overlong_identifier(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _holds_nul(value: Any) -> bool:

@@ -9,7 +9,8 @@ Layout (``deploy/region.example.toml`` is the annotated example)::
     [partners.EU]       name, authority, database?, broker_user?, status?
     [participants]      RU = { name?, status }      other KP participants, no node
     [policy]            grace_days, max_validity_days, gap_timeout_hours, outlier_mad_k,
-                        outlier_min_sample, supply_carry_over
+                        outlier_min_sample, supply_carry_over, max_sequence_jump,
+                        max_held_events, max_held_bytes
     [policy.tolerances] carats_pct, value_pct, parcels, mirror_pct
 
 Members issue regional certificates; partners are KP participants outside the region that run
@@ -89,6 +90,10 @@ class Policy:
     outlier_min_sample: int = 30
     supply_carry_over: bool = True
     tolerances: Tolerances = Tolerances()
+    # Registry limits: one producer's jump in sequence numbers, and what it may have held.
+    max_sequence_jump: int = 100_000
+    max_held_events: int = 1_000
+    max_held_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +309,9 @@ def _policy(table: _Table) -> Policy:
         "outlier_min_sample",
         "supply_carry_over",
         "tolerances",
+        "max_sequence_jump",
+        "max_held_events",
+        "max_held_bytes",
     )
     tol = table.table("tolerances")
     tol.only("carats_pct", "value_pct", "parcels", "mirror_pct")
@@ -315,6 +323,9 @@ def _policy(table: _Table) -> Policy:
         outlier_mad_k=float(table.number("outlier_mad_k", d.outlier_mad_k, 0.1)),
         outlier_min_sample=table.integer("outlier_min_sample", d.outlier_min_sample, 3),
         supply_carry_over=table.boolean("supply_carry_over", d.supply_carry_over),
+        max_sequence_jump=table.integer("max_sequence_jump", d.max_sequence_jump, 1),
+        max_held_events=table.integer("max_held_events", d.max_held_events, 0),
+        max_held_bytes=table.integer("max_held_bytes", d.max_held_bytes, 0),
         tolerances=Tolerances(
             carats_pct=tol.number("carats_pct", t.carats_pct, 0),
             value_pct=tol.number("value_pct", t.value_pct, 0),

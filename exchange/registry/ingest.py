@@ -9,7 +9,9 @@ the event log, the state rows and the registry's outbox (decisions, shipment not
 accepted events for the reconciler). The consumer acks after this returns.
 
 A batch that raises anything unexpected is retried one delivery at a time; the delivery that
-still raises is dead-lettered with the exception as its reason, and the others are recorded.
+still raises is rejected (SCHEMA_INVALID, the error as its detail) and answered when the
+database refused its data, else dead-lettered with the exception as its reason (a bug: it is
+re-injected once fixed); the others are recorded.
 """
 
 from __future__ import annotations
@@ -17,18 +19,18 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from prometheus_client import Counter
 
 from exchange.adapters import metrics
-from exchange.adapters.postgres import Connection, Cursor, transaction
+from exchange.adapters.postgres import Connection, Cursor, refused_data, transaction
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
-from exchange.errors import TransientError
+from exchange.errors import Refusal, TransientError
 from exchange.messaging.outbox import OutboxWriter, Pending
-from exchange.registry import policy, store
+from exchange.registry import limits, policy, store
 from exchange.registry.opening import Opened, Opener
 from exchange.registry.policy import ACCEPTED, HELD, REJECTED, Event, Verdict
 from exchange.wire import topology
@@ -64,6 +66,7 @@ class _Session:
     outgoing: list[Pending] = field(default_factory=list)
     accepted: list[tuple[str, str, str, str, bytes]] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    budget: limits.HeldBudget | None = None
 
     def take(self, o: Opened) -> None:
         """Decide and record one opened delivery."""
@@ -71,6 +74,8 @@ class _Session:
             self.results.append(Result(o.producer, "dead_lettered" if o.dead else "duplicate"))
             return
         self.view.seen.add(o.key)
+        if o.authentic and o.sequence is not None:
+            o = self._bounded(o)
         if o.authentic and o.sequence is not None:
             policy.track_sequence(o.producer, o.sequence, o.key, self.view, self.changes)
         if o.event is None:
@@ -82,9 +87,18 @@ class _Session:
             self.results.append(Result(o.producer, outcome, o.refusal.code))
             return
         verdict = policy.decide(o.event, self.view, self.ctx)
+        if self.budget is not None:
+            verdict = self.budget.admit(o.event, verdict)
         policy.apply(o.event, verdict, self.view, self.changes)
         self._log(o, verdict)
         self._publish(o.event, verdict)
+
+    def _bounded(self, o: Opened) -> Opened:
+        """``o``, or its rejection (sequence not counted) when its number is out of bounds."""
+        assert o.sequence is not None
+        high = self.view.high_water.get(o.producer, 0)
+        refusal = limits.sequence_refusal(o.producer, o.sequence, high, self.ctx.policy)
+        return o if refusal is None else replace(o, event=None, refusal=refusal, sequence=None)
 
     def release(self) -> None:
         """Decide the held voids whose gaps have closed."""
@@ -241,6 +255,8 @@ class Ingest:
             self.conn = self.reconnect()
         with transaction(self.conn) as cur:
             session = _Session(self.ctx, self.clock(), self._prepare(cur, items))
+            producers = sorted({o.producer for o in items if o.authentic})
+            session.budget = limits.load_budget(cur, producers, self.ctx.policy)
             for o in items:
                 session.take(o)
             session.release()
@@ -254,15 +270,16 @@ class Ingest:
     def _prepare(self, cur: Cursor, items: Sequence[Opened]) -> policy.View:
         producers = sorted({o.producer for o in items if o.authentic})
         certs = {o.certificate_id for o in items if o.certificate_id is not None}
-        certs.update(store.held_certificates(cur, producers))
         names = [f"producer:{p}" for p in producers]
         names += [f"certificate:{c}" for c in certs] + [f"event:{o.key}" for o in items]
         store.lock(cur, names)
-        held = [self.opener.reopen(body) for body in store.held_bodies(cur, producers)]
-        late = {e.certificate_id for e in held if e.certificate_id is not None} - certs
-        if late:  # held by a batch that committed after our first look: rare
-            store.lock(cur, [f"certificate:{c}" for c in late])
         sequences = [(o.producer, o.sequence) for o in items if o.authentic and o.sequence]
+        # Held voids are read (and decoded) only when this batch can close a gap below them.
+        closing = limits.closing_producers(cur, sequences)
+        held = [self.opener.reopen(body) for body in store.held_bodies(cur, closing)]
+        late = {e.certificate_id for e in held if e.certificate_id is not None} - certs
+        if late:  # locked after the batch's own: a deadlock PostgreSQL detects is transient
+            store.lock(cur, [f"certificate:{c}" for c in late])
         view = store.load_view(
             cur, [o.key for o in items], producers, sorted(certs | late), sequences
         )
@@ -279,9 +296,25 @@ class Ingest:
                 raise
             except Exception as exc:
                 log.exception("registry: message %r cannot be recorded", o.claimed_id)
-                self._culprit(o.delivery, exc)
-                results.append(Result(o.producer, "dead_lettered", "INTERNAL_ERROR"))
+                if refused_data(exc):
+                    results += self._isolate(o, exc)
+                else:  # a bug: set aside, to be re-injected once it is fixed
+                    self._culprit(o.delivery, exc)
+                    results.append(Result(o.producer, "dead_lettered", "INTERNAL_ERROR"))
         return results
+
+    def _isolate(self, o: Opened, exc: Exception) -> list[Result]:
+        """The one event whose data the database refuses, rejected with the reason and
+        answered; only when even that cannot be recorded is it dead-lettered."""
+        why = f"the registry cannot store this event: {str(exc).strip()}"[:500]
+        try:
+            return self.record([replace(o, event=None, refusal=Refusal("SCHEMA_INVALID", why))])
+        except TransientError:
+            raise
+        except Exception as again:
+            log.exception("registry: message %r cannot be rejected either", o.claimed_id)
+            self._culprit(o.delivery, again)
+            return [Result(o.producer, "dead_lettered", "INTERNAL_ERROR")]
 
     def _culprit(self, delivery: Delivery, exc: Exception) -> None:
         self._dead_letter(delivery, f"INTERNAL_ERROR: {type(exc).__name__}: {exc}")

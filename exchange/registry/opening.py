@@ -187,6 +187,10 @@ class Opener:
         except CodecError as exc:
             code = "SCHEMA_UNKNOWN" if isinstance(exc, UnknownFingerprint) else "SCHEMA_INVALID"
             return self._authentic(delivery, env, producer, Refusal(code, f"payload: {exc}"))
+        if _as_uuid(envelope.event_id) != envelope.event_id:
+            # The event log is keyed by uuid: another spelling would fail the whole batch.
+            why = f"event_id {envelope.event_id[:80]!r} is no UUID in canonical lower-case form"
+            return self._authentic(delivery, env, producer, Refusal("SCHEMA_INVALID", why))
         try:
             payload = payload_from_record(envelope.event_type, envelope.payload)
         except Refusal as refusal:
