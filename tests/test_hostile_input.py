@@ -31,7 +31,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,8 @@ from test_registry_support import (
 from exchange.adapters.postgres import connect, fetch_all
 from exchange.app.runtime import Runtime
 from exchange.domain.certificate import Certificate, HsCode
-from exchange.domain.events import Decision, Outcome, payload_from_record
+from exchange.domain.certnumber import regional_number
+from exchange.domain.events import Decision, Outcome, ProductionDeclaration, payload_from_record
 from exchange.registry.opening import digest_key
 from exchange.registry.service import run_registry
 from exchange.wire import topology
@@ -652,7 +653,8 @@ class _Unchecked:
 
 
 def _sealed_as(reg: Registry, code: str, payload: Any, *, sequence: int | None = None,
-               event_id: str | None = None) -> Sealed:  # fmt: skip
+               event_id: str | None = None,
+               produced_at: datetime | None = None) -> Sealed:  # fmt: skip
     """An authentic event of ``code`` with a chosen sequence number or event id."""
     p = reg.producers
     if sequence is None:
@@ -662,7 +664,7 @@ def _sealed_as(reg: Registry, code: str, payload: Any, *, sequence: int | None =
     signer = p.signers[code]
     store: Any = _Unchecked(reg.rt.store)
     event_id, body = seal(store, signer, kind, payload.to_record(), sequence,
-                          event_id=event_id)  # fmt: skip
+                          event_id=event_id, produced_at=produced_at)  # fmt: skip
     return Sealed(event_id, kind, code, sequence, body)
 
 
@@ -739,3 +741,41 @@ def test_out_of_bounds_sequence_numbers_are_rejected_without_opening_gaps(
         (code,),
     )
     assert used == [{"n": 0}]
+
+
+def _dated(reg: Registry, year: int) -> Certificate:
+    """A certificate of BW issued in ``year`` (its number carries that year)."""
+    number = regional_number("XS", "BW", year, next(reg.serial))
+    return reg.fresh(certificate_id=number, date_of_issue=date(year, 1, 1),
+                     date_of_expiry=date(year, 2, 1))  # fmt: skip
+
+
+def test_implausible_periods_dates_and_magnitudes_are_rejected(registry: Registry) -> None:
+    """Item 8: a year 0 period, a produced_at in year 1 or 9999, a date of issue in year 1,
+    and 9999999999999999.99 ct are refused with a reason instead of poisoning the figures."""
+    huge = Decimal("9999999999999999.99")
+    cert = registry.fresh()
+    rest = sum((p.carats for p in cert.parcels[1:]), Decimal(0))
+    big = (dataclasses.replace(cert.parcels[0], carats=huge - rest), *cert.parcels[1:])
+    total = huge
+    cases: list[tuple[str, str, Any, datetime | None]] = [
+        ("SCHEMA_INVALID", "BW", ProductionDeclaration("BW", "0000-H1", "MINE-1",
+                                                       Decimal("1.00"), Decimal("1.00")), None),
+        ("SCHEMA_INVALID", "BW", ProductionDeclaration("BW", "2026-H1", "MINE-1", huge,
+                                                       Decimal("1.00")), None),
+        ("SCHEMA_INVALID", "ZA", confirmation(registry.fresh(), carats=huge), None),
+        ("SCHEMA_INVALID", "BW", issuance(dataclasses.replace(cert, parcels=big,
+                                                              total_carats=total)), None),
+        *(("INVALID_DATES", "BW", issuance(_dated(registry, year)), None) for year in (1000, 9999)),
+        ("INVALID_DATES", "BW", issuance(registry.fresh()), datetime(1, 1, 1, tzinfo=UTC)),
+        ("INVALID_DATES", "BW", issuance(registry.fresh()), datetime(9999, 1, 1, tzinfo=UTC)),
+    ]  # fmt: skip
+    sent: list[Sent] = []
+    expected: dict[str, str] = {}
+    for reason, code, payload, produced_at in cases:
+        sealed = _sealed_as(registry, code, payload, produced_at=produced_at)
+        item = registry.send(sealed, f"{reason} {type(payload).__name__}")
+        expected[item.key] = reason
+        sent += [item, registry.valid()]
+    rows = registry.check(sent, registry.decided(sent, timeout=20))
+    assert {k: rows[k]["reason"] for k in expected} == expected

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import fields
+from datetime import date, datetime
 from decimal import Decimal
 
 from exchange.domain.certificate import (
@@ -49,6 +50,13 @@ from exchange.domain.region import Policy
 from exchange.errors import Refusal
 
 GOOD_STANDING = frozenset({"ADMITTED", "REINSTATED"})
+# Plausible bounds. The KP scheme began in 2003, and no certificate or period runs into the
+# next century; a year 0 or 9999 is an attack or a typing error, and it broke every later
+# reconciliation ("year 0 is out of range"). The world mines about 120 million carats a year
+# worth about 15 billion USD: one certificate, confirmation or declaration above 10^8 ct or
+# 10^11 USD is no real figure, and such figures would swamp every statistic they enter.
+EARLIEST_DAY, LATEST_DAY = date(2000, 1, 1), date(2099, 12, 31)
+MAX_CARATS, MAX_VALUE_USD, MAX_PARCELS = Decimal(10**8), Decimal(10**11), 10_000
 VOIDABLE_STATES = frozenset({"ISSUED"})
 Book = Mapping[str, str]
 AnyCertificate = Certificate | CertificateDraft
@@ -204,12 +212,7 @@ def check_quantities(cert: CertificateContent) -> Refusal | None:
             (f"parcels[{i}].carats", p.carats),
             (f"parcels[{i}].value_usd", p.value_usd),
         ]
-    for field, value in stated:
-        if value <= 0:
-            return Refusal(
-                "NON_POSITIVE_QUANTITY", f"{field} is {json_of(value)}, must be more than 0"
-            )
-    return None
+    return check_magnitudes(stated)
 
 
 def check_totals(cert: CertificateContent) -> Refusal | None:
@@ -239,9 +242,60 @@ def check_totals(cert: CertificateContent) -> Refusal | None:
     return None
 
 
+def check_day(field: str, day: date) -> Refusal | None:
+    """INVALID_DATES for a day outside the plausible range."""
+    if EARLIEST_DAY <= day <= LATEST_DAY:
+        return None
+    return Refusal(
+        "INVALID_DATES",
+        f"{field} {day.isoformat()} is not between {EARLIEST_DAY.isoformat()} and "
+        f"{LATEST_DAY.isoformat()}",
+    )
+
+
+def check_instant(field: str, instant: datetime) -> Refusal | None:
+    """INVALID_DATES for an instant (an event's ``produced_at``) outside the plausible range."""
+    return check_day(field, instant.date())
+
+
+def check_magnitudes(stated: Collection[tuple[str, int | Decimal]]) -> Refusal | None:
+    """NON_POSITIVE_QUANTITY for zero or less; SCHEMA_INVALID above the plausible bound of
+    its kind (parcels, carats, USD, told apart by the field's name)."""
+    for field, value in stated:
+        if value <= 0:
+            return Refusal(
+                "NON_POSITIVE_QUANTITY", f"{field} is {json_of(value)}, must be more than 0"
+            )
+        bound: int | Decimal = MAX_PARCELS
+        if "carats" in field:
+            bound = MAX_CARATS
+        elif "value" in field:
+            bound = MAX_VALUE_USD
+        if value > bound and not field.endswith("parcel_no"):
+            return Refusal(
+                "SCHEMA_INVALID",
+                f"{field} is {json_of(value)}, above the plausible bound of {json_of(bound)}",
+            )
+    return None
+
+
+def check_period(period: str) -> Refusal | None:
+    """SCHEMA_INVALID unless ``period`` is a half-year of a plausible year."""
+    if HALF_YEAR.fullmatch(period) and EARLIEST_DAY.year <= int(period[:4]) <= LATEST_DAY.year:
+        return None
+    return Refusal(
+        "SCHEMA_INVALID",
+        f"period must be a half-year like 2026-H1 between {EARLIEST_DAY.year} and "
+        f"{LATEST_DAY.year}, got {period!r}",
+    )
+
+
 def check_dates(cert: CertificateContent, max_validity_days: int) -> Refusal | None:
-    """INVALID_DATES: expiry after issue, and no more than ``max_validity_days`` after it."""
+    """INVALID_DATES: plausible days, expiry after issue, no more than ``max_validity_days``."""
     issued, expires = cert.date_of_issue, cert.date_of_expiry
+    refusal = check_day("date_of_issue", issued) or check_day("date_of_expiry", expires)
+    if refusal is not None:
+        return refusal
     if expires <= issued:
         return Refusal(
             "INVALID_DATES",
@@ -361,6 +415,9 @@ def check_void(
         return Refusal(
             "NOT_ALLOWED", f"replaced_by {voiding.replaced_by} is the voided certificate itself"
         )
+    refusal = check_day("voided_on", voiding.voided_on)
+    if refusal is not None:
+        return refusal
     return check_void_against(voiding.certificate_id, existing_state, issuer_matches)
 
 
@@ -380,13 +437,8 @@ def check_import(
     )
     if refusal is not None:
         return refusal
-    for field in ("parcels", "carats", "value_usd"):
-        value = getattr(confirmation, field)
-        if value <= 0:
-            return Refusal(
-                "NON_POSITIVE_QUANTITY", f"{field} is {json_of(value)}, must be more than 0"
-            )
-    return None
+    stated = [(f, getattr(confirmation, f)) for f in ("parcels", "carats", "value_usd")]
+    return check_magnitudes(stated) or check_day("received_on", confirmation.received_on)
 
 
 def check_production(
@@ -399,14 +451,6 @@ def check_production(
             f"participant is {declaration.participant} but it comes from {producer}; "
             "only a member declares its own production",
         )
-    if not HALF_YEAR.fullmatch(declaration.period):
-        return Refusal(
-            "SCHEMA_INVALID", f"period must be a half-year like 2026-H1, got {declaration.period!r}"
-        )
-    for field in ("carats", "value_usd"):
-        value = getattr(declaration, field)
-        if value <= 0:
-            return Refusal(
-                "NON_POSITIVE_QUANTITY", f"{field} is {json_of(value)}, must be more than 0"
-            )
-    return None
+    return check_period(declaration.period) or check_magnitudes(
+        [(f, getattr(declaration, f)) for f in ("carats", "value_usd")]
+    )

@@ -31,6 +31,7 @@ Errors: DatabaseUnavailable (transient: re-run; a re-run raises nothing twice).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ from exchange.domain.discrepancy import (
     supply_finding,
 )
 from exchange.domain.kpstats import Period
+from exchange.errors import ConfigError
 from exchange.reconciler.store import Context, Raised, insert_for_run, notify_run
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = "dedup_key, kind, certificate_id, participants, period, detail, raised_on, run_id"
 
@@ -249,11 +253,22 @@ def _gaps(cur: Cursor, params: dict[str, Any], ctx: Context) -> Iterator[Discrep
         yield gap_finding(producer, first, last, detected, ctx.limits.gap_timeout_hours)
 
 
+def _period(text: str, row: object) -> Period | None:
+    """The period of a row, or None (logged) when it cannot be read: one bad row stored
+    before the rules bounded periods must not stop every later reconciliation."""
+    try:
+        return Period.parse(text)
+    except (ValueError, ConfigError) as exc:
+        log.warning("reconcile: skipped row %r: period %r: %s", row, text, exc)
+        return None
+
+
 def _supply(cur: Cursor, params: dict[str, Any], ctx: Context) -> Iterator[Discrepancy]:
     cur.execute(SUPPLY, params)
     by_member: dict[str, list[SupplyPeriod]] = {}
     for member, period, produced, exported in cur.fetchall():
-        if Period.parse(period).first <= params["as_of"]:
+        parsed = _period(period, (member, period))
+        if parsed is not None and parsed.first <= params["as_of"]:
             by_member.setdefault(member, []).append(SupplyPeriod(period, produced, exported))
     for member, periods in sorted(by_member.items()):
         for b in supply_balances(periods, ctx.limits.carry_over):
@@ -265,7 +280,8 @@ def _supply(cur: Cursor, params: dict[str, Any], ctx: Context) -> Iterator[Discr
 def _mirror(cur: Cursor, params: dict[str, Any], ctx: Context) -> Iterator[Discrepancy]:
     cur.execute(MIRROR, params)
     for exporter, importer, period, ec, eu, en, ic, iu, in_ in cur.fetchall():
-        if not period_closed(Period.parse(period), ctx.limits.grace_days, params["as_of"]):
+        parsed = _period(period, (exporter, importer, period))
+        if parsed is None or not period_closed(parsed, ctx.limits.grace_days, params["as_of"]):
             continue
         exported = Flow(Decimal(ec), Decimal(eu), int(en))
         imported = Flow(Decimal(ic), Decimal(iu), int(in_))

@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from exchange.adapters.rabbitmq import Delivery
+from exchange.domain import rules
 from exchange.domain.events import EVENT_TYPES, Issuance, Payload, payload_from_record
 from exchange.errors import (
     CodecError,
@@ -191,6 +192,9 @@ class Opener:
             # The event log is keyed by uuid: another spelling would fail the whole batch.
             why = f"event_id {envelope.event_id[:80]!r} is no UUID in canonical lower-case form"
             return self._authentic(delivery, env, producer, Refusal("SCHEMA_INVALID", why))
+        late = rules.check_instant("produced_at", envelope.produced_at)
+        if late is not None:
+            return self._authentic(delivery, env, producer, late)
         try:
             payload = payload_from_record(envelope.event_type, envelope.payload)
         except Refusal as refusal:
