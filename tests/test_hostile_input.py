@@ -779,3 +779,34 @@ def test_implausible_periods_dates_and_magnitudes_are_rejected(registry: Registr
         sent += [item, registry.valid()]
     rows = registry.check(sent, registry.decided(sent, timeout=20))
     assert {k: rows[k]["reason"] for k in expected} == expected
+
+
+def test_the_same_fact_under_new_event_ids_counts_once(registry: Registry) -> None:
+    """Item 3: a confirmation re-sent under fresh event ids is the duplicate it is (a second,
+    different one is still recorded: DUPLICATE_IMPORT is the reconciler's); a declaration
+    re-sent or revised for the same member, producer and period replaces the figure."""
+    p = registry.producers
+    shipped = registry.fresh()
+    first = registry.send(p.seal("BW", issuance(shipped)), "shipped", valid=True)
+    confirm = confirmation(shipped, carats=shipped.total_carats)
+    again = [registry.send(p.seal("ZA", confirm), "same confirmation", valid=True)
+             for _ in range(6)]  # fmt: skip
+    second = confirmation(shipped, received_on=date(2026, 3, 20))
+    other = registry.send(p.seal("ZA", second), "another confirmation", valid=True)
+    producer = f"MINE-{uuid.uuid4().hex[:8]}"
+    declare = [ProductionDeclaration("BW", "2026-H1", producer, Decimal(c), Decimal("1000.00"))
+               for c in ("300.00", "300.00", "300.00", "250.00")]  # fmt: skip
+    declared = [registry.send(p.seal("BW", d), "declaration", valid=True) for d in declare]
+    registry.check([first, *again, other, *declared])
+    rows = registry.query(
+        "SELECT received_on FROM import_confirmations WHERE certificate_id = %s "
+        "ORDER BY received_on",
+        (shipped.certificate_id,),
+    )
+    assert [r["received_on"] for r in rows] == [date(2026, 3, 10), date(2026, 3, 20)]
+    current = registry.query(
+        "SELECT event_id::text AS id, carats FROM production WHERE producer_id = %s "
+        "AND superseded_by IS NULL",
+        (producer,),
+    )
+    assert current == [{"id": declared[-1].key, "carats": Decimal("250.00")}]

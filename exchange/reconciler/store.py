@@ -118,6 +118,13 @@ def _project(cur: Cursor, env: Envelope) -> set[str]:
         )
         return {p["certificate_id"]}
     if env.event_type == "ProductionDeclared":
+        # A second declaration for the member, producer and period is a revision (DESIGN
+        # §9): it replaces the figure, never adds to it.
+        cur.execute(
+            "DELETE FROM recon.production WHERE participant = %s AND producer_id = %s"
+            " AND period = %s AND event_id <> %s",
+            (p["participant"], p["producer_id"], p["period"], env.event_id),
+        )
         cur.execute(
             "INSERT INTO recon.production (event_id, participant, period, producer_id, carats,"
             " value_usd) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",

@@ -126,6 +126,8 @@ class View:
     open_gaps: dict[str, set[int]] = field(default_factory=dict)
     waiting: dict[str, list[str]] = field(default_factory=dict)
     held: dict[str, list[Event]] = field(default_factory=dict)
+    # certificate id -> what was confirmed for it (see confirmation_fact)
+    confirmed: dict[str, set[tuple[Any, ...]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,12 +220,39 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         refusal = rules.check_import(
             payload, event.producer, view.book, region_code=ctx.region_code
         )
-        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+        if refusal is not None:
+            return _rejected(refusal)
+        return _repeated_confirmation(payload, view) or Verdict(ACCEPTED)
     if isinstance(payload, ProductionDeclaration):
         refusal = rules.check_production(payload, event.producer, members=ctx.members)
         return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
     return Verdict(
         REJECTED, "NOT_ALLOWED", f"a node may not publish {event.event_type}; only the registry"
+    )
+
+
+def confirmation_fact(c: ImportConfirmation) -> tuple[Any, ...]:
+    """What an importer confirmed about a certificate: the same fact under another event id
+    is the duplicate it is, not a second import (which DUPLICATE_IMPORT is for)."""
+    return (
+        c.importing_participant,
+        c.received_on,
+        c.parcels,
+        c.carats,
+        c.value_usd,
+        c.seal_intact,
+        c.remarks,
+    )
+
+
+def _repeated_confirmation(c: ImportConfirmation, view: View) -> Verdict | None:
+    if confirmation_fact(c) not in view.confirmed.get(c.certificate_id, ()):
+        return None
+    return Verdict(
+        ACCEPTED,
+        detail=f"{c.importing_participant} already confirmed certificate {c.certificate_id} "
+        "with the same figures; nothing changed",
+        changed=False,
     )
 
 
@@ -343,6 +372,9 @@ def _apply_confirmation(
 ) -> None:
     record = view.certs.get(confirmation.certificate_id)
     out.confirmations.append((confirmation, event.event_id, record is not None))
+    view.confirmed.setdefault(confirmation.certificate_id, set()).add(
+        confirmation_fact(confirmation)
+    )
     if record is None:
         view.waiting.setdefault(confirmation.certificate_id, []).append(event.event_id)
         return

@@ -108,7 +108,19 @@ def load_view(
     )
     for cert_id, event_id in cur.fetchall():
         view.waiting.setdefault(cert_id, []).append(event_id)
+    _load_confirmed(cur, view, certificate_ids)
     return view
+
+
+def _load_confirmed(cur: Cursor, view: View, certificate_ids: Sequence[str]) -> None:
+    """What was confirmed for each certificate (policy.confirmation_fact, from the rows)."""
+    cur.execute(
+        "SELECT certificate_id, importing_participant, received_on, parcels, carats, value_usd, "
+        "seal_intact, remarks FROM import_confirmations WHERE certificate_id = ANY(%s)",
+        (list(certificate_ids),),
+    )
+    for cert_id, *fact in cur.fetchall():
+        view.confirmed.setdefault(cert_id, set()).add(tuple(fact))
 
 
 def _load_certificates(cur: Cursor, view: View, certificate_ids: Sequence[str]) -> None:
@@ -241,6 +253,22 @@ def write_changes(cur: Cursor, out: Changes) -> None:
             (e, d.participant, d.period, d.producer_id, d.carats, d.value_usd)
             for d, e in out.production
         ],
+    )
+    _supersede(cur, out.production)
+
+
+def _supersede(cur: Cursor, production: Sequence[tuple[Any, str]]) -> None:
+    """A second declaration for a member, producer and period is a revision (DESIGN §9): the
+    earlier rows stay as history, marked superseded by the latest (in decision order)."""
+    latest = {(d.participant, d.producer_id, d.period): e for d, e in production}
+    _values(
+        cur,
+        "UPDATE production p SET superseded_by = v.event_id::uuid "
+        "FROM (VALUES %s) AS v(participant, producer_id, period, event_id) "
+        "WHERE p.participant = v.participant AND p.producer_id = v.producer_id "
+        "AND p.period = v.period AND p.event_id <> v.event_id::uuid "
+        "AND p.superseded_by IS NULL",
+        [(*key, e) for key, e in sorted(latest.items())],
     )
 
 
