@@ -501,17 +501,19 @@ class CertificateDraft(CertificateContent):
 
         The keyword arguments are the issuing node's defaults, used only for fields the JSON
         omits (a value in the JSON wins, so ``rules`` can refuse a wrong one). ``scope`` may be
-        omitted when ``members`` is given: INTRA_REGIONAL when the destination is a member.
+        omitted when ``members`` is given: :func:`derived_scope` (INTRA_REGIONAL only from a
+        member to a member).
         Raises Refusal(SCHEMA_INVALID) naming the field path, or Refusal(INVALID_HS_CODE).
         """
         o = JsonObject(obj, "")
         o.reject_unknown(_RECORD_ORDER)
         parcels = tuple(Parcel.from_json(p) for p in o.objects("parcels"))
         destination = o.text("destination")
+        member = o.optional_text("issuing_member", defaults.get("issuing_member"))
         return cls(
             certificate_id=o.optional_text("certificate_id"),
             issuing_participant=o.text("issuing_participant", defaults.get("issuing_participant")),
-            issuing_member=o.optional_text("issuing_member", defaults.get("issuing_member")),
+            issuing_member=member,
             issuing_authority=o.text("issuing_authority", defaults.get("issuing_authority")),
             destination=destination,
             origin=Origin.from_json(o.object("origin")),
@@ -525,7 +527,7 @@ class CertificateDraft(CertificateContent):
             total_value_usd=o.amount("total_value_usd", sum_of(p.value_usd for p in parcels)),
             container=Container.from_json(o.object("container")),
             lawful_import_evidence=o.texts("lawful_import_evidence", ()),
-            scope=_scope_from_json(o, destination, defaults.get("members", ())),
+            scope=_scope_from_json(o, member, destination, defaults.get("members", ())),
         )
 
     def with_id(self, certificate_id: str) -> Certificate:
@@ -534,11 +536,20 @@ class CertificateDraft(CertificateContent):
         return Certificate(certificate_id=certificate_id, **values)
 
 
-def _scope_from_json(o: JsonObject, destination: str, members: Collection[str]) -> Scope:
-    """The stated scope, or the one the destination implies when the caller knows members."""
+def derived_scope(issuing_member: str | None, destination: str, members: Collection[str]) -> Scope:
+    """The one derivation of a certificate's scope (the rules check against it too):
+    INTRA_REGIONAL only from a member to a member; a partner's certificate, issued outside
+    the region, is EXTERNAL whatever its destination."""
+    return Scope.INTRA_REGIONAL if issuing_member and destination in members else Scope.EXTERNAL
+
+
+def _scope_from_json(
+    o: JsonObject, issuing_member: str | None, destination: str, members: Collection[str]
+) -> Scope:
+    """The stated scope, or the derived one when the caller knows the members."""
     if "scope" in o or not members:
         return Scope(o.choice("scope", ("INTRA_REGIONAL", "EXTERNAL")))
-    return Scope.INTRA_REGIONAL if destination in members else Scope.EXTERNAL
+    return derived_scope(issuing_member, destination, members)
 
 
 def _names(cls: type) -> tuple[str, ...]:

@@ -40,7 +40,7 @@ from exchange.domain.certificate import (
     CertificateDraft,
     HsCode,
     OriginType,
-    Scope,
+    derived_scope,
     json_of,
     sum_of,
 )
@@ -149,7 +149,7 @@ def check_destination(
             f"destination {dest} is not a member of {region_code}: a partner's certificate "
             "is carried only for shipments into the region",
         )
-    wanted = Scope.INTRA_REGIONAL if cert.issuing_member and dest in members else Scope.EXTERNAL
+    wanted = derived_scope(cert.issuing_member, dest, members)
     if cert.scope is wanted:
         return None
     if dest in members and cert.issuing_member:
