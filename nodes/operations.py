@@ -182,6 +182,7 @@ class Node:
         refusal = rules.check_certificate(
             draft, self.code, book, self.region.policy,
             region_code=self.region.code, members=self.region.member_codes,
+            applied_on=self.today(),
         )  # fmt: skip
         if refusal is not None:
             raise refusal

@@ -31,7 +31,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -810,3 +810,27 @@ def test_the_same_fact_under_new_event_ids_counts_once(registry: Registry) -> No
         (producer,),
     )
     assert current == [{"id": declared[-1].key, "carats": Decimal("250.00")}]
+
+
+def test_a_date_of_issue_in_the_future_is_invalid_dates_with_a_day_of_slack(
+    registry: Registry,
+) -> None:
+    """Item 13: a certificate dated after the day its node applied it is refused."""
+    today = datetime.now(UTC).date()
+
+    def dated(day: date) -> Certificate:
+        number = regional_number("XS", "BW", day.year, next(registry.serial))
+        return registry.fresh(certificate_id=number, date_of_issue=day,
+                              date_of_expiry=day + timedelta(days=30))  # fmt: skip
+
+    future = registry.send(
+        registry.producers.seal("BW", issuance(dated(today + timedelta(days=3)))), "in 3 days"
+    )
+    slack = registry.send(
+        registry.producers.seal("BW", issuance(dated(today + timedelta(days=1)))),
+        "tomorrow (time zones)",
+        valid=True,
+    )
+    rows = registry.check([future, slack, registry.valid()])
+    assert rows[future.key]["reason"] == "INVALID_DATES"
+    assert "in the future" in rows[future.key]["detail"]

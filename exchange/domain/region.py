@@ -10,7 +10,7 @@ Layout (``deploy/region.example.toml`` is the annotated example)::
     [participants]      RU = { name?, status }      other KP participants, no node
     [policy]            grace_days, max_validity_days, gap_timeout_hours, outlier_mad_k,
                         outlier_min_sample, supply_carry_over, max_sequence_jump,
-                        max_held_events, max_held_bytes
+                        max_held_events, max_held_bytes, max_backdate_days
     [policy.tolerances] carats_pct, value_pct, parcels, mirror_pct
 
 Members issue regional certificates; partners are KP participants outside the region that run
@@ -94,6 +94,9 @@ class Policy:
     max_sequence_jump: int = 100_000
     max_held_events: int = 1_000
     max_held_bytes: int = 64 * 1024 * 1024
+    # INVALID_DATES for a date of issue more than this many days before the day the node
+    # applies the operation (DESIGN §7); None: no bound (the example loads historical data).
+    max_backdate_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +315,7 @@ def _policy(table: _Table) -> Policy:
         "max_sequence_jump",
         "max_held_events",
         "max_held_bytes",
+        "max_backdate_days",
     )
     tol = table.table("tolerances")
     tol.only("carats_pct", "value_pct", "parcels", "mirror_pct")
@@ -326,6 +330,9 @@ def _policy(table: _Table) -> Policy:
         max_sequence_jump=table.integer("max_sequence_jump", d.max_sequence_jump, 1),
         max_held_events=table.integer("max_held_events", d.max_held_events, 0),
         max_held_bytes=table.integer("max_held_bytes", d.max_held_bytes, 0),
+        max_backdate_days=(
+            table.integer("max_backdate_days", 0, 0) if "max_backdate_days" in table.data else None
+        ),
         tolerances=Tolerances(
             carats_pct=tol.number("carats_pct", t.carats_pct, 0),
             value_pct=tol.number("value_pct", t.value_pct, 0),

@@ -311,6 +311,27 @@ def check_dates(cert: CertificateContent, max_validity_days: int) -> Refusal | N
     return None
 
 
+def check_issue_day(
+    issued: date, applied_on: date, max_backdate_days: int | None
+) -> Refusal | None:
+    """INVALID_DATES for a date of issue after ``applied_on`` (the day the node applied the
+    operation) with one day of slack for time zones, or more than ``max_backdate_days``
+    before it (DESIGN §7)."""
+    if (issued - applied_on).days > 1:
+        return Refusal(
+            "INVALID_DATES",
+            f"date_of_issue {issued.isoformat()} is in the future (applied on "
+            f"{applied_on.isoformat()})",
+        )
+    if max_backdate_days is not None and (applied_on - issued).days > max_backdate_days:
+        return Refusal(
+            "INVALID_DATES",
+            f"date_of_issue {issued.isoformat()} is {(applied_on - issued).days} days before "
+            f"{applied_on.isoformat()}; the region allows at most {max_backdate_days}",
+        )
+    return None
+
+
 def check_certificate(
     cert: AnyCertificate,
     producer: str,
@@ -319,12 +340,14 @@ def check_certificate(
     *,
     region_code: str,
     members: Collection[str],
+    applied_on: date | None = None,
 ) -> Refusal | None:
     """The first refusal for an issued certificate, or None.
 
     Order: issuer, number, destination and scope, origins, HS codes, quantities, totals,
     dates — who and which number first, then where to and from, then contents. A draft
-    without a number skips the number check.
+    without a number skips the number check; without ``applied_on`` (the day the node
+    applied the operation) the date of issue is not compared with it.
     """
     return (
         check_issuer(cert, producer, region_code=region_code, members=members)
@@ -335,6 +358,11 @@ def check_certificate(
         or check_quantities(cert)
         or check_totals(cert)
         or check_dates(cert, policy.max_validity_days)
+        or (
+            None
+            if applied_on is None
+            else check_issue_day(cert.date_of_issue, applied_on, policy.max_backdate_days)
+        )
     )
 
 

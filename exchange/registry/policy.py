@@ -265,6 +265,9 @@ def _decide_certificate(cert: Certificate, event: Event, view: View, ctx: Contex
         ctx.policy,
         region_code=ctx.region_code,
         members=ctx.members,
+        # the node's day when it applied the operation, as it signed it: a redelivery, or a
+        # replay next year, is decided the same way
+        applied_on=event.produced_at.date(),
     )
     if refusal is not None:
         return _rejected(refusal)

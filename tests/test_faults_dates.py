@@ -1,0 +1,35 @@
+"""Issue 11, item 13: the date of issue against the day the node applies the operation."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from test_registry_support import REGION_DATA
+
+from exchange.domain.region import parse_region
+from exchange.domain.rules import check_issue_day
+from exchange.errors import ConfigError
+
+APPLIED = date(2026, 6, 10)
+
+
+def test_a_future_date_of_issue_has_one_day_of_slack() -> None:
+    assert check_issue_day(date(2026, 6, 11), APPLIED, None) is None
+    refusal = check_issue_day(date(2026, 6, 12), APPLIED, None)
+    assert refusal is not None and refusal.code == "INVALID_DATES"
+
+
+def test_max_backdate_days_refuses_one_more_day_than_it_allows() -> None:
+    assert check_issue_day(date(2026, 6, 3), APPLIED, 7) is None
+    refusal = check_issue_day(date(2026, 6, 2), APPLIED, 7)
+    assert refusal is not None and refusal.code == "INVALID_DATES"
+    assert check_issue_day(date(2003, 1, 1), APPLIED, None) is None  # unset: historical data
+
+
+def test_max_backdate_days_is_read_from_the_region_file() -> None:
+    assert parse_region(REGION_DATA).policy.max_backdate_days is None
+    region = parse_region({**REGION_DATA, "policy": {"max_backdate_days": 14}})
+    assert region.policy.max_backdate_days == 14
+    with pytest.raises(ConfigError, match="max_backdate_days"):
+        parse_region({**REGION_DATA, "policy": {"max_backdate_days": -1}})
