@@ -3,7 +3,7 @@
 Consumes ``kpx.node.<CODE>``: decode and verify (only the registry and the reconciler may
 write here), record the message's id as a tracking row and apply it in the same transaction,
 ack after the commit. A duplicate finds its tracking row and is skipped; an unreadable or
-unverifiable message is set aside on ``kpx.dead`` with its reason, never retried.
+unverifiable message is set aside on ``kpx.dead.nodes`` with its reason, never retried.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Inbox:
                 reason,
             )
             assert self.consumer is not None
-            self.consumer.dead_letter(delivery, topology.DEAD, reason)
+            self.consumer.dead_letter(delivery, topology.NODE_DEAD, reason)
             metrics.DEAD_LETTERS.labels(f"node-{self.code}", type(exc).__name__).inc()
             return None
 

@@ -98,6 +98,9 @@ class Admin:
                 f"{quote(b['destination'], safe='')}",
                 {"routing_key": b["routing_key"], "arguments": {}},
             )
+        for policy in definitions.get("policies", ()):
+            body = {k: policy[k] for k in ("pattern", "apply-to", "priority", "definition")}
+            self._call("PUT", f"/policies/{v}/{quote(policy['name'], safe='')}", body)
         log.info("applied topology to vhost %r", vhost)
 
     def queues(self, vhost: str) -> list[dict[str, Any]]:

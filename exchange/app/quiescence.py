@@ -35,7 +35,7 @@ def busy_queues(queues: list[dict[str, Any]]) -> list[str]:
     return [
         f"{q['name']}: {q.get('messages', 0)} messages"
         for q in queues
-        if q["name"] != topology.DEAD_QUEUE and q.get("messages", 0)
+        if q["name"] not in topology.DEAD_QUEUES and q.get("messages", 0)
     ]
 
 
@@ -64,8 +64,25 @@ def wait_drained(rt: Runtime, timeout: float) -> bool:
         admin.close()
 
 
+# kpx check warns from this share of the dead-letter limit on, as the alert does.
+DEAD_WARN_SHARE = 0.8
+
+
+def dead_letter_problems(queues: list[dict[str, Any]]) -> list[str]:
+    """A dead-letter queue near its limit: past it, the broker refuses new dead letters."""
+    return [
+        f"queue {q['name']} holds {q.get('messages', 0):,} dead letters, "
+        f"{q.get('messages', 0) / topology.DEAD_LIMIT:.0%} of its limit of "
+        f"{topology.DEAD_LIMIT:,}: see `kpx registry dead-letters`"
+        for q in queues
+        if q["name"] in topology.DEAD_QUEUES
+        and q.get("messages", 0) >= DEAD_WARN_SHARE * topology.DEAD_LIMIT
+    ]
+
+
 def probe(rt: Runtime) -> list[str]:
-    """Problems a health probe reports: broker, databases, queues without a consumer."""
+    """Problems a health probe reports: broker, databases, queues without a consumer, a
+    dead-letter queue near its limit."""
     problems: list[str] = []
     admin = Admin(rt.settings.amqp_url)
     try:
@@ -73,8 +90,9 @@ def probe(rt: Runtime) -> list[str]:
         problems += [
             f"queue {q['name']} has no consumer"
             for q in queues
-            if q["name"] != topology.DEAD_QUEUE and not q.get("consumers", 0)
+            if q["name"] not in topology.DEAD_QUEUES and not q.get("consumers", 0)
         ]
+        problems += dead_letter_problems(queues)
     except KpxError as exc:
         problems.append(f"broker: {exc}")
     finally:

@@ -9,6 +9,7 @@ for the broker's confirm, and only then acks the dead copy; the others go back t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -18,16 +19,30 @@ from pika.spec import BasicProperties
 from exchange.adapters.rabbitmq import blocking_connection, translated
 from exchange.wire import topology
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text with control characters escaped (``\x1b``): a reason or routing key
+    comes from whoever published the message, and raw terminal escape codes must not reach
+    the operator's terminal."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _routing_key(method: Any, props: BasicProperties) -> str:
+    """The routing key the message had before it was dead-lettered."""
+    key = (props.headers or {}).get("x-kpx-routing-key") or method.routing_key
+    return key.decode() if isinstance(key, bytes) else str(key)
+
 
 def _describe(method: Any, props: BasicProperties, body: bytes) -> dict[str, Any]:
     headers = props.headers or {}
-    reason = headers.get("x-kpx-reason", "")
-    routing_key = headers.get("x-kpx-routing-key") or method.routing_key
     return {
-        "message_id": props.message_id,
-        "reason": reason.decode() if isinstance(reason, bytes) else str(reason),
-        "routing_key": routing_key.decode() if isinstance(routing_key, bytes) else routing_key,
-        "type": props.type,
+        "message_id": None if props.message_id is None else printable(props.message_id),
+        "reason": printable(headers.get("x-kpx-reason", "")),
+        "routing_key": printable(_routing_key(method, props)),
+        "type": None if props.type is None else printable(props.type),
         "size": len(body),
     }
 
@@ -72,10 +87,13 @@ def reinject(amqp_url: str, user: str, message_ids: Collection[str] | None = Non
                     break
                 if message_ids is not None and props.message_id not in message_ids:
                     continue  # left unacked: back to the queue when the channel closes
-                info = _describe(method, props, body)
                 try:
                     publish.basic_publish(
-                        topology.EVENTS, info["routing_key"], body, _props(props, user), True
+                        topology.EVENTS,
+                        _routing_key(method, props),
+                        body,
+                        _props(props, user),
+                        True,
                     )
                 except (pika.exceptions.UnroutableError, pika.exceptions.NackError):
                     continue  # not confirmed: the dead copy stays in the queue

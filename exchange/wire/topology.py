@@ -20,6 +20,17 @@ ACCEPTED = "kpx.accepted"
 DEAD = "kpx.dead"
 REGISTRY_QUEUE = "kpx.registry"
 DEAD_QUEUE = "kpx.registry.dead"
+# Nodes set aside unreadable inbox messages here, never on kpx.dead: what is on kpx.dead the
+# registry re-injects as its own broker user, so a node must not be able to put anything
+# there (forged reasons and routing keys, or just enough to fill it).
+NODE_DEAD = "kpx.dead.nodes"
+NODE_DEAD_QUEUE = "kpx.nodes.dead"
+DEAD_QUEUES = (DEAD_QUEUE, NODE_DEAD_QUEUE)
+# The most messages a dead-letter queue holds (a policy, so it can change on a live queue).
+# Past it the broker refuses new dead letters: the registry's stay unacknowledged in
+# kpx.registry (at-least-once dead-lettering), nothing is dropped. The alert
+# DeadLetterQueueFilling fires at 80 % of it.
+DEAD_LIMIT = 100_000
 RECONCILER_QUEUE = "kpx.reconciler"
 # Broker users are global to a broker, not per vhost, so every region's users carry its vhost
 # name: two regions (say, production and the demo) on one broker never share a user.
@@ -126,12 +137,14 @@ def definitions(
     queues = [
         _queue(vhost, REGISTRY_QUEUE),
         _queue(vhost, DEAD_QUEUE, dead_letter=False),
+        _queue(vhost, NODE_DEAD_QUEUE, dead_letter=False),
         _queue(vhost, RECONCILER_QUEUE),
     ]
     queues += [_queue(vhost, node_queue(c)) for c in node_codes]
     bindings = [
         _binding(vhost, EVENTS, REGISTRY_QUEUE, "#"),
         _binding(vhost, DEAD, DEAD_QUEUE, ""),
+        _binding(vhost, NODE_DEAD, NODE_DEAD_QUEUE, ""),
         _binding(vhost, ACCEPTED, RECONCILER_QUEUE, "#"),
     ]
     bindings += [_binding(vhost, NOTIFY, node_queue(c), f"{c}.#") for c in node_codes]
@@ -149,8 +162,8 @@ def definitions(
         _perm(vhost, reconciler, "^$", _exact(NOTIFY, DEAD), _exact(RECONCILER_QUEUE)),
     ]
     permissions += [
-        # kpx.dead: a node sets aside an unreadable inbox message with its reason.
-        _perm(vhost, node_user(c, vhost), "^$", _exact(EVENTS, DEAD), _exact(node_queue(c)))
+        # kpx.dead.nodes: a node sets aside an unreadable inbox message with its reason.
+        _perm(vhost, node_user(c, vhost), "^$", _exact(EVENTS, NODE_DEAD), _exact(node_queue(c)))
         for c in node_codes
     ]
     # Topic permissions: a node may only publish routing keys that start with its own code.
@@ -188,7 +201,21 @@ def definitions(
             _exchange(vhost, NOTIFY, "topic"),
             _exchange(vhost, ACCEPTED, "topic"),
             _exchange(vhost, DEAD, "fanout"),
+            _exchange(vhost, NODE_DEAD, "fanout"),
         ],
         "queues": queues,
         "bindings": bindings,
+        "policies": [dead_letter_policy(vhost)],
+    }
+
+
+def dead_letter_policy(vhost: str) -> dict[str, Any]:
+    """The length limit of the dead-letter queues, as a broker policy."""
+    return {
+        "vhost": vhost,
+        "name": "kpx-dead-letter-limit",
+        "pattern": _exact(*DEAD_QUEUES),
+        "apply-to": "queues",
+        "priority": 0,
+        "definition": {"max-length": DEAD_LIMIT, "overflow": "reject-publish"},
     }
