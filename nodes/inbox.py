@@ -14,7 +14,13 @@ from collections.abc import Callable
 from exchange.adapters import metrics
 from exchange.adapters.postgres import Connection, Cursor, transaction
 from exchange.adapters.rabbitmq import BatchConsumer, Delivery
-from exchange.domain.events import Decision, DiscrepancyNotice, ShipmentNotice, StatusChange
+from exchange.domain.events import (
+    Decision,
+    DiscrepancyNotice,
+    ShipmentCancellation,
+    ShipmentNotice,
+    StatusChange,
+)
 from exchange.errors import PermanentError
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
@@ -93,6 +99,8 @@ class Inbox:
         elif envelope.event_type == "ShipmentExpected":
             notice = ShipmentNotice.from_record(payload)
             store.expect_shipment(cur, notice.certificate, notice.accepted_at)
+        elif envelope.event_type == "ShipmentCancelled":
+            store.cancel_shipment(cur, ShipmentCancellation.from_record(payload))
         elif envelope.event_type == "DiscrepancyRaised":
             store.record_discrepancy(cur, DiscrepancyNotice.from_record(payload).to_record())
         elif envelope.event_type == "ParticipantStatusChanged":

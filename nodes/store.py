@@ -14,7 +14,12 @@ import psycopg2.extras
 
 from exchange.adapters.postgres import Cursor
 from exchange.domain.certificate import Certificate, certificate_json_text
-from exchange.domain.events import ImportConfirmation, ProductionDeclaration, Voiding
+from exchange.domain.events import (
+    ImportConfirmation,
+    ProductionDeclaration,
+    ShipmentCancellation,
+    Voiding,
+)
 
 
 def next_serials(cur: Cursor, year: int, count: int) -> range:
@@ -226,11 +231,25 @@ def certificates(cur: Cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+def cancel_shipment(cur: Cursor, c: ShipmentCancellation) -> None:
+    """Withdraw a shipment announced to this participant (its certificate was voided)."""
+    cur.execute(
+        "INSERT INTO cancelled_shipments (certificate_id, issuing_participant, voided_on, "
+        "reason, replaced_by, cancelled_at) VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (certificate_id) DO NOTHING",
+        (c.certificate_id, c.issuing_participant, c.voided_on, c.reason, c.replaced_by,
+         c.cancelled_at),
+    )  # fmt: skip
+
+
 def expected_shipments(cur: Cursor, *, only_open: bool = True) -> list[dict[str, Any]]:
-    """Shipments announced to this participant (by default, those not yet confirmed)."""
+    """Shipments announced to this participant and not withdrawn (by default, those not yet
+    confirmed either)."""
     cur.execute(
         "SELECT certificate_id, issuing_participant, body, accepted_at, confirmed "
-        "FROM expected_shipments WHERE NOT confirmed OR NOT %s ORDER BY accepted_at",
+        "FROM expected_shipments e WHERE (NOT confirmed OR NOT %s) AND NOT EXISTS "
+        "(SELECT 1 FROM cancelled_shipments c WHERE c.certificate_id = e.certificate_id) "
+        "ORDER BY accepted_at",
         (only_open,),
     )
     names = [d[0] for d in cur.description or ()]

@@ -36,6 +36,7 @@ from exchange.domain.events import (
     ParticipantStatus,
     Payload,
     ProductionDeclaration,
+    ShipmentCancellation,
     ShipmentNotice,
     StatusChange,
     Voiding,
@@ -328,6 +329,7 @@ def payloads() -> list[Payload]:
             "seal",
             date(2026, 2, 2),
         ),
+        ShipmentCancellation("XS-BW-2026-0000001-03", "XS", date(2026, 1, 20), "typo", NOW, None),
     ]
 
 
@@ -339,7 +341,7 @@ def test_every_payload_survives_fastavro_with_its_schema(payload: Payload) -> No
 
 def test_there_is_one_payload_class_per_event_type() -> None:
     assert tuple(PAYLOAD_TYPES) == EVENT_TYPES
-    assert len(EVENT_TYPES) == 8
+    assert len(EVENT_TYPES) == 9
 
 
 def test_an_unknown_event_type_is_refused_as_schema_unknown() -> None:

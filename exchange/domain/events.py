@@ -35,6 +35,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "RegistryDecision",
     "ShipmentExpected",
     "DiscrepancyRaised",
+    "ShipmentCancelled",
 )
 
 # kpx.ReasonCode without its reader default UNKNOWN (DESIGN §7).
@@ -323,6 +324,35 @@ class ShipmentNotice(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class ShipmentCancellation(_Payload):
+    """ShipmentCancelled: a certificate announced to the destination was voided or replaced."""
+
+    EVENT_TYPE: ClassVar[str] = "ShipmentCancelled"
+    certificate_id: str
+    issuing_participant: str
+    voided_on: date
+    reason: str
+    cancelled_at: datetime
+    replaced_by: str | None = None
+
+    @classmethod
+    def of(cls, voiding: Voiding, cancelled_at: datetime) -> Self:
+        """The notice of ``voiding`` for the certificate's destination."""
+        return cls(
+            voiding.certificate_id,
+            voiding.issuing_participant,
+            voiding.voided_on,
+            voiding.reason,
+            cancelled_at,
+            voiding.replaced_by,
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return _build(cls, record)
+
+
+@dataclass(frozen=True, slots=True)
 class DiscrepancyNotice(_Payload):
     """DiscrepancyRaised: a reconciliation finding for the participants concerned."""
 
@@ -353,6 +383,7 @@ Payload = (
     | StatusChange
     | Decision
     | ShipmentNotice
+    | ShipmentCancellation
     | DiscrepancyNotice
 )
 
@@ -367,6 +398,7 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         Decision,
         ShipmentNotice,
         DiscrepancyNotice,
+        ShipmentCancellation,
     )
 }
 

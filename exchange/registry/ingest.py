@@ -27,7 +27,13 @@ from prometheus_client import Counter
 from exchange.adapters import metrics
 from exchange.adapters.postgres import Connection, Cursor, refused_data, transaction
 from exchange.adapters.rabbitmq import Delivery
-from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
+from exchange.domain.events import (
+    EVENT_TYPES,
+    ImportConfirmation,
+    Issuance,
+    ShipmentCancellation,
+    Voiding,
+)
 from exchange.errors import Refusal, TransientError
 from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.registry import limits, policy, store
@@ -152,6 +158,8 @@ class _Session:
             )
         )
         payload = event.payload
+        if isinstance(payload, Voiding):
+            self._cancel_shipment(payload)
         if isinstance(payload, Issuance) and payload.certificate.destination in self.ctx.node_codes:
             # The decoded record re-encodes as is: no need to rebuild it from the dataclasses.
             notice = {"certificate": event.record["certificate"], "accepted_at": self.now}
@@ -163,6 +171,16 @@ class _Session:
                     f"{payload.certificate.destination}.ShipmentExpected",
                 )
             )
+
+    def _cancel_shipment(self, voiding: Voiding) -> None:
+        """Withdraw the ShipmentExpected the destination got, if it is a node (DESIGN §4)."""
+        record = self.view.certs.get(voiding.certificate_id)
+        destination = None if record is None else record.certificate().destination
+        if destination not in self.ctx.node_codes:
+            return
+        notice = ShipmentCancellation.of(voiding, self.now).to_record()
+        routing_key = f"{destination}.ShipmentCancelled"
+        self.outgoing.append(Pending("ShipmentCancelled", notice, topology.NOTIFY, routing_key))
 
     def _answer(
         self,
