@@ -91,7 +91,7 @@ class Policy:
     supply_carry_over: bool = True
     tolerances: Tolerances = Tolerances()
     # Registry limits: one producer's jump in sequence numbers, and what it may have held.
-    max_sequence_jump: int = 100_000
+    max_sequence_jump: int = 10_000
     max_held_events: int = 1_000
     max_held_bytes: int = 64 * 1024 * 1024
     # INVALID_DATES for a date of issue more than this many days before the day the node

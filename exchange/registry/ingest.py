@@ -282,7 +282,9 @@ class Ingest:
             store.write_changes(cur, session.changes)
             self.writer.append_many(cur, session.outgoing)
             self.writer.append_raw(cur, session.accepted)
-        gauge_gaps(session.view, session.changes)
+            changed = session.changes.gaps_opened + session.changes.gaps_filled
+            open_gaps = limits.count_open_gaps(cur, sorted({p for p, _ in changed}))
+        gauge_gaps(open_gaps, session.changes)
         return session.results
 
     def _prepare(self, cur: Cursor, items: Sequence[Opened]) -> policy.View:
@@ -383,9 +385,9 @@ def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> 
             histogram.observe(value)
 
 
-def gauge_gaps(view: policy.View, changes: policy.Changes) -> None:
-    """Sequence-gap metrics of the producers a batch touched."""
+def gauge_gaps(open_gaps: dict[str, int], changes: policy.Changes) -> None:
+    """Sequence-gap metrics of the producers whose gaps the batch opened or filled."""
     for producer, _ in changes.gaps_opened:
         metrics.SEQUENCE_GAPS.labels(producer).inc()
-    for producer, gaps in view.open_gaps.items():
-        metrics.SEQUENCE_GAPS_OPEN.labels(producer).set(len(gaps))
+    for producer, count in open_gaps.items():
+        metrics.SEQUENCE_GAPS_OPEN.labels(producer).set(count)

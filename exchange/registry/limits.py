@@ -93,3 +93,48 @@ def closing_producers(cur: Cursor, sequences: Sequence[tuple[str, int]]) -> list
         ([p for p, _ in sequences], [s for _, s in sequences]),
     )
     return [r[0] for r in cur.fetchall()]
+
+
+def load_open_gaps(
+    cur: Cursor, producers: Sequence[str], sequences: Sequence[tuple[str, int]]
+) -> dict[str, set[int]]:
+    """The open gaps a batch needs: not all of them.
+
+    The ones the batch's sequence numbers fill, plus each producer's lowest other one: enough
+    to tell whether a void has a gap below it before and after the batch's fills
+    (policy._gap_below, policy.releasable). Loading every open gap made each batch of a
+    producer with a million of them 20-30 times slower, for good.
+    """
+    batch = ([p for p, _ in sequences], [s for _, s in sequences])
+    gaps: dict[str, set[int]] = {}
+    cur.execute(
+        "SELECT g.producer, g.sequence FROM sequence_gaps g "
+        "JOIN unnest(%s::text[], %s::bigint[]) AS k(p, s) ON g.producer = k.p "
+        "AND g.sequence = k.s WHERE g.filled_at IS NULL",
+        batch,
+    )
+    for producer, sequence in cur.fetchall():
+        gaps.setdefault(producer, set()).add(int(sequence))
+    cur.execute(
+        "SELECT p, low.sequence FROM unnest(%s::text[]) AS p CROSS JOIN LATERAL ("
+        " SELECT g.sequence FROM sequence_gaps g WHERE g.producer = p AND g.filled_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::bigint[]) AS k(kp, ks)"
+        "  WHERE k.kp = p AND k.ks = g.sequence)"
+        " ORDER BY g.sequence LIMIT 1) AS low",
+        (list(producers), *batch),
+    )
+    for producer, sequence in cur.fetchall():
+        gaps.setdefault(producer, set()).add(int(sequence))
+    return gaps
+
+
+def count_open_gaps(cur: Cursor, producers: Sequence[str]) -> dict[str, int]:
+    """Open gaps per producer, for the gauge: asked only for producers whose gaps changed."""
+    if not producers:
+        return {}
+    cur.execute(
+        "SELECT p, (SELECT count(*) FROM sequence_gaps g WHERE g.producer = p "
+        "AND g.filled_at IS NULL) FROM unnest(%s::text[]) AS p",
+        (list(producers),),
+    )
+    return {p: int(n) for p, n in cur.fetchall()}

@@ -19,6 +19,7 @@ from exchange.adapters.pgcopy import copy_rows
 from exchange.adapters.postgres import Connection, Cursor, fetch_all
 from exchange.domain.certificate import Certificate
 from exchange.domain.region import Region
+from exchange.registry import limits
 from exchange.registry.policy import CertRecord, Changes, Event, View
 from exchange.wire.signing import Keyring, VerifyKey
 
@@ -148,13 +149,7 @@ def _load_sequences(
         (list(producers),),
     )
     view.high_water = dict(cur.fetchall())
-    cur.execute(
-        "SELECT producer, sequence FROM sequence_gaps "
-        "WHERE producer = ANY(%s) AND filled_at IS NULL",
-        (list(producers),),
-    )
-    for producer, sequence in cur.fetchall():
-        view.open_gaps.setdefault(producer, set()).add(sequence)
+    view.open_gaps = limits.load_open_gaps(cur, producers, sequences)
 
 
 def _values(cur: Cursor, query: str, rows: Sequence[tuple[Any, ...]]) -> None:
