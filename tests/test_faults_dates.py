@@ -1,4 +1,5 @@
-"""Issue 11, item 13: the date of issue against the day the node applies the operation."""
+"""Issue 11, item 13: the date of issue against the day the node applies the operation, and
+filters given in lower case or without a year."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from test_registry_support import REGION_DATA
 from exchange.domain.region import parse_region
 from exchange.domain.rules import check_issue_day
 from exchange.errors import ConfigError
+from exchange.reconciler.commands import discrepancy_filters
 
 APPLIED = date(2026, 6, 10)
 
@@ -33,3 +35,12 @@ def test_max_backdate_days_is_read_from_the_region_file() -> None:
     assert region.policy.max_backdate_days == 14
     with pytest.raises(ConfigError, match="max_backdate_days"):
         parse_region({**REGION_DATA, "policy": {"max_backdate_days": -1}})
+
+
+def test_discrepancy_filters_are_normalised_or_refused_never_silently_empty() -> None:
+    assert discrepancy_filters("bw", "2026-q1") == ("BW", "2026-Q1")
+    assert discrepancy_filters(None, None) == (None, None)
+    with pytest.raises(ConfigError, match="--period"):
+        discrepancy_filters(None, "Q4")
+    with pytest.raises(ConfigError, match="--participant"):
+        discrepancy_filters("botswana", None)

@@ -26,7 +26,7 @@ from exchange.adapters.postgres import connect, transaction
 from exchange.adapters.signals import stop_on_signals
 from exchange.domain.events import DiscrepancyKind
 from exchange.domain.kpstats import FORMATS, Period, render, summary_line
-from exchange.errors import KpxError, TransientError
+from exchange.errors import ConfigError, KpxError, TransientError
 from exchange.reconciler import aggregation, deadline_checks, service, store
 from exchange.wire import topology
 
@@ -134,6 +134,22 @@ def stats(period: str, fmt: str) -> None:
         click.echo(summary_line(report), err=True)
 
 
+def discrepancy_filters(
+    participant: str | None, period: str | None
+) -> tuple[str | None, str | None]:
+    """The filters as stored (upper case), or ConfigError: a filter spelt otherwise matched
+    nothing and listed an empty result as if there were no findings."""
+    if participant is not None:
+        participant = participant.strip().upper()
+        if not participant.isalpha() or len(participant) != 2:
+            raise ConfigError(
+                f"--participant must be a two-letter code such as BW, got {participant!r}"
+            )
+    if period is not None:
+        period = Period.parse(period.strip().upper()).name  # refuses a bare Q4 with its reason
+    return participant, period
+
+
 @click.group("discrepancies", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON list instead of a table.")
 @click.option("--kind", type=click.Choice(KINDS))
@@ -154,6 +170,7 @@ def discrepancies(
         return
     obj = ctx.obj
     try:
+        participant, period = discrepancy_filters(participant, period)
         service.prepare(obj.registry_dsn)
         conn = connect(obj.registry_dsn, application_name="kpx-discrepancies")
         try:
