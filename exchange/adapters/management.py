@@ -24,7 +24,10 @@ def management_url(amqp_url: str, override: str | None = None) -> tuple[str, tup
     if override:
         return override.rstrip("/"), auth
     scheme = "https" if parts.scheme == "amqps" else "http"
-    return f"{scheme}://{parts.hostname or '127.0.0.1'}:15672", auth
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:  # an IPv6 address such as ::1 keeps its brackets in a URL
+        host = f"[{host}]"
+    return f"{scheme}://{host}:15672", auth
 
 
 class Admin:
@@ -41,6 +44,11 @@ class Admin:
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         try:
             response = self._client.request(method, path, json=body)
+        except httpx.ConnectError as exc:
+            raise BrokerUnavailable(
+                f"management API {self._client.base_url} {method} {path}: {exc}; is the "
+                "management plugin enabled (`rabbitmq-plugins enable rabbitmq_management`)?"
+            ) from exc
         except httpx.HTTPError as exc:
             raise BrokerUnavailable(f"management API {method} {path}: {exc}") from exc
         if response.status_code in (401, 403):

@@ -67,10 +67,13 @@ def region_init(rt: Runtime) -> None:
 @click.pass_obj
 def region_drain(rt: Runtime, timeout: float) -> None:
     """Exit 0 once every outbox and queue is empty and the reconciler has caught up."""
-    from exchange.app.quiescence import wait_drained
+    from exchange.app.quiescence import drain
 
-    if not wait_drained(rt, timeout):
-        click.echo(f"not drained after {timeout:.0f} s", err=True)
+    moving = drain(rt, timeout)
+    if moving:
+        click.echo(
+            f"not drained after {timeout:.0f} s; still moving: {'; '.join(moving)}", err=True
+        )
         sys.exit(1)
     click.echo("drained")
 

@@ -47,19 +47,27 @@ def still_moving(rt: Runtime, admin: Admin) -> list[str]:
 
 def wait_drained(rt: Runtime, timeout: float) -> bool:
     """True once the region stays quiet for a statistics interval, False after ``timeout``."""
+    return not drain(rt, timeout)
+
+
+def drain(rt: Runtime, timeout: float) -> list[str]:
+    """Wait until the region stays quiet for a statistics interval: ``[]`` then; after
+    ``timeout``, what was still moving at the last look (for the operator)."""
     admin = Admin(rt.settings.amqp_url)
     deadline = time.monotonic() + timeout
     quiet_since: float | None = None
+    moving: list[str] = []
     try:
         while time.monotonic() < deadline:
-            if still_moving(rt, admin):
+            moving = still_moving(rt, admin)
+            if moving:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= _QUIET_FOR:
-                return True
+                return []
             time.sleep(0.5)
-        return False
+        return moving or [f"quiet for less than {_QUIET_FOR:.0f} s at the deadline"]
     finally:
         admin.close()
 
