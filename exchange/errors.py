@@ -58,6 +58,10 @@ class ConfigError(PermanentError):
     """A setting is missing or invalid; the message names the key."""
 
 
+class AlreadyRunning(ConfigError):
+    """Another instance of the same service (the same member's node) is running."""
+
+
 class CodecError(PermanentError):
     """Bytes that cannot be read, or a record that cannot be written, as a kpx Avro message."""
 

@@ -33,13 +33,20 @@ class NodeService:
 
     def run(self, stop: threading.Event, metrics_port: int | None = None) -> None:
         """Relay the outbox and consume the inbox until ``stop`` is set; then drain and return."""
+        instance = postgres.single_instance(self.dsn, f"node {self.code}")
+        try:
+            self._run(stop, metrics_port)
+        finally:
+            instance.close()
+
+    def _run(self, stop: threading.Event, metrics_port: int | None) -> None:
         migrate(self.dsn)
         relay = OutboxRelay(self.dsn, self.amqp_url, self.code)
         relay_thread = threading.Thread(target=relay.run, args=(stop,), name=f"relay-{self.code}")
-        relay_thread.start()
         consuming = threading.Event()
-        if metrics_port is not None:
+        if metrics_port is not None:  # first: a taken port stops the node before it starts
             metrics.serve(metrics_port, lambda: _health(relay_thread, consuming))
+        relay_thread.start()
         try:
             self._consume(stop, consuming)
         finally:

@@ -2,11 +2,16 @@
 
 - an IPv6 broker URL (``[::1]``) gives a valid management URL (it raised httpx.InvalidURL);
 - "connection refused" on the management API says to enable ``rabbitmq_management``;
-- ``kpx region drain`` says what is still moving when it times out.
+- ``kpx region drain`` says what is still moving when it times out;
+- item 11: a second node for the same member, or a taken metrics port, is one clear line and
+  a non-zero exit.
 """
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +21,13 @@ from support.region import provisioned_region
 from support.services import unique_name
 
 from exchange.adapters.management import Admin, management_url
+from exchange.adapters.postgres import single_instance
 from exchange.app.quiescence import drain
 from exchange.app.runtime import Runtime
 from exchange.errors import BrokerUnavailable
 from exchange.wire import topology
+
+KPX = Path(sys.executable).with_name("kpx")
 
 
 def test_an_ipv6_broker_url_gives_a_bracketed_management_url() -> None:
@@ -53,3 +61,36 @@ def test_drain_says_what_is_still_moving_when_it_times_out(rt: Runtime) -> None:
         conn.close()
     moving = drain(rt, timeout=7.0)  # past one statistics interval of the management API
     assert f"{topology.REGISTRY_QUEUE}: 1 messages" in moving
+
+
+def _kpx(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"KPX_STATE_DIR": str(rt.settings.state_dir), "KPX_AMQP_URL": rt.settings.amqp_url,
+           "KPX_DATABASE_URL": rt.settings.database_url, "PATH": ""}  # fmt: skip
+    return subprocess.run(
+        [str(KPX), "--region", str(rt.settings.region_path), *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_a_second_node_for_the_same_member_is_refused_with_a_message(rt: Runtime) -> None:
+    """Item 11: before, a silent second consumer with a healthy /healthz."""
+    held = single_instance(rt.node_dsn("BW"), "node BW")  # the first instance
+    try:
+        second = _kpx(rt, "node", "run", "--member", "BW", "--metrics-port", "0")
+    finally:
+        held.close()
+    assert second.returncode != 0
+    assert "AlreadyRunning: node BW is already running" in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+def test_a_taken_metrics_port_is_one_clear_line(rt: Runtime) -> None:
+    """Item 11: before, a traceback and a hang."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _kpx(rt, "node", "run", "--member", "ZA", "--metrics-port", str(port))
+    assert result.returncode != 0
+    assert f"metrics port {port}" in result.stderr
+    assert "Traceback" not in result.stderr

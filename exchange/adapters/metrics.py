@@ -22,6 +22,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from exchange.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Publish confirms on a local broker take about a millisecond; across a region, tens.
@@ -127,7 +129,10 @@ def serve(
 ) -> ThreadingHTTPServer:
     """Serve /metrics and /healthz on ``port`` from a daemon thread; returns the server."""
     handler = type("Handler", (_Handler,), {"health": staticmethod(health)})
-    server = ThreadingHTTPServer((host, port), handler)
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:  # a taken port: one clear line, not a traceback
+        raise ConfigError(f"metrics port {port} on {host}: {exc.strerror or exc}") from exc
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name=f"metrics-{port}", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", host, port)

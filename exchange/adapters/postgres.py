@@ -23,7 +23,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from exchange.errors import DatabaseUnavailable
+from exchange.errors import AlreadyRunning, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,22 @@ def migrate(conn: Connection, package: str, *, lock_key: int = 7_202_310) -> lis
     if applied:
         log.info("applied migrations %s from %s", applied, package)
     return applied
+
+
+def single_instance(dsn: str, name: str) -> Connection:
+    """A connection holding the session lock ``instance:<name>``; AlreadyRunning when another
+    process holds it. Close the connection to let go (its end, even a crash, releases it)."""
+    conn = connect(dsn, autocommit=True, application_name=f"kpx-instance {name}"[:63])
+    with translated(f"locking instance {name}"), conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"instance:{name}",))
+        row = cur.fetchone()
+    if row is None or not row[0]:
+        conn.close()
+        raise AlreadyRunning(
+            f"{name} is already running against this database; stop it first "
+            "(a second one would consume and relay beside it)"
+        )
+    return conn
 
 
 def fetch_all(conn: Connection, query: str, params: Any = None) -> list[dict[str, Any]]:
