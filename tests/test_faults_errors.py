@@ -3,15 +3,18 @@
 - an IPv6 broker URL (``[::1]``) gives a valid management URL (it raised httpx.InvalidURL);
 - "connection refused" on the management API says to enable ``rabbitmq_management``;
 - ``kpx region drain`` says what is still moving when it times out;
+- a broker outage logs one line per reconnect attempt, naming host and port;
 - item 11: a second node for the same member, or a taken metrics port, is one clear line and
   a non-zero exit.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from support.services import unique_name
 
 from exchange.adapters.management import Admin, management_url
 from exchange.adapters.postgres import single_instance
+from exchange.adapters.rabbitmq import AsyncPublisher, BatchConsumer
+from exchange.adapters.retry import until_stopped
 from exchange.app.quiescence import drain
 from exchange.app.runtime import Runtime
 from exchange.errors import BrokerUnavailable
@@ -94,3 +99,23 @@ def test_a_taken_metrics_port_is_one_clear_line(rt: Runtime) -> None:
     assert result.returncode != 0
     assert f"metrics port {port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_broker_outage_logs_one_line_per_attempt_naming_host_and_port(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: 131 lines of pika tracebacks in 12 s, and "Retrying <unknown> ... ."."""
+    log = logging.getLogger("kpx-test-outage")
+    stop = threading.Event()
+    threading.Timer(2.5, stop.set).start()
+    consumer = BatchConsumer("amqp://guest:guest@127.0.0.1:9/", "kpx.registry", name="outage")
+    with caplog.at_level(logging.DEBUG), pytest.raises(BrokerUnavailable):
+        for attempt in until_stopped(stop, log):
+            with attempt:
+                consumer.connect()
+    ours = [r for r in caplog.records if r.name == log.name]
+    assert ours and all("127.0.0.1:9" in r.getMessage() for r in ours)
+    assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.WARNING)
+    assert not [r for r in caplog.records if r.name.startswith("pika") and r.levelno >= 30]
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:9"):
+        AsyncPublisher("amqp://guest:guest@127.0.0.1:9/", name="relay-outage").start(5)

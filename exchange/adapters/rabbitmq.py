@@ -31,6 +31,9 @@ from pika.spec import Basic, BasicProperties
 from exchange.errors import BrokerRefused, BrokerUnavailable, TransientError
 
 log = logging.getLogger(__name__)
+# pika logs every failed connection attempt at ERROR with a traceback (131 lines in 12 s of a
+# broker outage); kpx says it once per attempt, naming host and port (retry.until_stopped).
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 CONTENT_TYPE = "application/vnd.apache.avro+binary"
 _REFUSAL_CODES = frozenset({403, 406})  # ACCESS_REFUSED, PRECONDITION_FAILED
@@ -73,8 +76,9 @@ def translated(what: str) -> Iterator[None]:
 
 def blocking_connection(url: str, *, name: str) -> pika.BlockingConnection:
     """Open a BlockingConnection; raises BrokerUnavailable or BrokerRefused."""
-    with translated(f"connecting {name}"):
-        return pika.BlockingConnection(parameters(url, name=name))
+    params = parameters(url, name=name)
+    with translated(f"{name}: connecting to {params.host}:{params.port}"):
+        return pika.BlockingConnection(params)
 
 
 # --------------------------------------------------------------------------- publishing
@@ -165,6 +169,10 @@ class AsyncPublisher:
         self.blocked = False
         self.on_blocked: Callable[[bool], None] | None = None
 
+    def _where(self) -> str:
+        """The publisher's name and the broker it talks to, for errors and logs."""
+        return f"{self._name} ({self._params.host}:{self._params.port})"
+
     # -- lifecycle (caller thread) --
 
     def start(self, timeout: float = 15.0) -> AsyncPublisher:
@@ -189,7 +197,7 @@ class AsyncPublisher:
         self._thread.start()
         if not self._ready.wait(timeout):
             self.close()
-            raise BrokerUnavailable(f"{self._name}: no channel after {timeout:.0f} s")
+            raise BrokerUnavailable(f"{self._where()}: no channel after {timeout:.0f} s")
         if self._error is not None:
             raise self._error
         return self
@@ -241,7 +249,7 @@ class AsyncPublisher:
             self._conn.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))
             self._conn.ioloop.start()
         except Exception as exc:  # connection setup failed before the loop ran
-            self._error = _translate(exc, self._name)
+            self._error = _translate(exc, self._where())
             self._ready.set()
         finally:
             self.closed.set()
@@ -257,13 +265,13 @@ class AsyncPublisher:
         channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._ready.set())
 
     def _on_open_error(self, conn: Any, exc: BaseException) -> None:
-        self._error = _translate(exc, self._name)
+        self._error = _translate(exc, self._where())
         self._ready.set()
         conn.ioloop.stop()
 
     def _on_closed(self, conn: Any, exc: BaseException) -> None:
         if not self._ready.is_set():
-            self._error = _translate(exc, self._name)
+            self._error = _translate(exc, self._where())
             self._ready.set()
         log.info("publisher %s: connection closed (%s)", self._name, exc)
         self.closed.set()
@@ -273,7 +281,7 @@ class AsyncPublisher:
     def _on_channel_closed(self, channel: Any, exc: BaseException) -> None:
         log.warning("publisher %s: channel closed (%s)", self._name, exc)
         if not self._ready.is_set():
-            self._error = _translate(exc, self._name)
+            self._error = _translate(exc, self._where())
             self._ready.set()
         self._fail_pending()
         if self._conn is not None and self._conn.is_open:

@@ -11,8 +11,8 @@ import logging
 import threading
 
 from tenacity import (
+    RetryCallState,
     Retrying,
-    before_sleep_log,
     retry_if_exception_type,
     stop_when_event_set,
     wait_random_exponential,
@@ -34,6 +34,13 @@ def until_stopped(stop: threading.Event, log: logging.Logger) -> Retrying:
         wait=wait_random_exponential(multiplier=0.5, max=_MAX_BACKOFF),
         stop=stop_when_event_set(stop),
         sleep=sleep,
-        before_sleep=before_sleep_log(log, logging.WARNING),
+        before_sleep=lambda state: _one_line(log, state),
         reraise=True,
     )
+
+
+def _one_line(log: logging.Logger, state: RetryCallState) -> None:
+    """One line per attempt: what failed (the error names the host and port) and when next."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("%s; retrying in %.1f s (attempt %d)", exc, wait, state.attempt_number)
