@@ -27,7 +27,7 @@ from exchange.adapters.management import Admin, management_url
 from exchange.adapters.postgres import single_instance
 from exchange.adapters.rabbitmq import AsyncPublisher, BatchConsumer
 from exchange.adapters.retry import until_stopped
-from exchange.app.quiescence import drain
+from exchange.app.quiescence import amqp_problems, drain
 from exchange.app.runtime import Runtime
 from exchange.errors import BrokerUnavailable
 from exchange.wire import topology
@@ -119,3 +119,14 @@ def test_a_broker_outage_logs_one_line_per_attempt_naming_host_and_port(
     assert not [r for r in caplog.records if r.name.startswith("pika") and r.levelno >= 30]
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:9"):
         AsyncPublisher("amqp://guest:guest@127.0.0.1:9/", name="relay-outage").start(5)
+
+
+def test_kpx_check_member_probes_the_nodes_own_site(rt: Runtime) -> None:
+    """``kpx check --member XX``: the node's own login, inbox consumer and database."""
+    result = _kpx(rt, "check", "--member", "bw")
+    assert result.returncode == 1, result.stderr
+    assert "queue kpx.node.BW has no consumer" in result.stderr  # no node runs here
+    assert "broker login" not in result.stderr and "database" not in result.stderr
+    wrong = rt.amqp_url(topology.node_user("BW", rt.region.vhost)).replace("@", "x@", 1)
+    [refused] = amqp_problems(wrong, "kpx-bw")
+    assert refused.startswith("broker login as kpx-bw:")

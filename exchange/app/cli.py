@@ -146,12 +146,13 @@ def schemas_check() -> None:
 
 
 @cli.command("check")
+@click.option("--member", help="Check only this node's own site, with its own credentials.")
 @click.pass_obj
-def check(rt: Runtime) -> None:
+def check(rt: Runtime, member: str | None) -> None:
     """Probe: broker, databases and queue consumers; exit 0 when all are fine."""
-    from exchange.app.quiescence import probe
+    from exchange.app.quiescence import probe, probe_member
 
-    problems = probe(rt)
+    problems = probe(rt) if member is None else probe_member(rt, member.upper())
     for problem in problems:
         click.echo(problem, err=True)
     click.echo("ok" if not problems else f"{len(problems)} problem(s)")

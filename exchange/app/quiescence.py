@@ -7,6 +7,7 @@ from typing import Any
 
 from exchange.adapters import postgres
 from exchange.adapters.management import Admin
+from exchange.adapters.rabbitmq import blocking_connection, translated
 from exchange.app.runtime import Runtime
 from exchange.errors import KpxError
 from exchange.messaging import outbox
@@ -88,6 +89,44 @@ def dead_letter_problems(queues: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def amqp_problems(url: str, who: str, queue: str | None = None) -> list[str]:
+    """Log in over AMQP as ``who`` (and see ``queue`` and its consumers): the management
+    API answering says nothing about the broker port the services use."""
+    try:
+        conn = blocking_connection(url, name=f"kpx-check {who}")
+    except KpxError as exc:
+        return [f"broker login as {who}: {exc}"]
+    try:
+        if queue is None:
+            return []
+        with translated(f"declaring {queue}"):
+            declared = conn.channel().queue_declare(queue, passive=True)
+        if not declared.method.consumer_count:
+            return [f"queue {queue} has no consumer"]
+        return []
+    except KpxError as exc:
+        return [f"queue {queue}: {exc}"]
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def probe_member(rt: Runtime, code: str) -> list[str]:
+    """Problems of one node's own site, with its own credentials: its broker login, its
+    inbox queue's consumer, its database (``kpx check --member XX``)."""
+    user = topology.node_user(code, rt.region.vhost)
+    problems = amqp_problems(rt.amqp_url(user), user, topology.node_queue(code))
+    try:
+        conn = postgres.connect(rt.node_dsn(code), application_name="kpx-check")
+        try:
+            outbox.backlog(conn)
+        finally:
+            conn.close()
+    except KpxError as exc:
+        problems.append(f"database: {exc}")
+    return problems
+
+
 def probe(rt: Runtime) -> list[str]:
     """Problems a health probe reports: broker, databases, queues without a consumer, a
     dead-letter queue near its limit."""
@@ -105,6 +144,7 @@ def probe(rt: Runtime) -> list[str]:
         problems.append(f"broker: {exc}")
     finally:
         admin.close()
+    problems += amqp_problems(rt.amqp_url(None), "the administrator")
     try:
         backlogs(rt)
     except KpxError as exc:
