@@ -76,3 +76,28 @@ def test_held_voids_are_bounded_and_read_only_when_a_gap_closes(
         )
     finally:
         running.stop()
+
+
+def test_held_voids_are_bounded_by_bytes_too(make_vhost: Any, make_database: Any) -> None:
+    vhost, database = make_vhost(), make_database()
+    env = make_env(vhost.name, vhost.amqp_url, database.url)
+    p = env.producers
+    first = p.seal("BW", issuance(certificate("BW", 1)))
+    p.seal("BW", issuance(certificate("BW", 2)))  # never sent: the gap
+    voids = [p.seal("BW", voiding(certificate("BW", 100 + n))) for n in range(3)]
+    size = len(voids[0].body)
+    policy = dataclasses.replace(env.region.policy, max_held_bytes=2 * size + size // 2)
+    env.region = dataclasses.replace(env.region, policy=policy)
+    running = env.run_registry()
+    try:
+        env.publisher.send(first)
+        assert env.decision_for("BW", first.event_id).decision is Outcome.ACCEPTED
+        for v in voids:
+            env.publisher.send(v)
+        told = env.decision_for("BW", voids[2].event_id)
+        assert told.reason == "UNKNOWN_CERTIFICATE" and "bytes" in told.detail
+        held = env.query("SELECT count(*) AS n FROM event_log WHERE decision = 'HELD'")
+        assert held == [{"n": 2}]
+    finally:
+        running.stop()
+        env.publisher.close()
