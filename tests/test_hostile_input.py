@@ -834,3 +834,43 @@ def test_a_date_of_issue_in_the_future_is_invalid_dates_with_a_day_of_slack(
     rows = registry.check([future, slack, registry.valid()])
     assert rows[future.key]["reason"] == "INVALID_DATES"
     assert "in the future" in rows[future.key]["detail"]
+
+
+def test_a_node_cannot_forge_dead_letters(registry: Registry) -> None:
+    """Item 10: kpx.dead is re-injected by the registry as its own user; no node writes it."""
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        props = BasicProperties(headers={"x-kpx-reason": "SCHEMA_INVALID: forged"})
+        registry.channel(registry.user("BW")).basic_publish(
+            topology.DEAD, "ZA.CertificateIssued", b"forged", props
+        )
+    assert refused.value.reply_code == 403
+    registry.drop_channel(registry.user("BW"))
+    assert b"forged" not in registry.dead_letters()
+
+
+def test_held_voids_are_bounded_per_producer(registry: Registry) -> None:
+    """Item 6: past [policy] max_held_events a void waiting for a gap is rejected with a
+    reason; the held ones are decided when the gap closes."""
+    code, limit = "ZW", registry.rt.region.policy.max_held_events
+    p = registry.producers
+    registry.check([registry.valid(code)])
+    missing = p.seal(code, issuance(registry.fresh(code)))  # held back: the gap
+    voids = [registry.send(p.seal(code, voiding(registry.fresh(code))), "parked")
+             for _ in range(limit + 1)]  # fmt: skip
+    rows = registry.decided(voids[-1:], timeout=60)
+    assert rows[voids[-1].key]["reason"] == "UNKNOWN_CERTIFICATE"
+    assert "waiting for its missing events" in rows[voids[-1].key]["detail"]
+    held = registry.query(
+        "SELECT count(*) AS n FROM event_log WHERE decision = 'HELD' AND producer = %s", (code,)
+    )
+    assert held == [{"n": limit}]
+    registry.send(missing, "the gap closes", valid=True)
+    rows = registry.decided(voids, timeout=60)
+    deadline = time.monotonic() + DECIDE_TIMEOUT
+    while (
+        registry.query("SELECT 1 FROM event_log WHERE decision = 'HELD' AND producer = %s", (code,))
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    released = registry.rows(voids)
+    assert {r["reason"] for r in released.values()} == {"UNKNOWN_CERTIFICATE"}
