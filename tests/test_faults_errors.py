@@ -2,7 +2,8 @@
 
 - an IPv6 broker URL (``[::1]``) gives a valid management URL (it raised httpx.InvalidURL);
 - "connection refused" on the management API says to enable ``rabbitmq_management``;
-- ``kpx region drain`` says what is still moving when it times out;
+- ``kpx region drain`` says what is still moving when it times out; the management API URL
+  is a setting (``KPX_MANAGEMENT_URL``);
 - a broker outage logs one line per reconnect attempt, naming host and port;
 - item 11: a second node for the same member, or a taken metrics port, is one clear line and
   a non-zero exit.
@@ -22,6 +23,7 @@ import pika
 import pytest
 from support.region import provisioned_region
 from support.services import unique_name
+from test_registry_support import wait_until
 
 from exchange.adapters.management import Admin, management_url
 from exchange.adapters.postgres import single_instance
@@ -29,7 +31,8 @@ from exchange.adapters.rabbitmq import AsyncPublisher, BatchConsumer
 from exchange.adapters.retry import until_stopped
 from exchange.app.quiescence import amqp_problems, drain
 from exchange.app.runtime import Runtime
-from exchange.errors import BrokerUnavailable
+from exchange.app.settings import Settings
+from exchange.errors import BrokerUnavailable, ConfigError
 from exchange.wire import topology
 
 KPX = Path(sys.executable).with_name("kpx")
@@ -64,7 +67,19 @@ def test_drain_says_what_is_still_moving_when_it_times_out(rt: Runtime) -> None:
         channel.basic_publish("", topology.REGISTRY_QUEUE, b"waiting")  # no registry runs
     finally:
         conn.close()
-    moving = drain(rt, timeout=7.0)  # past one statistics interval of the management API
+    admin = rt.settings.admin()
+    try:  # the management API refreshes its queue statistics every 5 s
+        wait_until(
+            lambda: any(
+                q["name"] == topology.REGISTRY_QUEUE and q.get("messages", 0)
+                for q in admin.queues(rt.region.vhost)
+            ),
+            timeout=30,
+            what="the message in the queue statistics",
+        )
+    finally:
+        admin.close()
+    moving = drain(rt, timeout=2.0)
     assert f"{topology.REGISTRY_QUEUE}: 1 messages" in moving
 
 
@@ -130,3 +145,18 @@ def test_kpx_check_member_probes_the_nodes_own_site(rt: Runtime) -> None:
     wrong = rt.amqp_url(topology.node_user("BW", rt.region.vhost)).replace("@", "x@", 1)
     [refused] = amqp_problems(wrong, "kpx-bw")
     assert refused.startswith("broker login as kpx-bw:")
+
+
+def test_the_management_api_url_is_a_setting(tmp_path: Path) -> None:
+    region = tmp_path / "region.toml"
+    region.write_text('[region]\ncode = "XS"\n', encoding="utf-8")
+    env = {"KPX_MANAGEMENT_URL": "http://127.0.0.1:9"}
+    settings = Settings.from_env(env, region=str(region))
+    admin = settings.admin()
+    try:
+        with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:9.*rabbitmq_management"):
+            admin.queues("/")
+    finally:
+        admin.close()
+    with pytest.raises(ConfigError, match="KPX_MANAGEMENT_URL"):
+        Settings.from_env({"KPX_MANAGEMENT_URL": "ftp://x"}, region=str(region))

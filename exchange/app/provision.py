@@ -11,7 +11,6 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from exchange.adapters import postgres
-from exchange.adapters.management import Admin
 from exchange.app.runtime import Runtime
 from exchange.errors import KeyFileError
 from exchange.registry import service as registry_service
@@ -56,7 +55,7 @@ def init_broker(rt: Runtime) -> None:
     """Apply the topology and create the service users with their generated passwords."""
     region, settings = rt.region, rt.settings
     definitions = topology.definitions(region.vhost, region.node_codes)
-    admin = Admin(settings.amqp_url)
+    admin = settings.admin()
     try:
         for user in (u["name"] for u in definitions["users"]):
             admin.put_user(user, settings.broker_password(region.vhost, user, create=True))

@@ -54,7 +54,7 @@ def wait_drained(rt: Runtime, timeout: float) -> bool:
 def drain(rt: Runtime, timeout: float) -> list[str]:
     """Wait until the region stays quiet for a statistics interval: ``[]`` then; after
     ``timeout``, what was still moving at the last look (for the operator)."""
-    admin = Admin(rt.settings.amqp_url)
+    admin = rt.settings.admin()
     deadline = time.monotonic() + timeout
     quiet_since: float | None = None
     moving: list[str] = []
@@ -131,7 +131,7 @@ def probe(rt: Runtime) -> list[str]:
     """Problems a health probe reports: broker, databases, queues without a consumer, a
     dead-letter queue near its limit."""
     problems: list[str] = []
-    admin = Admin(rt.settings.amqp_url)
+    admin = rt.settings.admin()
     try:
         queues = admin.queues(rt.region.vhost)
         problems += [

@@ -4,7 +4,8 @@
 administrator's URL (``region init`` uses it; services connect as their own users, whose
 generated passwords live in the state directory); ``KPX_DATABASE_URL`` names the PostgreSQL
 server (each database name comes from the region file); ``KPX_STATE_DIR`` holds authority
-keys and broker passwords, per vhost. Passwords never appear in a repr or a log line.
+keys and broker passwords, per vhost; ``KPX_MANAGEMENT_URL`` names the management API when it
+is not on port 15672 of the broker host. Passwords never appear in a repr or a log line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from exchange.adapters.management import Admin
 from exchange.adapters.postgres import dsn_for, redact
 from exchange.errors import ConfigError
 
@@ -32,6 +34,8 @@ class Settings:
     amqp_url: str = field(repr=False)
     database_url: str = field(repr=False)
     state_dir: Path
+    # KPX_MANAGEMENT_URL: the management API when it is not on port 15672 of the broker host
+    management_url: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -57,7 +61,15 @@ class Settings:
         region_path = Path(region or env.get("KPX_REGION", DEFAULT_REGION))
         if not region_path.is_file():
             raise ConfigError(f"KPX_REGION / --region: no region file at {str(region_path)!r}")
-        return cls(region_path, amqp_url, database_url, Path(env.get("KPX_STATE_DIR", "var")))
+        management = env.get("KPX_MANAGEMENT_URL") or None
+        if management is not None and urlsplit(management).scheme not in ("http", "https"):
+            raise ConfigError(f"KPX_MANAGEMENT_URL must be an http(s):// URL, got {management!r}")
+        state_dir = Path(env.get("KPX_STATE_DIR", "var"))
+        return cls(region_path, amqp_url, database_url, state_dir, management)
+
+    def admin(self) -> Admin:
+        """A management API client with the administrator's credentials of KPX_AMQP_URL."""
+        return Admin(self.amqp_url, self.management_url)
 
     def database(self, name: str) -> str:
         """The DSN of database ``name`` on the configured server."""

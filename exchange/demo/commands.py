@@ -82,7 +82,13 @@ def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> N
         raise click.ClickException(f"a kept demo still runs; stop it first: kill -TERM {pids}")
     with console.status("setting up the private region kpx_demo …"):
         rt = setup.prepare(
-            Settings(base.region_path, base.amqp_url, base.database_url, base.state_dir.resolve()),
+            Settings(
+                base.region_path,
+                base.amqp_url,
+                base.database_url,
+                base.state_dir.resolve(),
+                base.management_url,
+            ),
             chosen,
         )
     plan = make_plan(

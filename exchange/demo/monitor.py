@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 
 from exchange.adapters import postgres
-from exchange.adapters.management import Admin
 from exchange.app.runtime import Runtime
 from exchange.errors import KpxError
 from exchange.messaging import outbox
@@ -49,7 +48,7 @@ class Monitor:
         self.rt = rt
         dsns = [rt.registry_dsn, *(rt.node_dsn(c) for c in rt.region.node_codes)]
         self.conns = [postgres.connect(d, application_name="kpx-demo-monitor") for d in dsns]
-        self.admin = Admin(rt.settings.amqp_url)
+        self.admin = rt.settings.admin()
         self.last = Snapshot(time.monotonic())
 
     def read(self) -> Snapshot:

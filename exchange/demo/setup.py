@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from exchange.adapters import postgres
-from exchange.adapters.management import Admin
 from exchange.app import provision
 from exchange.app.runtime import Runtime
 from exchange.app.settings import Settings
@@ -89,7 +88,7 @@ def demo_dir(state_dir: Path) -> Path:
 
 def clean_slate(settings: Settings, example: Mapping[str, Any]) -> None:
     """Drop the demo vhost and every demo database (of any member the example lists)."""
-    admin = Admin(settings.amqp_url)
+    admin = settings.admin()
     try:
         admin.delete_vhost(PREFIX)
     finally:
@@ -102,7 +101,15 @@ def clean_slate(settings: Settings, example: Mapping[str, Any]) -> None:
 def prepare(settings: Settings, members: Sequence[str]) -> Runtime:
     """Write the region file, wipe the previous demo and run ``region init``."""
     path = write_region(settings.state_dir, members)
-    rt = Runtime.load(Settings(path, settings.amqp_url, settings.database_url, settings.state_dir))
+    rt = Runtime.load(
+        Settings(
+            path,
+            settings.amqp_url,
+            settings.database_url,
+            settings.state_dir,
+            settings.management_url,
+        )
+    )
     clean_slate(rt.settings, example_region())
     provision.init_region(rt, prepare_node_database)
     return rt
