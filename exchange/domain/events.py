@@ -23,6 +23,7 @@ from enum import Enum
 from typing import Any, ClassVar, Self, TypeVar
 
 from exchange.domain.certificate import Certificate, JsonObject, from_symbol, record_of, to_amount
+from exchange.domain.register import RegisterEntry, Revocation
 from exchange.errors import Refusal
 
 EVENT_TYPES: tuple[str, ...] = (
@@ -34,6 +35,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "RegistryDecision",
     "ShipmentExpected",
     "DiscrepancyRaised",
+    "RegisterEntryRecorded",
+    "RegisterEntryRevoked",
 )
 
 # kpx.ReasonCode without its reader default UNKNOWN (DESIGN §7).
@@ -53,6 +56,8 @@ REASON_CODES: tuple[str, ...] = (
     "NON_POSITIVE_QUANTITY",
     "UNKNOWN_CERTIFICATE",
     "NOT_ALLOWED",
+    "UNLICENSED_EXPORTER",
+    "UNREGISTERED_PRODUCER",
 )
 
 # A half-year, the period of a production declaration (KP Annex III).
@@ -98,6 +103,11 @@ class DiscrepancyKind(Enum):
     EXPORTS_EXCEED_SUPPLY = "EXPORTS_EXCEED_SUPPLY"
     MIRROR_MISMATCH = "MIRROR_MISMATCH"
     SEQUENCE_GAP = "SEQUENCE_GAP"
+    PRODUCER_EXPORTS_EXCEED_PRODUCTION = "PRODUCER_EXPORTS_EXCEED_PRODUCTION"
+    UNREGISTERED_PRODUCER = "UNREGISTERED_PRODUCER"
+    UNLICENSED_EXPORTER = "UNLICENSED_EXPORTER"
+    NON_PARTICIPANT_TRADE = "NON_PARTICIPANT_TRADE"
+    EXTERNAL_MIRROR_MISMATCH = "EXTERNAL_MIRROR_MISMATCH"
 
 
 def _build(cls: type[_T], record: Mapping[str, Any], **converted: Any) -> _T:
@@ -336,6 +346,8 @@ Payload = (
     | Decision
     | ShipmentNotice
     | DiscrepancyNotice
+    | RegisterEntry
+    | Revocation
 )
 
 PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
@@ -349,6 +361,8 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         Decision,
         ShipmentNotice,
         DiscrepancyNotice,
+        RegisterEntry,
+        Revocation,
     )
 }
 
