@@ -24,7 +24,8 @@ should do about it::
         ├── BrokerRefused           the broker refused an operation (access, precondition)
         ├── Refusal                 a business rule refuses an operation or event (carries a
         │                           DESIGN §7 reason code and a sentence)
-        └── NotFound                a certificate, discrepancy or dead letter that does not exist
+        ├── NotFound                a certificate, discrepancy or dead letter that does not exist
+        └── MalformedTradeFile      an external trade file with a bad row (names line, column)
 
 Adapters translate driver exceptions (pika, psycopg2) into this tree in one place each
 (``exchange/adapters/rabbitmq.py``, ``exchange/adapters/postgres.py``), always
@@ -125,3 +126,16 @@ class Refusal(PermanentError):
         super().__init__(f"{code}: {sentence}")
         self.code = code
         self.sentence = sentence
+
+
+class MalformedTradeFile(PermanentError):
+    """An external trade file (``kpx registry import-trade``) with a row that cannot be read.
+
+    ``line`` is the 1-based line of the file (the header is line 1), ``column`` the column's
+    name; nothing of the file is kept.
+    """
+
+    def __init__(self, line: int, column: str, problem: str) -> None:
+        super().__init__(f"line {line}, column {column}: {problem}")
+        self.line = line
+        self.column = column

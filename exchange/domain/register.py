@@ -27,7 +27,7 @@ Errors: ``from_json`` raises Refusal(SCHEMA_INVALID) naming the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
@@ -141,6 +141,9 @@ class Revocation:
         return cls(record["member"], record["entry_id"], record["effective"], record["reason"])
 
 
+RegisterChange = tuple[RegisterEntry | Revocation, str]  # an accepted event and its id
+
+
 def check_entry(entry: RegisterEntry, *, producer: str, members: Iterable[str]) -> Refusal | None:
     """The refusals of a registration itself: who registers, the id, dates and counts."""
     if producer not in members or entry.member != producer:
@@ -229,16 +232,19 @@ class Register:
         start = max(v.entry.valid_from, first)
         return start <= last and (end is None or start <= end)
 
-    def exporters(self, member: str, licence_no: str) -> list[str]:
-        """Ids of the member's EXPORTER entries that carry ``licence_no`` in some version."""
-        return sorted(
-            entry_id
-            for (m, entry_id), versions in self.versions.items()
+    def licensed_exporter(self, member: str, licence_no: str, day: date) -> bool:
+        """Whether a version of an EXPORTER entry of ``member`` with ``licence_no`` covers ``day``.
+
+        The licence is matched per version: a renewal under a new number does not make the
+        old number valid again.
+        """
+        return any(
+            v.entry.kind is EntryKind.EXPORTER
+            and v.entry.licence_no == licence_no
+            and self._covers(m, v, day, day)
+            for (m, _), versions in self.versions.items()
             if m == member
-            and any(
-                v.entry.kind is EntryKind.EXPORTER and v.entry.licence_no == licence_no
-                for v in versions
-            )
+            for v in versions
         )
 
     def entries(self) -> list[RegisterEntry]:
@@ -262,9 +268,8 @@ def unlicensed_exporter(cert: CertificateContent, register: Register) -> Refusal
     if member is None:
         return None
     licence, day = cert.exporter.licence_no, cert.date_of_issue
-    for entry_id in register.exporters(member, licence):
-        if register.valid_on(member, entry_id, day):
-            return None
+    if register.licensed_exporter(member, licence, day):
+        return None
     return Refusal(
         UNLICENSED_EXPORTER,
         f"exporter.licence_no {licence} is no exporter licence of {member} valid on "
@@ -333,6 +338,23 @@ def declaration_refusal(
     return unregistered_declaration(member, producer_id, period, register)
 
 
+def event_refusal(
+    payload: RegisterEntry | Revocation, producer: str, register: Register, members: Collection[str]
+) -> Refusal | None:
+    """Why a register event is rejected, or None (the same checks as the node's)."""
+    if isinstance(payload, RegisterEntry):
+        return check_entry(payload, producer=producer, members=members) or renewal_refusal(
+            payload, register
+        )
+    if payload.member != producer or producer not in members:
+        return Refusal(
+            "NOT_ALLOWED",
+            f"member is {payload.member} but it comes from {producer}; "
+            "only a member revokes its own register's licences",
+        )
+    return revocation_refusal(payload, register)
+
+
 def revocation_refusal(revocation: Revocation, register: Register) -> Refusal | None:
     """NOT_ALLOWED for the revocation of an entry the member never registered."""
     if register.kind_of(revocation.member, revocation.entry_id) is None:
@@ -353,3 +375,11 @@ def renewal_refusal(entry: RegisterEntry, register: Register) -> Refusal | None:
             f"{entry.kind.value} (register a new id)",
         )
     return None
+
+
+def apply_event(payload: RegisterEntry | Revocation, register: Register) -> None:
+    """Add an accepted register event to an in-memory register."""
+    if isinstance(payload, RegisterEntry):
+        register.add(payload)
+    else:
+        register.revoke(payload)

@@ -36,6 +36,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from exchange.domain import register as register_rules
 from exchange.domain import rules
 from exchange.domain.certificate import Certificate, HsCode, certificate_json_text
 from exchange.domain.events import (
@@ -46,11 +47,19 @@ from exchange.domain.events import (
     Voiding,
 )
 from exchange.domain.region import Policy
+from exchange.domain.register import Register, RegisterChange, RegisterEntry, Revocation
 from exchange.errors import Refusal
 
 ACCEPTED, REJECTED, HELD = "ACCEPTED", "REJECTED", "HELD"
 NODE_EVENTS = frozenset(
-    {"CertificateIssued", "CertificateVoided", "ImportConfirmed", "ProductionDeclared"}
+    {
+        "CertificateIssued",
+        "CertificateVoided",
+        "ImportConfirmed",
+        "ProductionDeclared",
+        "RegisterEntryRecorded",
+        "RegisterEntryRevoked",
+    }
 )
 
 
@@ -126,6 +135,7 @@ class View:
     open_gaps: dict[str, set[int]] = field(default_factory=dict)
     waiting: dict[str, list[str]] = field(default_factory=dict)
     held: dict[str, list[Event]] = field(default_factory=dict)
+    register: Register = field(default_factory=Register)  # of the batch's producers (§14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +162,7 @@ class Changes:
     gaps_opened: list[tuple[str, int]] = field(default_factory=list)
     gaps_filled: list[tuple[str, int]] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
+    register: list[RegisterChange] = field(default_factory=list)
 
 
 _HS_VALUES = {code.name: code.value for code in HsCode}
@@ -220,7 +231,15 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         )
         return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
     if isinstance(payload, ProductionDeclaration):
-        refusal = rules.check_production(payload, event.producer, members=ctx.members)
+        refusal = rules.check_production(
+            payload, event.producer, members=ctx.members
+        ) or register_rules.declaration_refusal(
+            payload.participant, payload.producer_id, payload.period, view.register,
+            ctx.policy.registers,
+        )  # fmt: skip
+        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+    if isinstance(payload, RegisterEntry | Revocation):
+        refusal = register_rules.event_refusal(payload, event.producer, view.register, ctx.members)
         return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
     return Verdict(
         REJECTED, "NOT_ALLOWED", f"a node may not publish {event.event_type}; only the registry"
@@ -236,7 +255,7 @@ def _decide_certificate(cert: Certificate, event: Event, view: View, ctx: Contex
         ctx.policy,
         region_code=ctx.region_code,
         members=ctx.members,
-    )
+    ) or register_rules.certificate_refusal(cert, view.register, ctx.policy.registers)
     if refusal is not None:
         return _rejected(refusal)
     existing = view.certs.get(cert.certificate_id)
@@ -322,6 +341,9 @@ def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
         _apply_confirmation(payload, event, view, out)
     elif isinstance(payload, ProductionDeclaration):
         out.production.append((payload, event.event_id))
+    elif isinstance(payload, RegisterEntry | Revocation):
+        register_rules.apply_event(payload, view.register)
+        out.register.append((payload, event.event_id))
 
 
 def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes) -> None:

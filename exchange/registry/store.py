@@ -19,6 +19,7 @@ from exchange.adapters.pgcopy import copy_rows
 from exchange.adapters.postgres import Connection, Cursor, fetch_all
 from exchange.domain.certificate import Certificate
 from exchange.domain.region import Region
+from exchange.registry import register
 from exchange.registry.policy import CertRecord, Changes, Event, View
 from exchange.wire.signing import Keyring, VerifyKey
 
@@ -96,7 +97,7 @@ def load_view(
     sequences: Sequence[tuple[str, int]],
 ) -> View:
     """The view of everything a batch touches (held voids are added by the caller)."""
-    view = View(book=load_book(cur))
+    view = View(book=load_book(cur), register=register.load(cur, producers))
     cur.execute("SELECT event_id::text FROM event_log WHERE event_id = ANY(%s::uuid[])", (keys,))
     view.seen = {r[0] for r in cur.fetchall()}
     _load_certificates(cur, view, certificate_ids)
@@ -164,7 +165,7 @@ _CERTIFICATE_COLUMNS = (
     "event_id",
 )  # fmt: skip
 _PARCEL_COLUMNS = ("certificate_id", "parcel_no", "hs_code", "carats", "value_usd",
-                   "origin_country")  # fmt: skip
+                   "origin_country", "producer_id")  # fmt: skip
 _HISTORY_COLUMNS = ("certificate_id", "event_id", "event_type", "state", "detail")
 
 
@@ -205,6 +206,7 @@ def write_log(
 def write_changes(cur: Cursor, out: Changes) -> None:
     """Write the sequence bookkeeping and the state rows the verdicts produced."""
     _write_sequences(cur, out)
+    register.write(cur, out.register)
     _write_certificates(cur, out)
     _values(
         cur,
@@ -289,6 +291,7 @@ def _write_certificates(cur: Cursor, out: Changes) -> None:
                 p.carats,
                 p.value_usd,
                 p.origin_country,
+                p.producer_id,
             )
             for c, _, _ in out.certificates
             for p in c.parcels
