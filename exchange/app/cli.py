@@ -164,8 +164,11 @@ def _attach_parts() -> None:
     from exchange.demo.commands import demo
     from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
     from exchange.registry.commands import registry
+    from exchange.registry.register_commands import COMMANDS as REGISTER_COMMANDS
 
     registry.add_command(discrepancies)
+    for command in REGISTER_COMMANDS:  # §14: register, import-trade, trade-imports
+        registry.add_command(command)
     for command in (registry, reconciler, reconcile, stats, demo):
         cli.add_command(command)
 

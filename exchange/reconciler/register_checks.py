@@ -23,7 +23,9 @@ rules (a property test runs both on the same random registers):
   the latest import of every source where one side is a member or partner.
 - EXTERNAL_MIRROR_MISMATCH = ``mirror_differences`` (carats and USD) between the external
   figure and the KP figure for the same exporter, importer and dates: the accepted, live
-  certificates where the exporter runs a node, else the importer's confirmations.
+  certificates where the exporter runs a node, else the importer's confirmations; for
+  periods closed as of the date, and not for a pair already raised as NON_PARTICIPANT_TRADE
+  (the KP has no figure for trade it does not allow).
 
 Errors: DatabaseUnavailable (transient).
 """
@@ -261,19 +263,18 @@ def _external(cur: Cursor, ctx: Context, as_of: date) -> Iterator[Discrepancy]:
             f"{reporter} reports {'exports to' if flow == 'X' else 'imports from'} {partner} "
             f"in {period}: {ct} ct, {usd} USD ({where})"
         )
-        for code in (partner, reporter):
-            if code in nodes:
-                continue
-            bad = standing_during(history.get(code, []), first, last)
-            if bad is not None:
-                yield Discrepancy(
-                    "NON_PARTICIPANT_TRADE",
-                    f"{traded}; {non_participant_sentence(code, bad)}",
-                    participants=(reporter, partner),
-                    period=period,
-                    subject=f"{source}:{flow}",
-                )
-        if past_deadline(last, ctx.limits.grace_days, as_of):
+        other = partner if reporter in nodes else reporter
+        bad = None if other in nodes else standing_during(history.get(other, []), first, last)
+        if bad is not None:
+            yield Discrepancy(
+                "NON_PARTICIPANT_TRADE",
+                f"{traded}; {non_participant_sentence(other, bad)}",
+                participants=(reporter, partner),
+                period=period,
+                subject=f"{source}:{flow}",
+            )
+        # Trade with a non-participant has no KP figure to mirror: one finding says it.
+        elif past_deadline(last, ctx.limits.grace_days, as_of):
             finding = _mirror(cur, ctx, row, reporter, partner, traded)
             if finding is not None:
                 yield finding
