@@ -8,6 +8,7 @@ as the nodes' broker users and the RegistryDecision read back), one that only re
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
@@ -20,9 +21,10 @@ from test_registry_support import Env, certificate, make_env
 from exchange.adapters.postgres import connect, transaction
 from exchange.domain.certificate import HsCode, Parcel
 from exchange.domain.events import Issuance, Outcome, ProductionDeclaration
+from exchange.domain.kpstats import Period
 from exchange.domain.register import EntryKind, RegisterEntry, Revocation
 from exchange.errors import MalformedTradeFile
-from exchange.reconciler import deadline_checks
+from exchange.reconciler import aggregation, deadline_checks
 from exchange.reconciler import service as reconciler_service
 from exchange.registry import register, store, trade
 from exchange.wire.codec import default_store
@@ -305,3 +307,29 @@ def test_a_comtrade_file_is_read_and_each_import_is_a_new_version(
         ("2025", "BW", "AE", "X", "7102", Decimal("1000.40")),
         ("2025-03", "BW", "IN", "M", "710231", Decimal("3.01")),
     ]
+
+
+def test_statistics_give_production_per_producer_kind_and_the_registers_counts(
+    record: Env,
+) -> None:
+    coop = dataclasses.replace(
+        entry("ZA-COOP-1", EntryKind.ARTISANAL_COOPERATIVE, "AC-1", "ZA"), members=300
+    )
+    assert send(record, "ZA", coop)[0] is ACCEPTED
+    conn = connect(record.dsn)
+    try:
+        with transaction(conn) as cur:
+            # The reconciler's projection of two declarations (its consumer is not running here).
+            cur.executemany(
+                "INSERT INTO recon.production VALUES (%s, 'ZA', '2026-H1', %s, %s, 1)",
+                [(str(uuid.uuid4()), "ZA-MINE-1", 800), (str(uuid.uuid4()), "ZA-COOP-1", 40)],
+            )
+            rows = aggregation.compute(cur, Period.parse("2026-H1"), "XS", ["ZA"])
+    finally:
+        conn.close()
+    kinds = {r["key"]: r["carats"] for r in rows if r["by"] == "producer_kind"}
+    assert kinds == {"industrial": Decimal("800.00"), "artisanal": Decimal("40.00")}
+    counts = {r["by"]: r["certificates"] for r in rows if r["section"] == "register"
+              and r["participant"] == "ZA"}  # fmt: skip
+    assert counts["licensed_cooperatives"] == 1 and counts["registered_miners"] == 300
+    assert counts["licensed_mines"] == 2 and counts["licensed_exporters"] == 1
