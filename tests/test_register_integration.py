@@ -183,8 +183,12 @@ def test_record_accepts_the_same_facts_and_reconcile_raises_them(record: Env) ->
     unregistered = from_producer("BW-MINE-404", "10.00", date_of_issue=REVOKED - timedelta(days=2))
     for c in (fine, unlicensed, unregistered):
         assert send(record, "BW", Issuance(c)) == (ACCEPTED, None)
+    send(record, "NA", entry("NA-MINE-1", EntryKind.MINE, "ML-1", "NA"))  # NA keeps a register
     declared = ProductionDeclaration("NA", "2026-H1", "NA-COOP-1", Decimal("5.00"), Decimal("9"))
     assert send(record, "NA", declared) == (ACCEPTED, None)
+    # BW registered no mine or cooperative yet (onboarding): its declarations are not raised.
+    not_yet = ProductionDeclaration("BW", "2026-H1", "BW-ANY", Decimal("5.00"), Decimal("9"))
+    assert send(record, "BW", not_yet) == (ACCEPTED, None)
 
     found = reconcile(record)
     assert {r["certificate_id"] for r in found["UNLICENSED_EXPORTER"]} == {

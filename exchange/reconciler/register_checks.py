@@ -15,7 +15,10 @@ rules (a property test runs both on the same random registers):
   issue. UNREGISTERED_PRODUCER = ``unregistered_parcel`` (a parcel's ``producer_id``, the first
   one per certificate) and ``unregistered_declaration`` (the latest declaration of a member,
   producer and half-year). Both run in every mode: under ``enforce`` they find only what a
-  revocation recorded later, effective earlier, made unlicensed.
+  revocation recorded later, effective earlier, made unlicensed. Onboarding scope: the exporter
+  check covers the members that registered at least one EXPORTER, the declaration check those
+  that registered at least one mine or cooperative (a parcel naming a producer is always
+  checked), so a member that keeps no register yet is not flooded with findings.
 - PRODUCER_EXPORTS_EXCEED_PRODUCTION = ``supply_balances`` + ``producer_exceeded``: per member,
   producer and half-year, the carats of live parcels naming it against its latest declaration,
   for half-years closed as of the date.
@@ -79,6 +82,7 @@ SELECT c.certificate_id, c.issuing_member, c.destination, c.date_of_issue,
        c.body->'exporter'->>'licence_no'
 FROM certificates c
 WHERE c.issuing_member IS NOT NULL AND c.date_of_issue <= %(as_of)s AND {_LIVE}
+  AND c.issuing_member IN (SELECT member FROM register_entries WHERE kind = 'EXPORTER')
   AND NOT EXISTS (
     SELECT 1 FROM register_entries v
     WHERE v.member = c.issuing_member AND v.kind = 'EXPORTER'
@@ -109,7 +113,8 @@ FROM production ORDER BY participant, producer_id, period, accepted_at DESC, eve
 
 UNREGISTERED_DECLARATIONS = f"""
 SELECT d.participant, d.producer_id, d.period FROM ({DECLARED}) d
-WHERE NOT EXISTS (
+WHERE d.participant IN (SELECT member FROM register_entries WHERE kind = ANY({_PRODUCERS}))
+  AND NOT EXISTS (
     SELECT 1 FROM register_entries v
     WHERE v.member = d.participant AND v.entry_id = d.producer_id
       AND v.kind = ANY({_PRODUCERS})
