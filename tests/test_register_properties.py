@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_registry_support import certificate
 
 from exchange.adapters.postgres import Connection, connect, migrate, transaction
-from exchange.domain.register import EntryKind, Register, RegisterEntry, Revocation
+from exchange.domain.certificate import HsCode, Parcel, Party
+from exchange.domain.register import (
+    EntryKind,
+    Register,
+    RegisterEntry,
+    Revocation,
+    unlicensed_exporter,
+    unregistered_parcel,
+)
+from exchange.reconciler import register_checks
 from exchange.reconciler.register_checks import VALID
 from exchange.registry import register as register_store
 
@@ -91,3 +104,83 @@ def test_the_sql_validity_predicate_agrees_with_the_pure_register(
         for q, first, last in zip(asked, firsts, lasts, strict=True)
     ]
     assert sql == expected
+
+
+KINDS = {
+    "BW-A": EntryKind.EXPORTER,
+    "BW-B": EntryKind.MINE,
+    "BW-C": EntryKind.ARTISANAL_COOPERATIVE,
+}
+certs = st.lists(
+    st.tuples(st.sampled_from(LICENCES), days, st.sampled_from([None, "BW-A", "BW-B", "BW-C"])),
+    min_size=1, max_size=6,
+)  # fmt: skip
+typed = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.sampled_from(sorted(KINDS)), st.sampled_from(LICENCES),
+                  days, st.one_of(st.none(), days)),
+        revoke,
+    ),
+    max_size=8,
+)  # fmt: skip
+
+
+def store_certificates(cur: Any, certificates: list[Any]) -> None:
+    cur.execute("TRUNCATE certificates CASCADE")
+    for c in certificates:
+        cur.execute(
+            "INSERT INTO certificates (certificate_id, producer, issuing_participant,"
+            " issuing_member, destination, scope, origin_type, origin_countries, date_of_issue,"
+            " date_of_expiry, number_of_parcels, total_carats, total_value_usd, body,"
+            " content_hash, state, event_id) VALUES (%s, 'BW', 'XS', 'BW', 'ZA', 'x', 'x',"
+            " '{}', %s, %s, 1, 1, 1, %s, '\\x00', 'ISSUED', %s)",
+            (c.certificate_id, c.date_of_issue, c.date_of_expiry, json.dumps(c.to_json()),
+             str(uuid.uuid4())),
+        )  # fmt: skip
+        for p in c.parcels:
+            cur.execute(
+                "INSERT INTO parcels VALUES (%s, %s, '7102.31', 1, 1, 'BW', %s)",
+                (c.certificate_id, p.parcel_no, p.producer_id),
+            )
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(history=typed, issued=certs)
+def test_the_reconcilers_register_queries_agree_with_the_pure_rules(
+    db: Connection, history: list[tuple[Any, ...]], issued: list[tuple[str, int, str | None]]
+) -> None:
+    events = [
+        replace(e, kind=KINDS[e.entry_id]) if isinstance(e, RegisterEntry) else e
+        for e in build(history)
+    ]
+    pure = Register()
+    for event in events:
+        (pure.add if isinstance(event, RegisterEntry) else pure.revoke)(event)  # type: ignore[operator]
+    certificates = [
+        replace(
+            certificate("BW", n + 1, date_of_issue=day(offset),
+                        date_of_expiry=day(offset) + timedelta(days=30)),
+            exporter=Party("E", "A", "BW", licence),
+            parcels=(Parcel(1, HsCode.HS_7102_31, Decimal(1), Decimal(1), "BW", producer),),
+            number_of_parcels=1, total_carats=Decimal(1), total_value_usd=Decimal(1),
+        )
+        for n, (licence, offset, producer) in enumerate(issued)
+    ]  # fmt: skip
+    with transaction(db) as cur:
+        cur.execute("TRUNCATE register_entries, register_revocations")
+        register_store.write(cur, [(e, str(uuid.uuid4())) for e in events])
+        store_certificates(cur, certificates)
+        params = {"as_of": day(400)}
+        cur.execute(register_checks.UNLICENSED, params)
+        sql_unlicensed = {r[0] for r in cur.fetchall()}
+        cur.execute(register_checks.UNREGISTERED_PARCELS, params)
+        sql_unregistered = {r[0] for r in cur.fetchall()}
+    keeps_exporters = any(k[1] == "BW-A" for k in pure.versions)
+    assert sql_unlicensed == {
+        c.certificate_id for c in certificates if keeps_exporters and unlicensed_exporter(c, pure)
+    }
+    assert sql_unregistered == {
+        c.certificate_id for c in certificates if unregistered_parcel(c, pure)
+    }
