@@ -30,7 +30,12 @@ def register_command(as_json: bool, member: str | None, kind: str | None) -> Non
 
 @click.command("import-trade")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--source", default="comtrade", show_default=True, help="Name of the data source.")
+@click.option(
+    "--source",
+    default="external",
+    show_default=True,
+    help="Name of the data source (versions are per source).",
+)
 def import_trade_command(file: str, source: str) -> None:
     """Load external trade figures (plain CSV or UN Comtrade bulk CSV) as a new version.
 
