@@ -70,6 +70,8 @@ def listing(
     cur.execute("SELECT DISTINCT member FROM register_entries ORDER BY 1")
     members = [r[0] for r in cur.fetchall() if member is None or r[0] == member]
     register = load(cur, members)
+    cur.execute("SELECT seq, reason FROM register_revocations WHERE member = ANY(%s)", (members,))
+    reasons = {seq: reason for seq, reason in cur.fetchall()}
     out = []
     for (m, entry_id), versions in sorted(register.versions.items()):
         latest = versions[-1].entry
@@ -88,7 +90,7 @@ def listing(
                 "zone": latest.zone,
                 "members": latest.members,
                 "revoked_from": _last_revocation(versions[-1].seq, revoked),
-                "history": _history(versions, revoked),
+                "history": _history(versions, revoked, reasons),
             }
         )
     return out
@@ -99,11 +101,18 @@ def _last_revocation(seq: int, revoked: list[tuple[int, Any]]) -> str | None:
     return min(later).isoformat() if later else None
 
 
-def _history(versions: Sequence[Any], revoked: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+def _history(
+    versions: Sequence[Any], revoked: list[tuple[int, Any]], reasons: dict[int, str]
+) -> list[dict[str, Any]]:
+    """Registrations and revocations in the order they were recorded."""
     rows: list[tuple[int, dict[str, Any]]] = [
-        (v.seq, {"registered": v.entry.valid_from.isoformat(), "licence_no": v.entry.licence_no,
+        (v.seq, {"event": "registered", "licence_no": v.entry.licence_no,
+                 "valid_from": v.entry.valid_from.isoformat(),
                  "valid_until": v.entry.valid_until.isoformat() if v.entry.valid_until else None})
         for v in versions
     ]  # fmt: skip
-    rows += [(s, {"revoked": effective.isoformat()}) for s, effective in revoked]
+    rows += [
+        (s, {"event": "revoked", "effective": effective.isoformat(), "reason": reasons.get(s, "")})
+        for s, effective in revoked
+    ]
     return [row for _, row in sorted(rows, key=lambda r: r[0])]
