@@ -21,12 +21,18 @@ import random
 import resource
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from exchange.adapters.postgres import connect, create_database, drop_database, dsn_for, migrate
+from exchange.domain.region import load_region
+from exchange.reconciler import deadline_checks, service
 from exchange.registry import trade
+from exchange.wire.codec import default_store
+from exchange.wire.signing import generate_key
 
+REGION_FILE = Path(__file__).resolve().parent.parent / "deploy" / "region.example.toml"
 SERVER = os.environ.get("KPX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPORTERS = ("BWA", "ZAF", "NAM", "LSO", "AGO", "COD", "ZWE", "BEL", "ARE", "IND", "ISR", "CHN")
 PARTNERS = (*REPORTERS, "SOM", "CAF", "RUS", "CAN", "USA", "CHE", "GBR", "W00")
@@ -65,6 +71,19 @@ def _import(dsn: str, path: Path) -> tuple[trade.Imported, float, float]:
         conn.close()
 
 
+def _reconcile(dsn: str) -> tuple[float, int]:
+    """One ``reconcile --as-of`` over the imported figures (no certificates): seconds, findings."""
+    region = load_region(REGION_FILE)
+    ctx = service.context(region, default_store(), generate_key("XS-RECONCILER"))
+    conn = connect(dsn)
+    try:
+        started = time.perf_counter()
+        summary = deadline_checks.reconcile(conn, ctx, date(2026, 9, 30))
+        return time.perf_counter() - started, summary.total
+    finally:
+        conn.close()
+
+
 def run(n: int = 100_000, keep: bool = False) -> dict[str, Any]:
     """Import N/10 then N rows; return seconds, rows/s and the peak-RSS growth of each."""
     name = f"kpx_trade_bench_{os.getpid()}"
@@ -75,6 +94,7 @@ def run(n: int = 100_000, keep: bool = False) -> dict[str, Any]:
         try:
             migrate(conn, "exchange.messaging")
             migrate(conn, "exchange.registry")
+            migrate(conn, "exchange.reconciler")
         finally:
             conn.close()
         with tempfile.TemporaryDirectory() as tmp:
@@ -83,6 +103,7 @@ def run(n: int = 100_000, keep: bool = False) -> dict[str, Any]:
             write_file(large, n)
             small_done, small_s, small_mb = _import(dsn, small)
             done, seconds, grown_mb = _import(dsn, large)
+        reconcile_s, raised = _reconcile(dsn)
     finally:
         if not keep:
             drop_database(SERVER, name)
@@ -96,6 +117,8 @@ def run(n: int = 100_000, keep: bool = False) -> dict[str, Any]:
         "small_rows_in_file": max(1, n // 10),
         "small_seconds": round(small_s, 2),
         "small_peak_rss_growth_mb": round(small_mb, 1),
+        "reconcile_seconds": round(reconcile_s, 2),
+        "external_findings": raised,
         "goal": "100,000 rows < 30 s, memory flat",
         "met": seconds < 30 * n / 100_000 and small_done.rows > 0,
     }

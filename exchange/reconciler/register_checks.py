@@ -157,21 +157,65 @@ FROM marked WHERE hs_code = '7102' OR NOT has_total
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 3, 6, 7, 8
 """
 
-KP_EXPORTS = f"""
-SELECT COALESCE(sum(c.total_carats), 0), COALESCE(sum(c.total_value_usd), 0)
-FROM certificates c
-WHERE COALESCE(c.issuing_member, c.issuing_participant) = %(exporter)s
-  AND (c.destination = %(importer)s
-       OR (c.destination = %(region)s AND %(importer)s = ANY(%(members)s)))
-  AND c.date_of_issue BETWEEN %(first)s AND %(last)s AND {_LIVE}
+# The KP side of EXTERNAL_MIRROR_MISMATCH, summed per pair and month once per run (every
+# external period is whole months), so a long external file costs two queries, not one per row.
+KP_EXPORT_MONTHS = f"""
+SELECT COALESCE(c.issuing_member, c.issuing_participant), c.destination,
+       date_trunc('month', c.date_of_issue)::date, sum(c.total_carats), sum(c.total_value_usd)
+FROM certificates c WHERE c.date_of_issue <= %(as_of)s AND {_LIVE}
+GROUP BY 1, 2, 3
+"""
+KP_IMPORT_MONTHS = """
+SELECT f.issuing_participant, f.importing_participant, date_trunc('month', f.received_on)::date,
+       sum(f.carats), sum(f.value_usd)
+FROM import_confirmations f WHERE f.received_on <= %(as_of)s
+GROUP BY 1, 2, 3
 """
 
-KP_IMPORTS = """
-SELECT COALESCE(sum(f.carats), 0), COALESCE(sum(f.value_usd), 0)
-FROM import_confirmations f
-WHERE f.importing_participant = %(importer)s AND f.issuing_participant = %(exporter)s
-  AND f.received_on BETWEEN %(first)s AND %(last)s
-"""
+
+class _KpMonths:
+    """KP figures per (exporter, importer) and month: certificates, and confirmed imports."""
+
+    def __init__(self, cur: Cursor, ctx: Context, as_of: date) -> None:
+        self.ctx = ctx
+        self.exports = self._load(cur, KP_EXPORT_MONTHS, as_of)
+        self.imports = self._load(cur, KP_IMPORT_MONTHS, as_of)
+
+    @staticmethod
+    def _load(cur: Cursor, query: str, as_of: date) -> dict[tuple[str, str], list[Any]]:
+        cur.execute(query, {"as_of": as_of})
+        out: dict[tuple[str, str], list[Any]] = {}
+        for exporter, importer, month, carats, usd in cur.fetchall():
+            out.setdefault((exporter, importer), []).append((month, carats, usd))
+        return out
+
+    def figure(
+        self, exporter: str, importer: str, first: date, last: date
+    ) -> tuple[Flow, str] | None:
+        """The KP figure of a pair over whole months, and what it is; None when the KP has none."""
+        ctx = self.ctx
+        if exporter in ctx.node_codes:
+            pairs = [(exporter, importer)]
+            if importer in ctx.members:  # a certificate may name the region as destination
+                pairs.append((exporter, ctx.region))
+            return self._sum(self.exports, pairs, first, last), "accepted certificates"
+        if importer in ctx.node_codes:
+            return self._sum(self.imports, [(exporter, importer)], first, last), "confirmed imports"
+        return None
+
+    @staticmethod
+    def _sum(
+        table: dict[tuple[str, str], list[Any]],
+        pairs: list[tuple[str, str]],
+        first: date,
+        last: date,
+    ) -> Flow:
+        carats, usd = Decimal("0.00"), Decimal("0.00")
+        for pair in pairs:
+            for month, ct, value in table.get(pair, ()):
+                if first <= month <= last:
+                    carats, usd = carats + ct, usd + value
+        return Flow(carats, usd, 0)
 
 
 def findings(cur: Cursor, ctx: Context, as_of: date) -> list[Discrepancy]:
@@ -256,7 +300,9 @@ def _external(cur: Cursor, ctx: Context, as_of: date) -> Iterator[Discrepancy]:
     history = _history(cur)
     nodes = set(ctx.node_codes) | {ctx.region}
     cur.execute(EXTERNAL)
-    for row in cur.fetchall():
+    external = cur.fetchall()
+    kp = _KpMonths(cur, ctx, as_of) if external else None
+    for row in external:
         source, version, period, first, last, reporter, partner, flow, ct, usd, line = row
         if first > as_of:
             continue
@@ -279,32 +325,22 @@ def _external(cur: Cursor, ctx: Context, as_of: date) -> Iterator[Discrepancy]:
                 subject=f"{source}:{flow}",
             )
         # Trade with a non-participant has no KP figure to mirror: one finding says it.
-        elif past_deadline(last, ctx.limits.grace_days, as_of):
-            finding = _mirror(cur, ctx, row, reporter, partner, traded)
+        elif kp is not None and past_deadline(last, ctx.limits.grace_days, as_of):
+            finding = _mirror(kp, ctx, row, reporter, partner, traded)
             if finding is not None:
                 yield finding
 
 
 def _mirror(
-    cur: Cursor, ctx: Context, row: tuple[Any, ...], reporter: str, partner: str, traded: str
-) -> Discrepancy | None:
+    kp_months: _KpMonths, ctx: Context, row: tuple[Any, ...], reporter: str, partner: str,
+    traded: str,
+) -> Discrepancy | None:  # fmt: skip
     source, _, period, first, last, _, _, flow, ct, usd, _ = row
     exporter, importer = (reporter, partner) if flow == "X" else (partner, reporter)
-    params = {
-        "exporter": exporter, "importer": importer, "first": first, "last": last,
-        "region": ctx.region, "members": sorted(ctx.members),
-    }  # fmt: skip
-    if exporter in ctx.node_codes:
-        cur.execute(KP_EXPORTS, params)
-        what = "accepted certificates"
-    elif importer in ctx.node_codes:
-        cur.execute(KP_IMPORTS, params)
-        what = "confirmed imports"
-    else:
+    found = kp_months.figure(exporter, importer, first, last)
+    if found is None:
         return None
-    kp_row = cur.fetchone()
-    assert kp_row is not None
-    kp = Flow(Decimal(kp_row[0]), Decimal(kp_row[1]), 0)
+    kp, what = found
     pct = ctx.limits.mirror_pct
     differing = mirror_differences(Flow(Decimal(ct), Decimal(usd), 0), kp, pct)
     if not differing:
