@@ -54,8 +54,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 @click.option(
     "--region",
     "region",
-    envvar="KPX_REGION",
-    default=None,
+    default=None,  # KPX_REGION is read by the settings, with every other variable
     metavar="FILE",
     help="The region file (TOML). Default: $KPX_REGION, else the example region XS "
     "shipped with kpx (deploy/region.example.toml).",
