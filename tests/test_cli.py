@@ -7,6 +7,8 @@ The codes (exchange/app/exits.py, README "Exit codes"): 0 ok, 1 refused or faile
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from exchange.app import cli
 from exchange.app.exits import ExitCode, exit_code, message
 from exchange.domain.region import load_region
 from exchange.registry import service
+from exchange.wire import topology
 
 UNKNOWN = "XS-BW-2026-0000001-03"
 
@@ -31,7 +34,8 @@ def _kpx(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in ("KPX_REGION", "KPX_AMQP_URL", "KPX_AMQP_MANAGEMENT_URL", "KPX_DATABASE_URL"):
+    for key in ("KPX_REGION", "KPX_AMQP_URL", "KPX_AMQP_MANAGEMENT_URL", "KPX_DATABASE_URL",
+                "KPX_BROKER_ADMIN_PASSWORD"):  # fmt: skip
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("KPX_STATE_DIR", str(tmp_path / "state"))
 
@@ -166,3 +170,29 @@ def test_every_command_group_of_the_table_is_attached() -> None:
     assert {"node", "submit", "registry", "reconciler", "reconcile", "stats", "demo"} <= names
     registry = cli.cli.commands["registry"]
     assert isinstance(registry, cli.click.Group) and "discrepancies" in registry.commands
+
+
+def test_topology_export_takes_the_admin_password_from_the_settings_only(
+    capsys: pytest.CaptureFixture[str],
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "definitions.json"
+    monkeypatch.setenv("KPX_BROKER_ADMIN_PASSWORD", "s3cret-admin")
+    code, out, _ = _kpx(capsys, "topology", "export", "--output", str(output))
+    assert code == ExitCode.OK
+    text = output.read_text(encoding="utf-8")
+    assert "s3cret-admin" not in text + out
+    (admin,) = [u for u in json.loads(text)["users"] if u["name"] == "kpx-admin"]
+    salt = base64.b64decode(admin["password_hash"])[:4]
+    assert admin["password_hash"] == topology.password_hash("s3cret-admin", salt)
+
+
+def test_topology_export_without_an_admin_password_exits_2(
+    capsys: pytest.CaptureFixture[str], clean_env: None, tmp_path: Path
+) -> None:
+    code, _, err = _kpx(capsys, "topology", "export", "--output", str(tmp_path / "d.json"))
+    assert code == ExitCode.USAGE
+    assert "KPX_BROKER_ADMIN_PASSWORD" in err
+    assert not (tmp_path / "d.json").exists()

@@ -30,7 +30,7 @@ import click
 from exchange.app import provision
 from exchange.app.exits import ExitCode, exit_code, message
 from exchange.app.runtime import REGION_OPTION, Runtime, pass_runtime
-from exchange.errors import KpxError
+from exchange.errors import ConfigError, KpxError
 from exchange.wire import topology
 from exchange.wire.signing import generate_key, save_key
 from nodes.service import migrate as prepare_node_database
@@ -129,7 +129,10 @@ def topology_export(rt: Runtime, output: Path, admin_user: str) -> None:
     password = rt.settings.admin_password()
     admin = (admin_user, topology.password_hash(password, os.urandom(4)))
     definitions = topology.definitions(rt.region.vhost, rt.region.node_codes, admin)
-    output.write_text(json.dumps(definitions, indent=2) + "\n", encoding="utf-8")
+    try:
+        output.write_text(json.dumps(definitions, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:  # e.g. the default path outside a checkout: a usage error
+        raise ConfigError(f"--output {str(output)!r} cannot be written: {exc.strerror}") from exc
     click.echo(f"wrote {output}")
 
 
