@@ -125,6 +125,20 @@ def test_the_installed_wheel_defaults_to_its_own_example_region(installed: Insta
     assert path.read_bytes() == (REPO / "deploy" / "region.example.toml").read_bytes()
 
 
+DEMO_DATA = """
+from exchange.demo import setup, traffic
+print(len(traffic.load_profiles()), sorted(setup.example_region()["members"]))
+"""
+
+
+def test_the_installed_wheel_carries_the_demos_data(installed: Install) -> None:
+    done = installed.run("python", "-c", DEMO_DATA)
+    assert done.returncode == 0, done.stderr
+    profiles, members = done.stdout.split(" ", 1)
+    assert int(profiles) > 0
+    assert members.strip() == str(["AO", "BW", "CD", "LS", "NA", "ZA", "ZW"])
+
+
 @pytest.fixture
 def region_env(
     installed: Install, tmp_path: Path, amqp_admin_url: str, database_server_url: str
