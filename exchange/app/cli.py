@@ -1,4 +1,4 @@
-"""The ``kpx`` command line: the composition root, the one module that imports ``nodes``.
+"""The ``kpx`` command line: the composition root (the demo has its own), which imports ``nodes``.
 
 Three things happen here and nowhere else:
 
