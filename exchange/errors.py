@@ -25,6 +25,7 @@ should do about it::
         ├── Refusal                 a business rule refuses an operation or event (carries a
         │                           DESIGN §7 reason code and a sentence)
         ├── NotFound                a certificate, discrepancy or dead letter that does not exist
+        ├── ServiceFailed           a service or command kpx started crashed or failed
         └── MalformedTradeFile      an external trade file with a bad row (names line, column)
 
 Adapters translate driver exceptions (pika, psycopg2) into this tree in one place each
@@ -115,6 +116,10 @@ class NotFound(PermanentError):
     """The thing asked for does not exist."""
 
 
+class ServiceFailed(PermanentError):
+    """A service or command that kpx started (e.g. the demo's fleet) crashed or failed."""
+
+
 class Refusal(PermanentError):
     """A business rule refuses an operation or an event.
 
@@ -135,7 +140,12 @@ class MalformedTradeFile(PermanentError):
     name; nothing of the file is kept.
     """
 
-    def __init__(self, line: int, column: str, problem: str) -> None:
-        super().__init__(f"line {line}, column {column}: {problem}")
+    def __init__(self, message: str, *, line: int = 0, column: str = "") -> None:
+        super().__init__(message)
         self.line = line
         self.column = column
+
+    @classmethod
+    def at(cls, line: int, column: str, problem: str) -> MalformedTradeFile:
+        """The error for ``column`` of ``line``: ``line 7, column qty: must be a number``."""
+        return cls(f"line {line}, column {column}: {problem}", line=line, column=column)

@@ -36,9 +36,9 @@ from exchange.domain.register import (
 )
 from exchange.errors import Refusal
 from exchange.messaging.outbox import OutboxWriter, Pending
-from exchange.registry import register as register_store
 from exchange.wire import topology
 from exchange.wire.envelope import MAX_EVENT_BYTES
+from nodes import register as register_store
 from nodes import store
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class Node:
         self._events = []
         with transaction(conn) as cur:
             book = self._book(cur)
-            self._register = register_store.load(cur, [self.code])
+            self._register = register_store.load(cur, self.code)
             group: list[tuple[int, CertificateDraft]] = []
             for number, line in lines:
                 try:

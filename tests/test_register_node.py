@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.registry import region_for
 from support.services import Database
-from test_registry_support import region_for
 
 from exchange.adapters import postgres
 from exchange.adapters.postgres import Connection

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_registry_support import certificate
+from support.registry import certificate
 
 from exchange.adapters.postgres import Connection, connect, migrate, transaction
 from exchange.domain.certificate import HsCode, Parcel, Party

@@ -108,7 +108,7 @@ def read_trade(lines: Iterable[str], parsed: Parsed) -> Iterator[TradeRow]:
     reader = csv.reader(lines)
     header = next(reader, None)
     if header is None:
-        raise MalformedTradeFile(1, "header", "the file is empty")
+        raise MalformedTradeFile.at(1, "header", "the file is empty")
     columns = {name.strip().lstrip("\ufeff"): i for i, name in enumerate(header)}
     parsed.file_format = _format_of(columns)
     read = _plain_row if parsed.file_format == "plain" else _comtrade_row
@@ -127,7 +127,7 @@ def _format_of(columns: Mapping[str, int]) -> str:
         return "plain"
     if all(c in columns for c in COMTRADE) and ("period" in columns or "refPeriodId" in columns):
         return "comtrade"
-    raise MalformedTradeFile(
+    raise MalformedTradeFile.at(
         1,
         "header",
         f"needs the columns {','.join(PLAIN)} (plain) or refPeriodId|period,"
@@ -153,7 +153,7 @@ class _Cells:
         return self.values[index].strip()
 
     def bad(self, name: str, problem: str) -> MalformedTradeFile:
-        return MalformedTradeFile(self.line, name, problem)
+        return MalformedTradeFile.at(self.line, name, problem)
 
 
 def _plain_row(line: int, cells: _Cells) -> TradeRow | None:
