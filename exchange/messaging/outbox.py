@@ -28,8 +28,9 @@ import psycopg2.extras
 from exchange.adapters import metrics
 from exchange.adapters.pgcopy import copy_rows
 from exchange.adapters.postgres import Connection, Cursor, connect, translated
-from exchange.adapters.rabbitmq import AsyncPublisher, Confirms, Outcome, Outgoing
-from exchange.adapters.retry import until_stopped
+from exchange.adapters.rabbitmq import AsyncPublisher, Confirms, Outgoing
+from exchange.adapters.retry import stopped_quietly, until_stopped
+from exchange.domain.codes import PublishOutcome
 from exchange.errors import BrokerUnavailable, DatabaseUnavailable, TransientError
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import SignsEvents, seal
@@ -181,17 +182,14 @@ class OutboxRelay:
         for the next start.
         """
         try:
-            for attempt in until_stopped(stop, log):
-                with attempt:
-                    try:
-                        self._loop(stop)
-                    except TransientError:
-                        self._disconnect()
-                        raise
-        except TransientError as exc:
-            if not stop.is_set():
-                raise
-            log.info("relay %s: stopped while disconnected (%s)", self.relay, exc)
+            with stopped_quietly(stop, log, f"relay {self.relay}"):
+                for attempt in until_stopped(stop, log):
+                    with attempt:
+                        try:
+                            self._loop(stop)
+                        except TransientError:
+                            self._disconnect()
+                            raise
         finally:
             self._disconnect()
 
@@ -244,7 +242,8 @@ class OutboxRelay:
         """Wait for a batch's confirms, mark the confirmed rows; True when all were confirmed."""
         outcomes = batch.confirms.wait(self.confirm_timeout)
         metrics.PUBLISH_CONFIRM.labels(self.relay).observe(time.monotonic() - batch.started)
-        confirmed = [i for i, o in zip(batch.ids, outcomes, strict=True) if o == Outcome.CONFIRMED]
+        ok = PublishOutcome.CONFIRMED
+        confirmed = [i for i, o in zip(batch.ids, outcomes, strict=True) if o == ok]
         self._mark_sent(confirmed)
         self._count(outcomes)
         self.published += len(confirmed)
@@ -266,21 +265,21 @@ class OutboxRelay:
             cur.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", (ids,))
         self._db.commit()
 
-    def _count(self, outcomes: list[str]) -> None:
+    def _count(self, outcomes: list[PublishOutcome]) -> None:
         label = self.relay
         metrics.OUTBOX_PUBLISHED.labels(label).inc(len(outcomes))
         for outcome, counter in (
-            (Outcome.CONFIRMED, metrics.OUTBOX_CONFIRMED),
-            (Outcome.NACKED, metrics.OUTBOX_NACKED),
-            (Outcome.RETURNED, metrics.OUTBOX_RETURNED),
+            (PublishOutcome.CONFIRMED, metrics.OUTBOX_CONFIRMED),
+            (PublishOutcome.NACKED, metrics.OUTBOX_NACKED),
+            (PublishOutcome.RETURNED, metrics.OUTBOX_RETURNED),
         ):
             n = outcomes.count(outcome)
             if n:
                 counter.labels(label).inc(n)
 
-    def _after_partial(self, outcomes: list[str]) -> None:
+    def _after_partial(self, outcomes: list[PublishOutcome]) -> None:
         assert self._publisher is not None
-        if Outcome.FAILED in outcomes or self._publisher.closed.is_set():
+        if PublishOutcome.FAILED in outcomes or self._publisher.closed.is_set():
             raise BrokerUnavailable(f"relay {self.relay}: connection lost, publishes unconfirmed")
         # Nacked or unroutable: the broker is overloaded, a queue is missing, or (in a
         # cluster) the channel still points at a queue leader that died. Back off and retry
@@ -290,8 +289,8 @@ class OutboxRelay:
         log.warning(
             "relay %s: %d nacked, %d returned; retrying (%d in a row)",
             self.relay,
-            outcomes.count(Outcome.NACKED),
-            outcomes.count(Outcome.RETURNED),
+            outcomes.count(PublishOutcome.NACKED),
+            outcomes.count(PublishOutcome.RETURNED),
             self._refusals,
         )
         if self._refusals >= _REFUSALS_BEFORE_RECONNECT:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from datetime import date
 from typing import Any
@@ -27,6 +26,7 @@ from exchange.adapters.signals import stop_on_signals
 from exchange.domain.events import DiscrepancyKind
 from exchange.domain.kpstats import FORMATS, Period, render, summary_line
 from exchange.errors import KpxError, TransientError
+from exchange.messaging.consumer import Health
 from exchange.reconciler import aggregation, deadline_checks, service, store
 from exchange.wire import topology
 
@@ -53,8 +53,8 @@ def run(metrics_port: int) -> None:
     """Consume accepted events, raise discrepancies, relay notices; SIGTERM drains, exits 0."""
     obj = _obj()
     stop = stop_on_signals()
-    consuming = threading.Event()
-    metrics.serve(metrics_port, lambda: _health(stop, consuming))
+    health = Health()
+    metrics.serve(metrics_port, health.check)
     producer = topology.reconciler_producer(obj.region.code)
     try:
         service.run_service(
@@ -65,7 +65,7 @@ def run(metrics_port: int) -> None:
             obj.keyring(),
             obj.signer(producer),
             stop,
-            consuming,
+            health,
         )
     except TransientError as exc:
         if not stop.is_set():
@@ -74,11 +74,6 @@ def run(metrics_port: int) -> None:
         log.info("reconciler: stopped while reconnecting (%s)", exc)
     except KpxError as exc:
         raise _fail(exc) from exc
-
-
-def _health(stop: threading.Event, consuming: threading.Event) -> tuple[bool, str]:
-    ok = consuming.is_set() and not stop.is_set()
-    return ok, "consuming\n" if ok else "not consuming\n"
 
 
 @click.command("reconcile")

@@ -38,6 +38,7 @@ from typing import Any
 
 from exchange.domain import rules
 from exchange.domain.certificate import Certificate, HsCode, certificate_json_text
+from exchange.domain.codes import CertificateState, Decision, Reason
 from exchange.domain.events import (
     ImportConfirmation,
     Issuance,
@@ -48,7 +49,6 @@ from exchange.domain.events import (
 from exchange.domain.region import Policy
 from exchange.errors import Refusal
 
-ACCEPTED, REJECTED, HELD = "ACCEPTED", "REJECTED", "HELD"
 NODE_EVENTS = frozenset(
     {"CertificateIssued", "CertificateVoided", "ImportConfirmed", "ProductionDeclared"}
 )
@@ -100,7 +100,7 @@ class CertRecord:
 
     certificate_id: str
     issuer: str  # issuing member, else issuing participant (as rules.issued_by reads it)
-    state: str
+    state: str  # a CertificateState (as read from its table)
     event_id: str
     digest: bytes
     body: Mapping[str, Any] | None = None
@@ -132,7 +132,7 @@ class View:
 class Verdict:
     """The business answer about one event; ``changed`` is False for an accepted no-op."""
 
-    outcome: str
+    outcome: Decision
     reason: str | None = None
     detail: str = ""
     changed: bool = True
@@ -196,7 +196,7 @@ certificate_text = certificate_json_text
 
 
 def _rejected(refusal: Refusal) -> Verdict:
-    return Verdict(REJECTED, refusal.code, refusal.sentence)
+    return Verdict(Decision.REJECTED, refusal.code, refusal.sentence)
 
 
 def decide(event: Event, view: View, ctx: Context) -> Verdict:
@@ -204,8 +204,8 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
     used_by = view.used.get((event.producer, event.sequence))
     if used_by is not None and used_by != event.event_id:
         return Verdict(
-            REJECTED,
-            "NOT_ALLOWED",
+            Decision.REJECTED,
+            Reason.NOT_ALLOWED,
             f"sequence {event.sequence} of {event.producer} was already used by event "
             f"{used_by}; an event is never re-sent under a new id",
         )
@@ -218,12 +218,14 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         refusal = rules.check_import(
             payload, event.producer, view.book, region_code=ctx.region_code
         )
-        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+        return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
     if isinstance(payload, ProductionDeclaration):
         refusal = rules.check_production(payload, event.producer, members=ctx.members)
-        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+        return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
     return Verdict(
-        REJECTED, "NOT_ALLOWED", f"a node may not publish {event.event_type}; only the registry"
+        Decision.REJECTED,
+        Reason.NOT_ALLOWED,
+        f"a node may not publish {event.event_type}; only the registry",
     )
 
 
@@ -241,13 +243,13 @@ def _decide_certificate(cert: Certificate, event: Event, view: View, ctx: Contex
         return _rejected(refusal)
     existing = view.certs.get(cert.certificate_id)
     if existing is None:
-        return Verdict(ACCEPTED)
+        return Verdict(Decision.ACCEPTED)
     if existing.digest != digest:
         refusal = rules.check_duplicate(existing.certificate(), cert)
         if refusal is not None:
             return _rejected(refusal)
     return Verdict(
-        ACCEPTED,
+        Decision.ACCEPTED,
         detail=f"certificate {cert.certificate_id} was already accepted with the same content "
         f"(event {existing.event_id}); nothing changed",
         changed=False,
@@ -265,10 +267,10 @@ def _decide_void(voiding: Voiding, event: Event, view: View, ctx: Context) -> Ve
         issuer_matches=existing is not None and existing.issuer == event.producer,
     )
     if refusal is None:
-        return Verdict(ACCEPTED)
-    if existing is None and refusal.code == "UNKNOWN_CERTIFICATE" and _gap_below(event, view):
+        return Verdict(Decision.ACCEPTED)
+    if existing is None and refusal.code == Reason.UNKNOWN_CERTIFICATE and _gap_below(event, view):
         return Verdict(
-            HELD,
+            Decision.HELD,
             detail=f"certificate {voiding.certificate_id} is not known yet and earlier events of "
             f"{event.producer} are missing; the void is decided when they arrive",
         )
@@ -304,15 +306,17 @@ def track_sequence(producer: str, sequence: int, event_id: str, view: View, out:
 def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
     """Update the view and collect the rows for an accepted event (others change no state)."""
     view.seen.add(event.event_id)
-    if verdict.outcome == HELD:
+    if verdict.outcome == Decision.HELD:
         view.held.setdefault(event.producer, []).append(event)
-    if verdict.outcome != ACCEPTED or not verdict.changed:
+    if verdict.outcome != Decision.ACCEPTED or not verdict.changed:
         return
     payload = event.payload
     if isinstance(payload, Issuance):
         _apply_certificate(payload.certificate, event, view, out)
     elif isinstance(payload, Voiding):
-        state = "VOIDED" if payload.replaced_by is None else "REPLACED"
+        state = (
+            CertificateState.VOIDED if payload.replaced_by is None else CertificateState.REPLACED
+        )
         view.certs[payload.certificate_id].state = state
         out.state_changes.append((payload.certificate_id, payload.replaced_by, state))
         out.history.append(
@@ -327,12 +331,19 @@ def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
 def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes) -> None:
     issuer = cert.issuing_member or cert.issuing_participant
     record = CertRecord(
-        cert.certificate_id, issuer, "ISSUED", event.event_id, event.cert_digest, parsed=cert
+        cert.certificate_id,
+        issuer,
+        CertificateState.ISSUED,
+        event.event_id,
+        event.cert_digest,
+        parsed=cert,
     )
     view.certs[cert.certificate_id] = record
     waiting = view.waiting.pop(cert.certificate_id, [])
     out.certificates.append((cert, event.producer, event))
-    out.history.append((cert.certificate_id, event.event_id, event.event_type, "ISSUED", ""))
+    out.history.append(
+        (cert.certificate_id, event.event_id, event.event_type, CertificateState.ISSUED, "")
+    )
     for confirmation_id in sorted(waiting):
         _confirm(record, confirmation_id, out)
         out.matched.append(confirmation_id)
@@ -352,8 +363,8 @@ def _apply_confirmation(
 def _confirm(record: CertRecord, confirmation_id: str, out: Changes) -> None:
     """A confirmation matched to its certificate: ISSUED becomes IMPORT_CONFIRMED."""
     cert_id = record.certificate_id
-    if record.state == "ISSUED":
-        record.state = "IMPORT_CONFIRMED"
+    if record.state == CertificateState.ISSUED:
+        record.state = CertificateState.IMPORT_CONFIRMED
         out.state_changes.append((cert_id, None, record.state))
     out.history.append((cert_id, confirmation_id, "ImportConfirmed", record.state, ""))
 
