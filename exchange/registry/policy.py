@@ -29,15 +29,13 @@ Decisions taken here (the contract leaves them open):
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 from exchange.domain import rules
-from exchange.domain.certificate import Certificate, HsCode, certificate_json_text
+from exchange.domain.certificate import Certificate, certificate_json_text
 from exchange.domain.codes import CertificateState, Decision, Reason
 from exchange.domain.events import (
     ImportConfirmation,
@@ -152,37 +150,6 @@ class Changes:
     gaps_opened: list[tuple[str, int]] = field(default_factory=list)
     gaps_filled: list[tuple[str, int]] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
-
-
-_HS_VALUES = {code.name: code.value for code in HsCode}
-
-
-def certificate_json(record: Mapping[str, Any]) -> dict[str, Any]:
-    """``Certificate.to_json()`` computed straight from the decoded Avro record.
-
-    Several times faster than building the dataclass tree first, and the ingest does it for
-    every certificate; tests check that both give the same dict.
-    """
-    return {key: _json_value(key, value) for key, value in record.items()}
-
-
-def _json_value(key: str, value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return f"{value:.2f}"
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {k: _json_value(k, v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(key, v) for v in value]
-    if key == "hs_code":
-        return _HS_VALUES.get(value, value)
-    return value
-
-
-def content_digest(body: Mapping[str, Any]) -> bytes:
-    """A digest of a certificate's JSON, to tell "same again" from "other content" cheaply."""
-    return text_digest(json.dumps(body, sort_keys=True, separators=(",", ":")))
 
 
 def text_digest(text: str) -> bytes:
