@@ -39,7 +39,17 @@ from exchange.domain.events import (
 )
 from exchange.domain.region import Policy
 from exchange.registry import policy
-from exchange.registry.policy import Changes, Context, Event, Verdict, View
+from exchange.registry.policy import (
+    Changes,
+    Confirmed,
+    Context,
+    Event,
+    Gap,
+    HistoryEntry,
+    StateChange,
+    Verdict,
+    View,
+)
 
 CTX = Context("XS", frozenset({"BW", "ZA"}), frozenset({"BW", "ZA", "AE"}), Policy())
 BOOK = {"XS": "ADMITTED", "BW": "ADMITTED", "ZA": "ADMITTED", "AE": "ADMITTED"}
@@ -138,7 +148,7 @@ def test_a_first_sequence_number_above_one_opens_a_gap_for_every_missing_number(
     reg = Registry()
     policy.track_sequence("BW", 4, "e4", reg.view, reg.changes)
     assert reg.view.open_gaps["BW"] == {1, 2, 3}
-    assert reg.changes.gaps_opened == [("BW", 1), ("BW", 2), ("BW", 3)]
+    assert reg.changes.gaps_opened == [Gap("BW", 1), Gap("BW", 2), Gap("BW", 3)]
     assert reg.view.high_water["BW"] == 4 and reg.changes.high_water == {"BW": 4}
 
 
@@ -147,7 +157,7 @@ def test_a_late_sequence_number_fills_its_gap_and_leaves_the_high_water_mark() -
     policy.track_sequence("BW", 3, "e3", reg.view, reg.changes)
     policy.track_sequence("BW", 2, "e2", reg.view, reg.changes)
     assert reg.view.open_gaps["BW"] == {1}
-    assert reg.changes.gaps_filled == [("BW", 2)]
+    assert reg.changes.gaps_filled == [Gap("BW", 2)]
     assert reg.view.high_water["BW"] == 3
 
 
@@ -194,9 +204,9 @@ def test_an_accepted_issuance_records_the_certificate_issued_with_its_history() 
     e = issued(1, 1)
     assert reg.deliver(e) == Verdict(Decision.ACCEPTED)
     assert reg.state(1) == CertificateState.ISSUED
-    assert [c[0].certificate_id for c in reg.changes.certificates] == [number(1)]
+    assert [c.certificate.certificate_id for c in reg.changes.certificates] == [number(1)]
     assert reg.changes.history == [
-        (number(1), e.event_id, "CertificateIssued", CertificateState.ISSUED, "")
+        HistoryEntry(number(1), e.event_id, "CertificateIssued", CertificateState.ISSUED, "")
     ]
 
 
@@ -242,8 +252,8 @@ def test_a_void_of_an_issued_certificate_voids_it_and_a_replacing_void_replaces_
     assert reg.deliver(event("BW", 4, replacing)).outcome is Decision.ACCEPTED
     assert (reg.state(1), reg.state(2)) == (CertificateState.VOIDED, CertificateState.REPLACED)
     assert reg.changes.state_changes == [
-        (number(1), None, CertificateState.VOIDED),
-        (number(2), number(3), CertificateState.REPLACED),
+        StateChange(number(1), None, CertificateState.VOIDED),
+        StateChange(number(2), number(3), CertificateState.REPLACED),
     ]
 
 
@@ -314,7 +324,7 @@ def test_a_confirmation_after_its_certificate_makes_it_import_confirmed() -> Non
     conf = event("AE", 1, confirmation(1))
     assert reg.deliver(conf).outcome is Decision.ACCEPTED
     assert reg.state(1) == CertificateState.IMPORT_CONFIRMED
-    assert reg.changes.confirmations == [(conf.payload, conf.event_id, True)]
+    assert reg.changes.confirmations == [Confirmed(conf.payload, conf.event_id, True)]
 
 
 def test_a_confirmation_before_its_certificate_waits_and_is_matched_when_it_arrives() -> None:
@@ -322,7 +332,7 @@ def test_a_confirmation_before_its_certificate_waits_and_is_matched_when_it_arri
     conf = event("AE", 1, confirmation(1))
     assert reg.deliver(conf).outcome is Decision.ACCEPTED  # a fact reported by the importer
     assert reg.view.waiting == {number(1): [conf.event_id]}
-    assert reg.changes.confirmations == [(conf.payload, conf.event_id, False)]
+    assert reg.changes.confirmations == [Confirmed(conf.payload, conf.event_id, False)]
     reg.deliver(issued(1, 1))
     assert reg.state(1) == CertificateState.IMPORT_CONFIRMED
     assert reg.changes.matched == [conf.event_id]

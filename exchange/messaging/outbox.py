@@ -64,6 +64,33 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class Sealed:
+    """Already-sealed bytes to queue as they are (the registry forwards accepted events)."""
+
+    event_id: str
+    event_type: str
+    exchange: str
+    routing_key: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unsent:
+    """One unsent outbox row as the relay reads it, in id order."""
+
+    id: int
+    event_id: str
+    event_type: str
+    exchange: str
+    routing_key: str
+    body: bytes
+
+    def outgoing(self) -> Outgoing:
+        """The message to publish."""
+        return Outgoing(self.exchange, self.routing_key, self.body, self.event_id, self.event_type)
+
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     """An appended event's id, sequence number and wire bytes."""
 
@@ -125,10 +152,14 @@ class OutboxWriter:
             _notify(cur, self.relay)
         return appended
 
-    def append_raw(self, cur: Cursor, rows: Sequence[tuple[str, str, str, str, bytes]]) -> None:
-        """Queue already-sealed bytes (event_id, event_type, exchange, routing_key, body)."""
+    def append_raw(self, cur: Cursor, rows: Sequence[Sealed]) -> None:
+        """Queue already-sealed bytes."""
         if rows:
-            insert_rows(cur, [(self.relay, *r) for r in rows])
+            insert_rows(
+                cur,
+                [(self.relay, r.event_id, r.event_type, r.exchange, r.routing_key, r.body)
+                 for r in rows],
+            )  # fmt: skip
 
 
 def insert_rows(cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -204,7 +235,7 @@ class OutboxRelay:
             if len(window) < _PIPELINE:
                 rows = self._read(after)
                 if rows:
-                    after = rows[-1][0]
+                    after = rows[-1].id
                     window.append(self._send(rows))
                     continue
             if window:
@@ -219,7 +250,7 @@ class OutboxRelay:
             self._wait_for_work(stop)
         self._settle_all(window)
 
-    def _read(self, after: int) -> list[tuple[Any, ...]]:
+    def _read(self, after: int) -> list[Unsent]:
         assert self._db is not None
         with translated("reading the outbox"), self._db.cursor() as cur:
             cur.execute(
@@ -227,15 +258,15 @@ class OutboxRelay:
                 "WHERE relay = %s AND sent_at IS NULL AND id > %s ORDER BY id LIMIT %s",
                 (self.relay, after, self.batch_size),
             )
-            rows = cur.fetchall()
+            rows = [Unsent(i, e, t, x, k, bytes(b)) for i, e, t, x, k, b in cur.fetchall()]
         self._db.commit()
         return rows
 
-    def _send(self, rows: list[tuple[Any, ...]]) -> _InFlight:
+    def _send(self, rows: list[Unsent]) -> _InFlight:
         assert self._publisher is not None
-        messages = [Outgoing(r[3], r[4], bytes(r[5]), r[1], r[2]) for r in rows]
+        messages = [r.outgoing() for r in rows]
         return _InFlight(
-            [r[0] for r in rows], self._publisher.publish_async(messages), time.monotonic()
+            [r.id for r in rows], self._publisher.publish_async(messages), time.monotonic()
         )
 
     def _settle(self, batch: _InFlight) -> bool:

@@ -29,7 +29,7 @@ from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.codes import Decision
 from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
 from exchange.messaging.consumer import INTERNAL_ERROR, Decoded
-from exchange.messaging.outbox import OutboxWriter, Pending
+from exchange.messaging.outbox import OutboxWriter, Pending, Sealed
 from exchange.registry import policy, store
 from exchange.registry.opening import Opened, Opener
 from exchange.registry.policy import Event, Verdict
@@ -70,10 +70,10 @@ class _Session:
     now: datetime
     view: policy.View
     rows: dict[str, store.LogRow] = field(default_factory=dict)
-    updates: list[tuple[str, str, str | None, str]] = field(default_factory=list)
+    updates: list[store.Redecided] = field(default_factory=list)
     changes: policy.Changes = field(default_factory=policy.Changes)
     outgoing: list[Pending] = field(default_factory=list)
-    accepted: list[tuple[str, str, str, str, bytes]] = field(default_factory=list)
+    accepted: list[Sealed] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
 
     def take(self, o: Opened) -> None:
@@ -106,7 +106,9 @@ class _Session:
             policy.apply(event, verdict, self.view, self.changes)
             row = self.rows.get(event.event_id)
             if row is None:  # held by an earlier batch
-                decided = (event.event_id, verdict.outcome, verdict.reason, verdict.detail)
+                decided = store.Redecided(
+                    event.event_id, verdict.outcome, verdict.reason, verdict.detail
+                )
                 self.updates.append(decided)
             else:
                 self.rows[event.event_id] = replace(
@@ -143,7 +145,7 @@ class _Session:
         if outcome != Decision.ACCEPTED or not verdict.changed:
             return
         self.accepted.append(
-            (
+            Sealed(
                 event.event_id,
                 event.event_type,
                 topology.ACCEPTED,
@@ -309,7 +311,7 @@ def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> 
 
 def gauge_gaps(view: policy.View, changes: policy.Changes) -> None:
     """Sequence-gap metrics of the producers a batch touched."""
-    for producer, _ in changes.gaps_opened:
-        metrics.SEQUENCE_GAPS.labels(producer).inc()
+    for gap in changes.gaps_opened:
+        metrics.SEQUENCE_GAPS.labels(gap.producer).inc()
     for producer, gaps in view.open_gaps.items():
         metrics.SEQUENCE_GAPS_OPEN.labels(producer).set(len(gaps))

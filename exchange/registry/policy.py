@@ -136,19 +136,82 @@ class Verdict:
     changed: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class NewCertificate:
+    """An accepted certificate, its producer and the event that carried it."""
+
+    certificate: Certificate
+    producer: str
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A certificate's new state (and what replaced it, for REPLACED)."""
+
+    certificate_id: str
+    replaced_by: str | None
+    state: CertificateState
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One certificate_history row: which event moved the certificate to which state."""
+
+    certificate_id: str
+    event_id: str
+    event_type: str
+    state: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """An accepted import confirmation; ``matched`` once its certificate is known."""
+
+    confirmation: ImportConfirmation
+    event_id: str
+    matched: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """An accepted production declaration."""
+
+    declaration: ProductionDeclaration
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceUse:
+    """A producer's sequence number and the event that used it."""
+
+    producer: str
+    sequence: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A producer's missing sequence number."""
+
+    producer: str
+    sequence: int
+
+
 @dataclass(slots=True)
 class Changes:
     """Rows to write, collected while applying verdicts (see store.write_changes)."""
 
-    certificates: list[tuple[Certificate, str, Event]] = field(default_factory=list)
-    state_changes: list[tuple[str, str | None, str]] = field(default_factory=list)
-    history: list[tuple[str, str, str, str, str]] = field(default_factory=list)
-    confirmations: list[tuple[ImportConfirmation, str, bool]] = field(default_factory=list)
+    certificates: list[NewCertificate] = field(default_factory=list)
+    state_changes: list[StateChange] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+    confirmations: list[Confirmed] = field(default_factory=list)
     matched: list[str] = field(default_factory=list)
-    production: list[tuple[ProductionDeclaration, str]] = field(default_factory=list)
-    sequences: list[tuple[str, int, str]] = field(default_factory=list)
-    gaps_opened: list[tuple[str, int]] = field(default_factory=list)
-    gaps_filled: list[tuple[str, int]] = field(default_factory=list)
+    production: list[Declared] = field(default_factory=list)
+    sequences: list[SequenceUse] = field(default_factory=list)
+    gaps_opened: list[Gap] = field(default_factory=list)
+    gaps_filled: list[Gap] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
 
 
@@ -256,18 +319,18 @@ def track_sequence(producer: str, sequence: int, event_id: str, view: View, out:
     if (producer, sequence) in view.used:
         return
     view.used[(producer, sequence)] = event_id
-    out.sequences.append((producer, sequence, event_id))
+    out.sequences.append(SequenceUse(producer, sequence, event_id))
     high = view.high_water.get(producer, 0)
     gaps = view.open_gaps.setdefault(producer, set())
     if sequence > high:
         for missing in range(high + 1, sequence):
             gaps.add(missing)
-            out.gaps_opened.append((producer, missing))
+            out.gaps_opened.append(Gap(producer, missing))
         view.high_water[producer] = sequence
         out.high_water[producer] = sequence
     elif sequence in gaps:
         gaps.discard(sequence)
-        out.gaps_filled.append((producer, sequence))
+        out.gaps_filled.append(Gap(producer, sequence))
 
 
 def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
@@ -285,14 +348,16 @@ def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
             CertificateState.VOIDED if payload.replaced_by is None else CertificateState.REPLACED
         )
         view.certs[payload.certificate_id].state = state
-        out.state_changes.append((payload.certificate_id, payload.replaced_by, state))
+        out.state_changes.append(StateChange(payload.certificate_id, payload.replaced_by, state))
         out.history.append(
-            (payload.certificate_id, event.event_id, event.event_type, state, payload.reason)
+            HistoryEntry(
+                payload.certificate_id, event.event_id, event.event_type, state, payload.reason
+            )
         )
     elif isinstance(payload, ImportConfirmation):
         _apply_confirmation(payload, event, view, out)
     elif isinstance(payload, ProductionDeclaration):
-        out.production.append((payload, event.event_id))
+        out.production.append(Declared(payload, event.event_id))
 
 
 def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes) -> None:
@@ -307,9 +372,11 @@ def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes
     )
     view.certs[cert.certificate_id] = record
     waiting = view.waiting.pop(cert.certificate_id, [])
-    out.certificates.append((cert, event.producer, event))
+    out.certificates.append(NewCertificate(cert, event.producer, event))
     out.history.append(
-        (cert.certificate_id, event.event_id, event.event_type, CertificateState.ISSUED, "")
+        HistoryEntry(
+            cert.certificate_id, event.event_id, event.event_type, CertificateState.ISSUED, ""
+        )
     )
     for confirmation_id in sorted(waiting):
         _confirm(record, confirmation_id, out)
@@ -320,7 +387,7 @@ def _apply_confirmation(
     confirmation: ImportConfirmation, event: Event, view: View, out: Changes
 ) -> None:
     record = view.certs.get(confirmation.certificate_id)
-    out.confirmations.append((confirmation, event.event_id, record is not None))
+    out.confirmations.append(Confirmed(confirmation, event.event_id, record is not None))
     if record is None:
         view.waiting.setdefault(confirmation.certificate_id, []).append(event.event_id)
         return
@@ -332,8 +399,8 @@ def _confirm(record: CertRecord, confirmation_id: str, out: Changes) -> None:
     cert_id = record.certificate_id
     if record.state == CertificateState.ISSUED:
         record.state = CertificateState.IMPORT_CONFIRMED
-        out.state_changes.append((cert_id, None, record.state))
-    out.history.append((cert_id, confirmation_id, "ImportConfirmed", record.state, ""))
+        out.state_changes.append(StateChange(cert_id, None, CertificateState.IMPORT_CONFIRMED))
+    out.history.append(HistoryEntry(cert_id, confirmation_id, "ImportConfirmed", record.state, ""))
 
 
 def releasable(view: View) -> list[Event]:
