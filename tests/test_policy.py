@@ -39,17 +39,8 @@ from exchange.domain.events import (
 )
 from exchange.domain.region import Policy
 from exchange.registry import policy
-from exchange.registry.policy import (
-    Changes,
-    Confirmed,
-    Context,
-    Event,
-    Gap,
-    HistoryEntry,
-    StateChange,
-    Verdict,
-    View,
-)
+from exchange.registry.changes import Changes, Confirmed, Gap, HistoryEntry, StateChange
+from exchange.registry.policy import Context, Event, Verdict, View
 
 CTX = Context("XS", frozenset({"BW", "ZA"}), frozenset({"BW", "ZA", "AE"}), Policy())
 BOOK = {"XS": "ADMITTED", "BW": "ADMITTED", "ZA": "ADMITTED", "AE": "ADMITTED"}

@@ -1,15 +1,18 @@
-"""The batch handler of ``kpx registry run``: open → lock → load → decide → record → commit.
+"""The registry's handler for the one consumer: open → lock → load → decide → record.
 
-Per batch: every delivery is opened (decoded and verified) before the transaction, so a
-second registry process does that CPU work in parallel; bytes that are no envelope are
-dead-lettered at once. Then ONE transaction takes advisory locks on every producer,
-certificate and event id the batch touches (sorted, so two processes never deadlock), loads
-the state they can touch, lets the pure policy decide each event in delivery order, and writes
-the event log, the state rows and the registry's outbox (decisions, shipment notices, the
-accepted events for the reconciler). The consumer acks after this returns.
+:class:`Ingest` is an :class:`exchange.messaging.consumer.Handler`. ``decode`` opens (decodes
+and verifies) every delivery before the transaction, so a second registry process does that
+CPU work in parallel; bytes that are no envelope are dead-lettered by the consumer (and their
+evidence recorded). ``record`` runs in the consumer's ONE transaction: it takes advisory locks
+on every producer, certificate and event id the batch touches (sorted, so two processes never
+deadlock), loads the state they can touch, lets the pure policy decide each event in delivery
+order, and :func:`write_decided` writes the event log, the state rows and the registry's
+outbox (decisions, shipment notices, the accepted events for the reconciler). The consumer
+acks after the commit; ``committed`` counts what the batch did.
 
-A batch that raises anything unexpected is retried one delivery at a time; the delivery that
-still raises is dead-lettered with the exception as its reason, and the others are recorded.
+A batch that raises anything unexpected is retried one delivery at a time by the consumer;
+the delivery that still raises is dead-lettered with the exception as its reason, and the
+others are recorded.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
 from exchange.messaging.consumer import INTERNAL_ERROR, Decoded
 from exchange.messaging.outbox import OutboxWriter, Pending, Sealed
 from exchange.registry import policy, store
+from exchange.registry.changes import Changes
 from exchange.registry.opening import Opened, Opener
 from exchange.registry.policy import Event, Verdict
 from exchange.wire import topology
@@ -71,7 +75,7 @@ class _Session:
     view: policy.View
     rows: dict[str, store.LogRow] = field(default_factory=dict)
     updates: list[store.Redecided] = field(default_factory=list)
-    changes: policy.Changes = field(default_factory=policy.Changes)
+    changes: Changes = field(default_factory=Changes)
     outgoing: list[Pending] = field(default_factory=list)
     accepted: list[Sealed] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
@@ -197,7 +201,7 @@ class Recorded:
 
     results: list[Result]
     view: policy.View
-    changes: policy.Changes
+    changes: Changes
 
 
 def write_decided(cur: Cursor, session: _Session, writer: OutboxWriter) -> None:
@@ -309,7 +313,7 @@ def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> 
             histogram.observe(value)
 
 
-def gauge_gaps(view: policy.View, changes: policy.Changes) -> None:
+def gauge_gaps(view: policy.View, changes: Changes) -> None:
     """Sequence-gap metrics of the producers a batch touched."""
     for gap in changes.gaps_opened:
         metrics.SEQUENCE_GAPS.labels(gap.producer).inc()

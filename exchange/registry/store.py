@@ -20,7 +20,8 @@ from exchange.adapters.postgres import Connection, Cursor, fetch_all
 from exchange.domain.certificate import Certificate
 from exchange.domain.codes import CertificateState, Decision
 from exchange.domain.region import Region
-from exchange.registry.policy import CertRecord, Changes, Event, View
+from exchange.registry.changes import Changes
+from exchange.registry.policy import CertRecord, Event, View
 from exchange.wire.signing import Keyring, VerifyKey
 
 _PAGE = 500
@@ -215,35 +216,7 @@ def write_changes(cur: Cursor, out: Changes) -> None:
     """Write the sequence bookkeeping and the state rows the verdicts produced."""
     _write_sequences(cur, out)
     _write_certificates(cur, out)
-    _values(
-        cur,
-        "INSERT INTO import_confirmations (event_id, certificate_id, issuing_participant, "
-        "importing_participant, received_on, parcels, carats, value_usd, seal_intact, remarks, "
-        "matched) VALUES %s",
-        [
-            (
-                e,
-                c.certificate_id,
-                c.issuing_participant,
-                c.importing_participant,
-                c.received_on,
-                c.parcels,
-                c.carats,
-                c.value_usd,
-                c.seal_intact,
-                c.remarks,
-                matched,
-            )
-            for c, e, matched in (
-                (x.confirmation, x.event_id, x.matched) for x in out.confirmations
-            )
-        ],
-    )
-    if out.matched:
-        cur.execute(
-            "UPDATE import_confirmations SET matched = true WHERE event_id = ANY(%s::uuid[])",
-            (out.matched,),
-        )
+    _write_confirmations(cur, out)
     _values(
         cur,
         "INSERT INTO production (event_id, participant, period, producer_id, carats, value_usd) "
@@ -254,6 +227,27 @@ def write_changes(cur: Cursor, out: Changes) -> None:
             if (d := x.declaration)
         ],
     )
+
+
+def _write_confirmations(cur: Cursor, out: Changes) -> None:
+    _values(
+        cur,
+        "INSERT INTO import_confirmations (event_id, certificate_id, issuing_participant, "
+        "importing_participant, received_on, parcels, carats, value_usd, seal_intact, remarks, "
+        "matched) VALUES %s",
+        [
+            (x.event_id, c.certificate_id, c.issuing_participant, c.importing_participant,
+             c.received_on, c.parcels, c.carats, c.value_usd, c.seal_intact, c.remarks,
+             x.matched)
+            for x in out.confirmations
+            if (c := x.confirmation)
+        ],
+    )  # fmt: skip
+    if out.matched:
+        cur.execute(
+            "UPDATE import_confirmations SET matched = true WHERE event_id = ANY(%s::uuid[])",
+            (out.matched,),
+        )
 
 
 def _write_sequences(cur: Cursor, out: Changes) -> None:
