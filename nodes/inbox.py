@@ -13,11 +13,11 @@ import logging
 from collections.abc import Sequence
 
 from exchange.adapters import metrics
-from exchange.adapters.postgres import Connection, Cursor
+from exchange.adapters.postgres import Cursor
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import Decision, DiscrepancyNotice, ShipmentNotice, StatusChange
 from exchange.errors import PermanentError
-from exchange.messaging.consumer import Decoded
+from exchange.messaging.consumer import Database, Decoded
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
 from nodes import store
@@ -64,7 +64,7 @@ class Inbox:
 
     def committed(
         self,
-        conn: Connection,
+        db: Database,
         results: Sequence[list[str]],
         culprits: Sequence[tuple[Envelope, bytes]],
     ) -> None:

@@ -28,6 +28,7 @@ from exchange.adapters.management import Admin
 from exchange.adapters.postgres import connect, dsn_for, migrate, transaction
 from exchange.app.runtime import Runtime
 from exchange.domain.region import Region, load_region
+from exchange.messaging.consumer import Health
 from exchange.reconciler import service as reconciler_service
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore, default_store
@@ -267,6 +268,19 @@ def rt(
     tmp = tmp_path_factory.mktemp("region")
     with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
         yield runtime
+
+
+def test_health_is_ok_only_while_consuming_with_every_watched_thread_alive() -> None:
+    health, release = Health(), threading.Event()
+    relay = threading.Thread(target=release.wait, daemon=True)
+    relay.start()
+    health.watch("relay", relay)
+    assert health.check() == (False, "consumer down, relay up\n")
+    health.consuming.set()
+    assert health.check() == (True, "consumer up, relay up\n")
+    release.set()
+    relay.join(timeout=5)
+    assert health.check() == (False, "consumer up, relay down\n")
 
 
 def healthz(port: int) -> int | None:

@@ -75,7 +75,7 @@ class Handler(Protocol[T, R]):
         """Decide and write ``items`` inside the consumer's one transaction."""
         ...
 
-    def committed(self, conn: Connection, results: Sequence[R], culprits: Sequence[T]) -> None:
+    def committed(self, db: Database, results: Sequence[R], culprits: Sequence[T]) -> None:
         """Observe what the committed transactions did (metrics observe, never steer)."""
         ...
 
@@ -192,7 +192,7 @@ class Consumer(Generic[T, R]):
             )
             results, culprits = self._one_by_one(pairs)
         self._dead_done.clear()
-        self.handler.committed(self.db.get(), results, culprits)
+        self.handler.committed(self.db, results, culprits)
 
     def _decode(self, delivery: Delivery) -> T | None:
         try:

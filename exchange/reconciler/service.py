@@ -121,14 +121,16 @@ class Recording:
         return Batch([env.event_type for env in items], raised)
 
     def committed(
-        self, conn: Connection, results: Sequence[Batch], culprits: Sequence[Envelope]
+        self, db: Database, results: Sequence[Batch], culprits: Sequence[Envelope]
     ) -> None:
         """Count the events and the discrepancies raised; refresh the open gauge."""
         for batch in results:
             for event_type in batch.event_types:
                 metrics.RECONCILER_EVENTS.labels(event_type).inc()
             self.recorded += len(batch.event_types)
-        count_raised([r for batch in results for r in batch.raised], conn)
+        raised = [r for batch in results for r in batch.raised]
+        if raised:  # the gauge needs the database; a batch of dead letters does not
+            count_raised(raised, db.get())
 
 
 def spec(batch_size: int = 250) -> Spec:

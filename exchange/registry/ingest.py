@@ -27,11 +27,11 @@ from enum import StrEnum
 from prometheus_client import Counter
 
 from exchange.adapters import metrics
-from exchange.adapters.postgres import Connection, Cursor
+from exchange.adapters.postgres import Cursor
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.codes import Decision
 from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
-from exchange.messaging.consumer import INTERNAL_ERROR, Decoded
+from exchange.messaging.consumer import INTERNAL_ERROR, Database, Decoded
 from exchange.messaging.outbox import OutboxWriter, Pending, Sealed
 from exchange.registry import policy, store
 from exchange.registry.changes import Changes
@@ -245,7 +245,7 @@ class Ingest:
         return Recorded(session.results, session.view, session.changes)
 
     def committed(
-        self, conn: Connection, results: Sequence[Recorded], culprits: Sequence[Opened]
+        self, db: Database, results: Sequence[Recorded], culprits: Sequence[Opened]
     ) -> None:
         """Count what the committed transactions did; a culprit counts as dead-lettered."""
         every: list[Result] = []
