@@ -12,7 +12,9 @@ In the spirit of eventsourcing's ``Follower``: a service supplies a :class:`Hand
 - **dead-letter exactly once.** What ``decode`` sets aside is published to ``kpx.dead`` with
   its reason before the transaction — never inside it — and a retried batch (the database
   restarting) does not publish it again: the delivery tags already dead-lettered are
-  remembered until the batch is acked or the channel is gone.
+  remembered until the batch is acked or the channel is gone. Only a lost channel between
+  the dead-lettering and the ack (the broker gone, or the BatchConsumer giving the batch
+  back after its last retry) can publish it a second time, on redelivery.
 - **poison isolation.** A batch whose ``record`` raises anything but TransientError is
   recorded again one delivery at a time; the delivery that still raises is dead-lettered as
   ``INTERNAL_ERROR`` and handed to ``committed`` as a culprit, the others are recorded.
