@@ -22,10 +22,11 @@ import click
 
 from exchange.adapters import metrics
 from exchange.adapters.postgres import connect, transaction
+from exchange.adapters.retry import stopped_quietly
 from exchange.adapters.signals import stop_on_signals
 from exchange.domain.events import DiscrepancyKind
 from exchange.domain.kpstats import FORMATS, Period, render, summary_line
-from exchange.errors import KpxError, TransientError
+from exchange.errors import KpxError
 from exchange.messaging.consumer import Health
 from exchange.reconciler import aggregation, deadline_checks, service, store
 from exchange.wire import topology
@@ -57,21 +58,17 @@ def run(metrics_port: int) -> None:
     metrics.serve(metrics_port, health.check)
     producer = topology.reconciler_producer(obj.region.code)
     try:
-        service.run_service(
-            obj.registry_dsn,
-            obj.amqp_url(topology.reconciler_user(obj.region.vhost)),
-            obj.region,
-            obj.store,
-            obj.keyring(),
-            obj.signer(producer),
-            stop,
-            health,
-        )
-    except TransientError as exc:
-        if not stop.is_set():
-            raise _fail(exc) from exc
-        # Stopped while reconnecting: nothing was in flight, so this is a clean stop.
-        log.info("reconciler: stopped while reconnecting (%s)", exc)
+        with stopped_quietly(stop, log, "reconciler"):
+            service.run_service(
+                obj.registry_dsn,
+                obj.amqp_url(topology.reconciler_user(obj.region.vhost)),
+                obj.region,
+                obj.store,
+                obj.keyring(),
+                obj.signer(producer),
+                stop,
+                health,
+            )
     except KpxError as exc:
         raise _fail(exc) from exc
 
