@@ -32,7 +32,7 @@ from exchange.messaging.consumer import Health
 from exchange.reconciler import service as reconciler_service
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore, default_store
-from exchange.wire.envelope import seal
+from exchange.wire.envelope import open_envelope, seal
 from exchange.wire.signing import Keyring, Signer, generate_key
 from nodes.service import NodeService
 from nodes.service import migrate as migrate_node
@@ -256,6 +256,52 @@ def test_a_node_dead_letters_a_bad_message_once_however_often_its_batch_is_retri
         stopped(stop, thread)
     assert attempts(database.url) == 3
     assert dead_letters(vhost) == [b"not an envelope"]
+
+
+def test_an_event_the_reconciler_cannot_record_is_dead_lettered_and_the_rest_recorded(
+    vhost: Vhost,
+    database: Database,
+    region: Region,
+    codec: SchemaStore,
+    keyring: Keyring,
+    signers: dict[str, Signer],
+) -> None:
+    """Before the one consumer the reconciler stopped on it (and met it again at restart)."""
+    topology_on(vhost, region)
+    conn = connect(database.url)
+    migrate(conn, "exchange.registry")
+    conn.close()
+    reconciler_service.prepare(database.url)
+    poison, good = certificate_issued(codec, signers["BW"]), status_change(codec, signers["XS"], 1)
+    poison_id = str(open_envelope(codec, keyring, poison).event_id)
+    conn = connect(database.url)
+    try:  # a bug's stand-in: an error no retry cures, for this one event only
+        with transaction(conn) as cur:
+            cur.execute(
+                "CREATE FUNCTION kpxt_bug() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                f" IF NEW.event_id = '{poison_id}' THEN RAISE EXCEPTION 'a bug'; END IF;"
+                " RETURN NEW; END $$"
+            )
+            cur.execute(
+                "CREATE TRIGGER kpxt_bug BEFORE INSERT ON recon.processed"
+                " FOR EACH ROW EXECUTE FUNCTION kpxt_bug()"
+            )
+    finally:
+        conn.close()
+    publish(vhost, topology.ACCEPTED, "x.accepted", [poison, good])
+    ctx = reconciler_service.context(region, codec, signers["XS-RECONCILER"])
+    reconciler = reconciler_service.Reconciler(database.url, vhost.amqp_url, ctx, codec, keyring)
+    stop, thread = running(reconciler.run)
+    try:
+        wait_until(
+            lambda: count(database.url, "SELECT count(*) FROM recon.processed") == 1,
+            "the other event recorded",
+        )
+        wait_until(lambda: dead_count(vhost) == 1, "the event that cannot be recorded set aside")
+        assert thread.is_alive(), "the reconciler stopped"
+    finally:
+        stopped(stop, thread)
+    assert dead_letters(vhost) == [poison]
 
 
 # --------------------------------------------------------------------------- health
