@@ -248,15 +248,12 @@ class RelayThread:
     def __init__(self, dsn: str, amqp_url: str, relay: str, health: Health) -> None:
         self.dsn, self.relay = dsn, relay
         self._stop = threading.Event()
+        # Its own stop event: the relay keeps publishing while the consumer drains.
         worker = OutboxRelay(dsn, amqp_url, relay)
         self.thread = threading.Thread(
-            target=self._run, args=(worker,), name=f"relay-{relay}", daemon=True
+            target=worker.run, args=(self._stop,), name=f"relay-{relay}", daemon=True
         )
         health.watch("relay", self.thread)
-
-    def _run(self, worker: OutboxRelay) -> None:
-        with stopped_quietly(self._stop, log, f"relay {self.relay}"):
-            worker.run(self._stop)
 
     def start(self) -> RelayThread:
         """Start the thread; returns self."""
