@@ -258,3 +258,17 @@ def test_a_level_one_tile_hash_is_the_root_of_256_leaves() -> None:
     assert hashes.read(tile.Tile(0, 1, 44).hash_indexes()) == leaves[256:]
     [top] = hashes.read(tile.tile_for_size(1, 0, 300).hash_indexes())
     assert top == tree.merkle_root(leaves[:256])
+
+
+def test_the_right_edge_stores_what_the_stored_hash_index_expects() -> None:
+    hashes = tree.MemoryHashes()
+    edge = tree.RightEdge(0, [])
+    for i in range(70):
+        data = i.to_bytes(2, "big")
+        stored = edge.append(tree.leaf_hash(data))
+        start = len(hashes.hashes)
+        hashes.append(data)
+        assert stored == list(enumerate(hashes.hashes[start:], start))
+        assert edge.root() == hashes.root()
+        resumed = tree.RightEdge(hashes.size, hashes.read(tree.range_indexes(0, hashes.size)))
+        assert resumed.root() == hashes.root()

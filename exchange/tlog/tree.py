@@ -135,6 +135,43 @@ def merkle_root(leaf_hashes: Sequence[bytes]) -> bytes:
     return node_hash(merkle_root(leaf_hashes[:k]), merkle_root(leaf_hashes[k:]))
 
 
+class RightEdge:
+    """The complete subtrees on a tree's right edge: all appending and the root need.
+
+    Built from the stored hashes at ``range_indexes(0, size)``; :meth:`append` returns the
+    ``(stored-hash index, hash)`` pairs a new leaf adds, so a batch of appends reads
+    log2(size) hashes once and computes the rest in memory.
+    """
+
+    def __init__(self, size: int, edge: Sequence[bytes]) -> None:
+        self.size = size
+        # (height, hash), largest subtree first: the binary digits of size, high to low
+        heights = [level for level in range(size.bit_length() - 1, -1, -1) if size >> level & 1]
+        if len(heights) != len(edge):
+            raise ValueError(f"a tree of size {size} has {len(heights)} edge hashes")
+        self.edge = list(zip(heights, edge, strict=True))
+
+    def append(self, leaf: bytes) -> list[tuple[int, bytes]]:
+        """Add a leaf hash; returns what to store."""
+        n = self.size
+        out = [(stored_hash_index(0, n), leaf)]
+        height, h = 0, leaf
+        while self.edge and self.edge[-1][0] == height:
+            _, left = self.edge.pop()
+            h = node_hash(left, h)
+            height += 1
+            out.append((out[-1][0] + 1, h))
+        self.edge.append((height, h))
+        self.size += 1
+        return out
+
+    def root(self) -> bytes:
+        """The tree hash of the current size."""
+        if not self.edge:
+            return EMPTY_HASH
+        return fold_range([h for _, h in self.edge])
+
+
 class MemoryHashes:
     """Stored hashes in a list: the reference store for tests, verifiers and the benchmark."""
 
