@@ -19,6 +19,7 @@ from exchange.wire import topology
 from nodes import store
 from nodes.operations import Node, Result
 from nodes.service import NodeService, migrate
+from nodes.witness import Witness, load_log_key
 
 member_option = click.option(
     "--member",
@@ -59,6 +60,7 @@ def run(member: str, metrics_port: int | None) -> None:
         schemas=rt.store,
         keyring=rt.keyring(),
         senders=frozenset({rt.region.code, rt.reconciler_producer}),
+        witness=_witness(rt, member),
     )
     stop = stop_on_signals()
     try:
@@ -67,6 +69,13 @@ def run(member: str, metrics_port: int | None) -> None:
         if not stop.is_set():
             raise
         # Stopped while reconnecting: every unsent event stays in the outbox; a clean stop.
+
+
+def _witness(rt: Runtime, code: str) -> Witness:
+    """The node's witness of the registry's log (DESIGN §12)."""
+    signer = rt.signer(code)
+    writer = OutboxWriter(rt.store, signer)
+    return Witness(code, rt.region.code, load_log_key(rt.keys_dir), signer, writer)
 
 
 @node.command("submit")

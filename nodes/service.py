@@ -14,6 +14,7 @@ from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import VerifiesEvents
 from nodes.inbox import Inbox
+from nodes.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class NodeService:
     schemas: SchemaStore
     keyring: VerifiesEvents
     senders: frozenset[str]
+    witness: Witness | None = None  # the log's witness (DESIGN §12)
 
     def run(self, stop: threading.Event, metrics_port: int | None = None) -> None:
         """Relay the outbox and consume the inbox until ``stop`` is set; then drain and return."""
@@ -64,7 +66,9 @@ class NodeService:
             prefetch=200,
             batch_size=100,
         )
-        inbox = Inbox(self.code, conn, self.schemas, self.keyring, self.senders, connect)
+        inbox = Inbox(
+            self.code, conn, self.schemas, self.keyring, self.senders, connect, self.witness
+        )
         inbox.consumer = consumer
         try:
             consumer.connect()

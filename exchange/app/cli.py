@@ -161,6 +161,7 @@ cli.add_command(submit_all, "submit")
 
 def _attach_parts() -> None:
     """Attach the registry, reconciler and demo commands (imported late: they are heavier)."""
+    from exchange.app.logaudit import audit
     from exchange.demo.commands import demo
     from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
     from exchange.registry.commands import registry
@@ -168,6 +169,7 @@ def _attach_parts() -> None:
 
     registry.add_command(discrepancies)
     registry.add_command(log_group)
+    node.add_command(audit)
     for command in (registry, reconciler, reconcile, stats, demo):
         cli.add_command(command)
 

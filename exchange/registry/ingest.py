@@ -65,7 +65,7 @@ class _Session:
     outgoing: list[Pending] = field(default_factory=list)
     accepted: list[tuple[str, str, str, str, bytes]] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
-    leaves: list[tuple[str, bytes]] = field(default_factory=list)  # for the log, DESIGN §12
+    leaves: list[Event] = field(default_factory=list)  # accepted, for the log (DESIGN §12)
 
     def take(self, o: Opened) -> None:
         """Decide and record one opened delivery."""
@@ -126,7 +126,7 @@ class _Session:
         if outcome == HELD:
             return
         if outcome == ACCEPTED:
-            self.leaves.append((event.event_id, event.raw))
+            self.leaves.append(event)
         recipient = policy.decision_recipient(event.producer, self.ctx.node_codes)
         cert_id = event.certificate_id
         self._answer(recipient, event.event_id, event.event_type, event.sequence, cert_id, verdict)

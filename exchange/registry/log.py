@@ -20,18 +20,17 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2.extras
 
 from exchange.adapters.postgres import Connection, Cursor, transaction
-from exchange.domain.region import Region
 from exchange.errors import KeyFileError, MalformedNote, NotFound
-from exchange.messaging.outbox import OutboxWriter
 from exchange.tlog import checkpoint, note, proof, tile, tree
 from exchange.tlog.checkpoint import Checkpoint
 
 KEY_FILE = "log.key"  # in the registry's keys folder: the PRIVATE+KEY note signer line
+PUB_FILE = "log.pub"  # its verifier key line, for the nodes (nodes/witness.py reads it)
 _PAGE = 1000
 
 
@@ -45,21 +44,32 @@ class Appended:
     consistency: list[bytes]  # from previous_size to the new size
 
 
-Announce = Callable[[Cursor, Appended], None]
+class Leaf(Protocol):
+    """What the log needs of an accepted event (``policy.Event`` is one)."""
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def raw(self) -> bytes: ...
+
+
+Announce = Callable[[Cursor, Appended, Sequence[Any]], None]
 
 
 class LogWriter:
     """Appends accepted events and signs checkpoints, inside the caller's transaction.
 
-    ``announce`` (when given) writes the new checkpoint to the outbox for the witnesses, in
-    the same transaction.
+    ``announce`` (when given) is called with the new checkpoint and the batch's leaves, in
+    the same transaction: it keeps the cosignatures among them and sends the checkpoint to
+    the witnesses (exchange/registry/witnessing.py).
     """
 
     def __init__(self, signer: note.Signer, origin: str, announce: Announce | None = None):
         self.signer, self.origin, self.announce = signer, origin, announce
 
-    def append(self, cur: Cursor, leaves: Sequence[tuple[str, bytes]]) -> Appended | None:
-        """Append ``(event_id, envelope bytes)`` in order; None when there are none."""
+    def append(self, cur: Cursor, leaves: Sequence[Leaf]) -> Appended | None:
+        """Append the events' envelope bytes in order; None when there are none."""
         if not leaves:
             return None
         cur.execute("SELECT tree_size FROM log_head FOR UPDATE")
@@ -67,9 +77,9 @@ class LogWriter:
         edge = tree.RightEdge(size, read_hashes(cur, tree.range_indexes(0, size)))
         rows: list[tuple[int, str, bytes]] = []
         stored: list[tuple[int, bytes]] = []
-        for event_id, body in leaves:
-            leaf = tree.leaf_hash(body)
-            rows.append((edge.size, event_id, leaf))
+        for event in leaves:
+            leaf = tree.leaf_hash(event.raw)
+            rows.append((edge.size, event.event_id, leaf))
             stored += edge.append(leaf)
         new = Checkpoint(self.origin, edge.size, edge.root())
         text = checkpoint.sign_checkpoint(new, self.signer)
@@ -83,14 +93,8 @@ class LogWriter:
         reader = _overlay(cur, dict(stored))
         appended = Appended(new, text, size, proof.prove_consistency(size, new.size, reader))
         if self.announce is not None:
-            self.announce(cur, appended)
+            self.announce(cur, appended, leaves)
         return appended
-
-
-def writer(signer: note.Signer, region: Region, outbox: OutboxWriter) -> LogWriter:
-    """The registry's log writer (announcing checkpoints to the witnesses comes with them)."""
-    del outbox  # the witnesses' messages are written here once their schema exists
-    return LogWriter(signer, checkpoint.origin_for(region.code))
 
 
 def _insert(cur: Cursor, query: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -139,12 +143,15 @@ def ensure_key(keys_dir: Path, region: str) -> bool:
     """Generate the log key under the name ``kpx/<REGION>`` if there is none; True if new."""
     path = key_path(keys_dir)
     if path.exists():
+        if not (keys_dir / PUB_FILE).exists():
+            (keys_dir / PUB_FILE).write_text(f"{load_key(keys_dir).verifier}\n", "ascii")
         return False
     signer = note.generate_signer(checkpoint.origin_for(region))
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as out:
         out.write(f"{signer}\n")
+    (keys_dir / PUB_FILE).write_text(f"{signer.verifier}\n", "ascii")
     return True
 
 

@@ -1,0 +1,109 @@
+"""``kpx node audit --member XX``: does the registry's log hold what this node knows?
+
+Passes (no problem) only when, against the registry's latest checkpoint (signed with the log
+key this node was given):
+
+- every event this node had accepted is included, and its leaf is exactly the envelope
+  bytes the node sent (so the registry cannot stand in other bytes for them);
+- every checkpoint this node stored as a witness is consistent with the latest one (a
+  registry that showed this node another history than it shows now is caught here), and
+  none is larger than the latest (a log that shrank);
+- no checkpoint was refused by this node's witness (a fork or forgery seen earlier).
+
+The registry is reached through a :class:`LogSource` (its database in a one-machine region,
+its ``/log`` HTTP face elsewhere), so this module holds only the checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from exchange.adapters.postgres import Cursor
+from exchange.errors import BadProof, BadSignature, KpxError, MalformedNote, NotFound
+from exchange.tlog import checkpoint, proof, tree
+from exchange.tlog.checkpoint import Checkpoint
+from exchange.tlog.note import Verifier
+
+
+class LogSource(Protocol):
+    """What an auditor asks of the registry's log."""
+
+    def latest_checkpoint_note(self) -> str:
+        """The latest checkpoint note (cosignatures may follow)."""
+        ...
+
+    def inclusion(self, event_id: str, size: int) -> tuple[int, bytes, list[bytes]]:
+        """(leaf index, leaf bytes, audit path) of an event in the tree of ``size``."""
+        ...
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        """The consistency proof from tree size ``old`` to ``new``."""
+        ...
+
+
+@dataclass
+class AuditReport:
+    """What the audit checked and what failed."""
+
+    latest: Checkpoint | None = None
+    events: int = 0
+    checkpoints: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> AuditReport:
+    """Run every check of the module docstring; never raises for a failed check."""
+    report = AuditReport()
+    try:
+        latest, _ = checkpoint.open_checkpoint(
+            source.latest_checkpoint_note(), log_key, checkpoint.origin_for(region)
+        )
+    except (BadSignature, MalformedNote, NotFound) as exc:
+        report.problems.append(f"latest checkpoint: {exc}")
+        return report
+    report.latest = latest
+    _check_events(cur, source, latest, report)
+    _check_checkpoints(cur, source, latest, report)
+    cur.execute("SELECT tree_size, reason, detail FROM witness_refusals ORDER BY id")
+    for size, reason, detail in cur.fetchall():
+        report.problems.append(f"witness refused checkpoint {size} ({reason}): {detail}")
+    return report
+
+
+def _check_events(cur: Cursor, source: LogSource, latest: Checkpoint, report: AuditReport) -> None:
+    cur.execute(
+        "SELECT DISTINCT ON (e.event_id) e.event_id::text, o.body FROM node_events e "
+        "JOIN outbox o ON o.event_id = e.event_id "
+        "WHERE e.registry_state = 'ACCEPTED' ORDER BY e.event_id"
+    )
+    for event_id, body in cur.fetchall():
+        report.events += 1
+        try:
+            index, leaf, path = source.inclusion(event_id, latest.size)
+            if leaf != bytes(body):
+                raise BadProof(f"leaf {index} is not the envelope this node sent")
+            proof.verify_inclusion(index, latest.size, tree.leaf_hash(leaf), path, latest.root)
+        except KpxError as exc:
+            report.problems.append(f"event {event_id}: not included in the latest tree: {exc}")
+
+
+def _check_checkpoints(
+    cur: Cursor, source: LogSource, latest: Checkpoint, report: AuditReport
+) -> None:
+    cur.execute("SELECT tree_size, root_hash FROM witness_checkpoints ORDER BY 1")
+    for size, root in cur.fetchall():
+        report.checkpoints += 1
+        if size > latest.size:
+            report.problems.append(
+                f"checkpoint {size}: larger than the latest ({latest.size}): the log shrank"
+            )
+            continue
+        try:
+            path = source.consistency(size, latest.size)
+            proof.verify_consistency(size, latest.size, bytes(root), latest.root, path)
+        except KpxError as exc:
+            report.problems.append(
+                f"checkpoint {size} stored by this node is not consistent with the latest "
+                f"checkpoint {latest.size}: {exc}"
+            )
