@@ -29,11 +29,14 @@ class RegistryDatabase:
         """The latest checkpoint, cosignatures attached."""
         return registry_log.latest_checkpoint_note(self.conn)
 
-    def inclusion(self, event_id: str, size: int) -> tuple[int, bytes, list[bytes]]:
-        """Leaf index, bytes and audit path of an event in the tree of ``size``."""
-        index, body = registry_log.leaf_of_event(self.conn, event_id)
+    def leaf(self, event_id: str) -> tuple[int, bytes]:
+        """Leaf index and envelope bytes of an event."""
+        return registry_log.leaf_of_event(self.conn, event_id)
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        """The audit path of a leaf in the tree of ``size``."""
         with transaction(self.conn) as cur:
-            return index, body, proof.prove_inclusion(index, size, registry_log.reader(cur))
+            return proof.prove_inclusion(index, size, registry_log.reader(cur))
 
     def consistency(self, old: int, new: int) -> list[bytes]:
         """The consistency proof between two sizes."""

@@ -36,11 +36,11 @@ _PAGE = 1000
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """What one batch added: the new checkpoint, its note, and the size it grew from."""
+    """What one batch added: the new checkpoint, its note, and the last announced size."""
 
     checkpoint: Checkpoint
     note: str
-    previous_size: int
+    previous_size: int  # of the newest checkpoint announced to the witnesses
     consistency: list[bytes]  # from previous_size to the new size
 
 
@@ -54,7 +54,8 @@ class Leaf(Protocol):
     def raw(self) -> bytes: ...
 
 
-Announce = Callable[[Cursor, Appended, Sequence[Any]], None]
+# Called with the new checkpoint and the batch's leaves; True if it announced the checkpoint.
+Announce = Callable[[Cursor, Appended, Sequence[Any]], bool]
 
 
 class LogWriter:
@@ -86,14 +87,16 @@ class LogWriter:
         _insert(cur, "INSERT INTO log_leaves (leaf_index, event_id, leaf_hash) VALUES %s", rows)
         _insert(cur, "INSERT INTO log_hashes (hash_index, hash) VALUES %s", stored)
         cur.execute("UPDATE log_head SET tree_size = %s", (edge.size,))
-        cur.execute(
-            "INSERT INTO log_checkpoints (tree_size, root_hash, note) VALUES (%s, %s, %s)",
-            (new.size, new.root, text),
-        )
+        previous = _latest_announced_size(cur)
         reader = _overlay(cur, dict(stored))
-        appended = Appended(new, text, size, proof.prove_consistency(size, new.size, reader))
-        if self.announce is not None:
-            self.announce(cur, appended, leaves)
+        proof_ = proof.prove_consistency(previous, new.size, reader)
+        appended = Appended(new, text, previous, proof_)
+        announced = self.announce(cur, appended, leaves) if self.announce else True
+        cur.execute(
+            "INSERT INTO log_checkpoints (tree_size, root_hash, note, announced) "
+            "VALUES (%s, %s, %s, %s)",
+            (new.size, new.root, text, announced),
+        )
         return appended
 
 
@@ -168,13 +171,22 @@ def load_key(keys_dir: Path) -> note.Signer:
 
 
 def latest_checkpoint(conn: Connection) -> tuple[Checkpoint, str]:
-    """The newest signed checkpoint and its note (without cosignatures); raises NotFound."""
+    """The newest served checkpoint and its note (without cosignatures); raises NotFound."""
     with transaction(conn) as cur:
         return _latest(cur)
 
 
+def _latest_announced_size(cur: Cursor) -> int:
+    cur.execute("SELECT max(tree_size) FROM log_checkpoints WHERE announced")
+    row = cur.fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
 def _latest(cur: Cursor) -> tuple[Checkpoint, str]:
-    cur.execute("SELECT tree_size, root_hash, note FROM log_checkpoints ORDER BY 1 DESC LIMIT 1")
+    cur.execute(
+        "SELECT tree_size, root_hash, note FROM log_checkpoints WHERE announced "
+        "ORDER BY 1 DESC LIMIT 1"
+    )
     row = cur.fetchone()
     if row is None:
         raise NotFound("the log has no checkpoint yet: no event was accepted")
@@ -183,7 +195,7 @@ def _latest(cur: Cursor) -> tuple[Checkpoint, str]:
 
 
 def latest_checkpoint_note(conn: Connection) -> str:
-    """The newest checkpoint note with every cosignature the registry holds for it."""
+    """The newest served checkpoint's note with every cosignature the registry holds for it."""
     with transaction(conn) as cur:
         cp, text = _latest(cur)
         cur.execute(

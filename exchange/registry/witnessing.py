@@ -44,14 +44,14 @@ class Witnessing:
     def __init__(self, region: str, nodes: Iterable[str], outbox: OutboxWriter) -> None:
         self.region, self.nodes, self.outbox = region, sorted(nodes), outbox
 
-    def __call__(self, cur: Cursor, appended: Appended, leaves: Sequence[Any]) -> None:
-        """The LogWriter's ``announce`` hook."""
+    def __call__(self, cur: Cursor, appended: Appended, leaves: Sequence[Any]) -> bool:
+        """The LogWriter's ``announce`` hook; True if the checkpoint went to the nodes."""
         cosigned = [e for e in leaves if isinstance(e.payload, Cosignature)]
         for event in cosigned:
             outcome = self._keep(cur, event.producer, event.payload)
             COSIGNATURES.labels(event.producer, outcome).inc()
         if len(cosigned) == len(leaves):
-            return
+            return False
         notice = CheckpointNotice(
             appended.note, appended.previous_size, tuple(appended.consistency)
         ).to_record()
@@ -62,6 +62,7 @@ class Witnessing:
                 for code in self.nodes
             ],
         )
+        return True
 
     def _keep(self, cur: Cursor, producer: str, cosigned: Cosignature) -> str:
         cur.execute("SELECT note FROM log_checkpoints WHERE tree_size = %s", (cosigned.tree_size,))
