@@ -43,12 +43,16 @@ log = logging.getLogger(__name__)
 
 LOG_PUB = "log.pub"  # the log's verifier key line, given to every node
 
+OUTCOMES = ("stored", "duplicate", "inconsistent", "bad_signature", "unverifiable", "malformed")
+# "witness", not "node": the nodes' scrape job already labels its targets with node=<CODE>.
 CHECKPOINTS = Counter(
     "kpx_witness_checkpoints_total",
-    "Log checkpoints a node received, by outcome.",
-    ["node", "outcome"],  # stored | duplicate | inconsistent | bad_signature | unverifiable
+    "Log checkpoints a node received as a witness, by outcome.",
+    ["witness", "outcome"],
 )
-TREE_SIZE = Gauge("kpx_witness_tree_size", "Size of the newest checkpoint a node stored.", ["node"])
+TREE_SIZE = Gauge(
+    "kpx_witness_tree_size", "Size of the newest log checkpoint a node stored.", ["witness"]
+)
 
 
 def load_log_key(keys_dir: Path) -> note.Verifier:
@@ -83,6 +87,8 @@ class Witness:
         self.code, self.origin, self.log_key = code, checkpoint.origin_for(region), log_key
         self.cosigner = note.Signer(checkpoint.witness_name(region, code), signer.private_bytes())
         self.writer, self.clock = writer, clock
+        for outcome in OUTCOMES:  # at zero from the start, so that increase() sees the first
+            CHECKPOINTS.labels(code, outcome)
 
     def receive(self, cur: Cursor, record: Mapping[str, Any]) -> str:
         """Handle one LogCheckpoint record in the inbox's transaction; returns the outcome."""

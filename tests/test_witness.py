@@ -85,7 +85,7 @@ def refusals(conn: Connection) -> list[str]:
 
 def counted(outcome: str) -> float:
     value = REGISTRY.get_sample_value(
-        "kpx_witness_checkpoints_total", {"node": "BW", "outcome": outcome}
+        "kpx_witness_checkpoints_total", {"witness": "BW", "outcome": outcome}
     )
     return value or 0.0
 
