@@ -224,7 +224,7 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         refusal = rules.check_production(payload, event.producer, members=ctx.members)
         return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
     if isinstance(payload, Cosignature):  # a witness's cosignature: the log writer checks it
-        return Verdict(ACCEPTED, changed=False)
+        return Verdict(ACCEPTED)
     return Verdict(
         REJECTED, "NOT_ALLOWED", f"a node may not publish {event.event_type}; only the registry"
     )

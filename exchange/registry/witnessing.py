@@ -7,8 +7,10 @@ batch's leaves were appended and its checkpoint signed:
   and leaves of the log themselves) are checked against the checkpoint they name and the
   node's registered keys; a valid one is kept in ``log_cosignatures`` and served with the
   checkpoint, an invalid one is logged and counted, never served;
-- unless the batch held nothing but cosignatures, the checkpoint goes to every node on
-  ``kpx.notify`` with the consistency proof from the previous checkpoint. A batch of only
+- unless the batch held nothing but cosignatures, the checkpoint goes on ``kpx.notify`` to
+  every node that has taken part (sent the registry at least one event: a node that never
+  ran would only pile checkpoints up in its queue), with the consistency proof from the
+  previous announced checkpoint. A batch of only
   cosignatures is checkpointed but not announced: announcing it would ask for cosignatures of
   cosignatures, for ever; the next batch's checkpoint covers those leaves.
 """
@@ -52,6 +54,10 @@ class Witnessing:
             COSIGNATURES.labels(event.producer, outcome).inc()
         if len(cosigned) == len(leaves):
             return False
+        cur.execute(
+            "SELECT producer FROM producer_progress WHERE producer = ANY(%s)", (self.nodes,)
+        )
+        active = sorted(row[0] for row in cur.fetchall())
         notice = CheckpointNotice(
             appended.note, appended.previous_size, tuple(appended.consistency)
         ).to_record()
@@ -59,7 +65,7 @@ class Witnessing:
             cur,
             [
                 Pending("LogCheckpoint", notice, topology.NOTIFY, f"{code}.LogCheckpoint")
-                for code in self.nodes
+                for code in active
             ],
         )
         return True
