@@ -338,6 +338,16 @@ def test_a_rewrite_that_recomputes_every_hash_still_contradicts_the_signed_roots
     assert "root differs from storage" in output and "log does NOT verify" in output
 
 
+def test_an_accepted_event_slipped_in_without_a_leaf_is_reported(
+    copy: str, settled: tuple[Env, Path, dict[str, str]]
+) -> None:
+    event = settled[2]["rejected"]
+    tamper(copy, f"UPDATE event_log SET decision = 'ACCEPTED' WHERE event_id = '{event}'")
+    result = kpx_log(copy, settled[1], "verify")
+    assert result.exit_code == 1
+    assert f"1 accepted event(s) outside the log, e.g. {event}" in result.output
+
+
 def test_a_checkpoint_signed_with_another_key_is_refused(
     copy: str, settled: tuple[Env, Path, dict[str, str]]
 ) -> None:
