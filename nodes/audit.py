@@ -11,6 +11,11 @@ key this node was given):
   none is larger than the latest (a log that shrank);
 - no checkpoint was refused by this node's witness (a fork or forgery seen earlier).
 
+An audit that passes stores the latest checkpoint as the witness's newest when it is newer
+than what the witness holds: it was just proved consistent with everything the node had
+stored, so the witness can verify the next checkpoints from it again (a node that missed
+checkpoints, or whose database was restored, refuses them as ``unverifiable`` until then).
+
 The registry is reached through a :class:`LogSource` (its database in a one-machine region,
 its ``/log`` HTTP face elsewhere), so this module holds only the checks.
 """
@@ -55,15 +60,15 @@ class AuditReport:
     events: int = 0
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
+    anchored: bool = False  # the latest checkpoint became the witness's newest
 
 
 def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> AuditReport:
     """Run every check of the module docstring; never raises for a failed check."""
     report = AuditReport()
     try:
-        latest, _ = checkpoint.open_checkpoint(
-            source.latest_checkpoint_note(), log_key, checkpoint.origin_for(region)
-        )
+        text = source.latest_checkpoint_note()
+        latest, _ = checkpoint.open_checkpoint(text, log_key, checkpoint.origin_for(region))
     except (BadSignature, MalformedNote, NotFound) as exc:
         report.problems.append(f"latest checkpoint: {exc}")
         return report
@@ -72,8 +77,23 @@ def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> Aud
     _check_checkpoints(cur, source, latest, report)
     cur.execute("SELECT tree_size, reason, detail FROM witness_refusals ORDER BY id")
     for size, reason, detail in cur.fetchall():
-        report.problems.append(f"witness refused checkpoint {size} ({reason}): {detail}")
+        if reason != "unverifiable":  # no evidence against the log: the anchor below fixes it
+            report.problems.append(f"witness refused checkpoint {size} ({reason}): {detail}")
+    if not report.problems:
+        _anchor(cur, latest, text, report)
     return report
+
+
+def _anchor(cur: Cursor, latest: Checkpoint, text: str, report: AuditReport) -> None:
+    cur.execute("SELECT max(tree_size) FROM witness_checkpoints")
+    (newest,) = cur.fetchone() or (None,)
+    if newest is None or newest < latest.size:
+        cur.execute(
+            "INSERT INTO witness_checkpoints (tree_size, root_hash, note) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (latest.size, latest.root, text),
+        )
+        report.anchored = True
 
 
 def _check_events(cur: Cursor, source: LogSource, latest: Checkpoint, report: AuditReport) -> None:

@@ -224,6 +224,34 @@ def test_a_node_shown_another_tree_is_caught_by_its_next_audit(
     assert "checkpoint 3 stored by this node is not consistent with the latest" in result.output
 
 
+def test_a_witness_that_missed_checkpoints_is_anchored_again_by_a_passing_audit(
+    region: tuple[Env, Path, dict[str, str]], make_database: Any
+) -> None:
+    env, keys, nodes = region
+    late = make_database().url
+    migrate(late)
+    signer = env.producers.signers["ZA"]
+    witness = Witness(
+        "ZA", "XS", load_log_key(keys), signer, OutboxWriter(env.producers.store, signer)
+    )
+    rows = env.query("SELECT tree_size, note FROM log_checkpoints WHERE announced ORDER BY 1")
+    assert len(rows) >= 2
+    conn = connect(late)
+    try:
+        first = {"checkpoint": rows[0]["note"], "previous_size": 0, "consistency": []}
+        skipped = rows[-1]["tree_size"]
+        with transaction(conn) as cur:
+            assert witness.receive(cur, first) == "stored"
+        result = kpx_audit(env, keys, {**nodes, "ZA": late}, "ZA")
+        assert result.exit_code == 0, result.output
+        assert "the witness now verifies from it" in result.output
+        with transaction(conn) as cur:
+            cur.execute("SELECT max(tree_size) FROM witness_checkpoints")
+            assert cur.fetchone()[0] == skipped  # type: ignore[index]
+    finally:
+        conn.close()
+
+
 def test_an_audit_against_a_checkpoint_signed_with_another_key_fails(
     region: tuple[Env, Path, dict[str, str]], tmp_path: Path
 ) -> None:

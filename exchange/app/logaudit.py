@@ -67,4 +67,5 @@ def audit(rt: Runtime, member: str) -> None:
     if report.problems:
         click.echo(f"audit of {code} FAILED: {len(report.problems)} problem(s); {summary}")
         sys.exit(1)
-    click.echo(f"audit of {code} passed: {summary}")
+    anchored = "; the witness now verifies from it" if report.anchored else ""
+    click.echo(f"audit of {code} passed: {summary}{anchored}")
