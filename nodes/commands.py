@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
@@ -13,13 +14,15 @@ import click
 from exchange.adapters import postgres
 from exchange.adapters.signals import stop_on_signals
 from exchange.app.runtime import Runtime
-from exchange.errors import TransientError
+from exchange.errors import KeyFileError, TransientError
 from exchange.messaging.outbox import OutboxWriter
 from exchange.wire import topology
 from nodes import store
 from nodes.operations import Node, Result
 from nodes.service import NodeService, migrate
 from nodes.witness import Witness, load_log_key
+
+log = logging.getLogger(__name__)
 
 member_option = click.option(
     "--member",
@@ -71,11 +74,15 @@ def run(member: str, metrics_port: int | None) -> None:
         # Stopped while reconnecting: every unsent event stays in the outbox; a clean stop.
 
 
-def _witness(rt: Runtime, code: str) -> Witness:
-    """The node's witness of the registry's log (DESIGN §12)."""
+def _witness(rt: Runtime, code: str) -> Witness | None:
+    """The node's witness of the registry's log (DESIGN §12); None without the log key."""
+    try:
+        log_key = load_log_key(rt.keys_dir)
+    except KeyFileError as exc:  # a node set up before the log: it runs, but cannot witness
+        log.warning("node %s: not witnessing the registry's log: %s", code, exc)
+        return None
     signer = rt.signer(code)
-    writer = OutboxWriter(rt.store, signer)
-    return Witness(code, rt.region.code, load_log_key(rt.keys_dir), signer, writer)
+    return Witness(code, rt.region.code, log_key, signer, OutboxWriter(rt.store, signer))
 
 
 @node.command("submit")
