@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from exchange.adapters import metrics
 from exchange.adapters.postgres import Connection, Cursor, transaction
 from exchange.adapters.rabbitmq import Delivery
-from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
+from exchange.domain.events import EVENT_TYPES, Cosignature, ImportConfirmation, Issuance
 from exchange.errors import TransientError
 from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.registry import policy, store
@@ -311,6 +311,8 @@ def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> 
     amounts: dict[tuple[Counter, tuple[str, ...]], float] = defaultdict(float)
     latencies: dict[str, list[float]] = defaultdict(list)
     for r in results:
+        if r.event is not None and isinstance(r.event.payload, Cosignature):
+            continue  # witness traffic, counted by kpx_log_cosignatures_total (DESIGN §12)
         # A claimed producer that is no node must not become a label value (unbounded).
         producer = r.producer if r.producer in nodes else "unknown"
         if not r.released:
