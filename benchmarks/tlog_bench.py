@@ -12,6 +12,13 @@ proof for the witnesses. Printed per size: the
 median and p90 of a batch and the rate in leaves/s, for the database and for the pure
 in-memory append (:class:`exchange.tlog.tree.RightEdge`). Flat means the 1M figure is within
 noise of the 10k one: each append touches log2(S) rows, never the whole tree.
+
+Measured on the shared 2-core machine (2026-12-01, ``--million``, 60 batches of 250 per size,
+alternating rounds, eight engineers' tests running beside it): median batch 21.0 ms at
+10,000 leaves, 21.2 ms at 100,000 and 20.9 ms at 1,000,000 (≈ 11,900 leaves/s each; ratio
+1M / 10k = 1.01); p90 39–55 ms, the machine's noise. The batch time is the transaction's
+SQL (leaf and hash inserts, the checkpoint row), not the hashing: the pure append costs
+2–9 µs a leaf depending on the load.
 """
 
 from __future__ import annotations
