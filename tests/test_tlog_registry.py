@@ -9,6 +9,8 @@ duplicate) and stops; each tamper test then works on its own copy of that databa
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,3 +368,20 @@ def test_a_checkpoint_signed_with_another_key_is_refused(
     assert result.exit_code == 1
     assert "checkpoint 99: note is signed by no known key" in result.output
     assert "first bad leaf index" not in result.output  # no leaf is wrong: the note is
+
+
+@pytest.mark.parametrize(
+    ("args", "listed"),
+    [
+        (["registry", "log", "--help"], ["checkpoint", "consistency", "key", "proof", "verify"]),
+        (["node", "audit", "--help"], ["--member"]),
+    ],
+)
+def test_the_log_commands_are_part_of_kpx(args: list[str], listed: list[str]) -> None:
+    region = Path(__file__).resolve().parents[1] / "deploy" / "region.example.toml"
+    kpx = Path(sys.executable).with_name("kpx")
+    done = subprocess.run(
+        [str(kpx), "--region", str(region), *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert all(word in done.stdout for word in listed)
