@@ -385,3 +385,41 @@ def test_the_log_commands_are_part_of_kpx(args: list[str], listed: list[str]) ->
     )
     assert done.returncode == 0, done.stderr
     assert all(word in done.stdout for word in listed)
+
+
+def test_two_registries_on_one_queue_build_one_log_that_verifies(
+    make_vhost: Any, make_database: Any, tmp_path: Path
+) -> None:
+    """Scale-out: the head row lock gives the two consumers' batches consecutive leaves
+    (prefetch 10: both get a share of the queue)."""
+    vhost, database = make_vhost(), make_database()
+    env = make_env(vhost.name, vhost.amqp_url, database.url)
+    registry_log.ensure_key(tmp_path, env.region.code)
+    signer = registry_log.load_key(tmp_path)
+    stop = threading.Event()
+    args = (env.dsn, env.registry_url, env.region, env.producers.store, env.registry_signer)
+    threads = [
+        threading.Thread(
+            target=service.run_registry,
+            args=(*args, stop),
+            kwargs={"relay": False, "batch_size": 7, "prefetch": 10, "log_signer": signer},
+            daemon=True,
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for serial in range(1, 101):
+            for member, dest in (("BW", "ZA"), ("ZA", "NA"), ("NA", "BW")):
+                cert = certificate(member, serial, destination=dest)
+                env.publisher.send(env.producers.seal(member, issuance(cert)), confirm=False)
+        wait_until(lambda: _count(env.dsn, "event_log") >= 300, timeout=60, what="300 decided")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        env.publisher.close()
+    assert _count(env.dsn, "log_leaves") == 300
+    result = kpx_log(env.dsn, tmp_path, "verify")
+    assert result.exit_code == 0, result.output
