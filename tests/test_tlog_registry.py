@@ -21,8 +21,7 @@ import psycopg2
 import pytest
 from click.testing import CliRunner, Result
 from psycopg2 import sql
-from support.services import unique_name, with_path
-from test_registry_support import (
+from support.registry import (
     Env,
     certificate,
     issuance,
@@ -30,6 +29,7 @@ from test_registry_support import (
     voiding,
     wait_until,
 )
+from support.services import unique_name, with_path
 
 from exchange.adapters.postgres import connect, transaction
 from exchange.registry import log as registry_log

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from test_registry_support import Env, as_user, certificate, issuance, make_env, wait_until
+from support.registry import Env, as_user, certificate, issuance, make_env, wait_until
 
 from exchange.adapters.postgres import connect, fetch_all, transaction
 from exchange.app.logaudit import audit

@@ -12,7 +12,8 @@ import sys
 import click
 
 from exchange.adapters.postgres import Connection, connect, transaction
-from exchange.app.runtime import Runtime
+from exchange.app.exits import ExitCode
+from exchange.app.runtime import Runtime, pass_runtime
 from exchange.registry import log as registry_log
 from exchange.tlog import proof
 from nodes.audit import audit as run_audit
@@ -46,7 +47,7 @@ class RegistryDatabase:
 
 @click.command("audit")
 @click.option("--member", required=True, metavar="XX", help="The node to audit.")
-@click.pass_obj
+@pass_runtime
 def audit(rt: Runtime, member: str) -> None:
     """Exit 0 only if the registry's log includes every event this node had accepted and
     agrees with every checkpoint it witnessed; otherwise 1, naming what fails."""
@@ -66,6 +67,6 @@ def audit(rt: Runtime, member: str) -> None:
     summary = f"{report.events} accepted events, {report.checkpoints} checkpoints, tree {size}"
     if report.problems:
         click.echo(f"audit of {code} FAILED: {len(report.problems)} problem(s); {summary}")
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
     anchored = "; the witness now verifies from it" if report.anchored else ""
     click.echo(f"audit of {code} passed: {summary}{anchored}")
