@@ -39,6 +39,7 @@ from exchange.domain import rules
 from exchange.domain.certificate import Certificate, certificate_json_text
 from exchange.domain.codes import CertificateState, Decision, Reason
 from exchange.domain.events import (
+    Cosignature,
     ImportConfirmation,
     Issuance,
     Payload,
@@ -201,6 +202,8 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
     if isinstance(payload, RegisterEntry | Revocation):
         refusal = register_rules.event_refusal(payload, event.producer, view.register, ctx.members)
         return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
+    if isinstance(payload, Cosignature):  # a witness's cosignature: the log writer checks it
+        return Verdict(Decision.ACCEPTED)
     return Verdict(
         Decision.REJECTED,
         Reason.NOT_ALLOWED,
