@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,6 +34,7 @@ from nodes import store
 log = logging.getLogger(__name__)
 
 SCHEMA_INVALID = "SCHEMA_INVALID"
+MAX_REQUEST_ID = 100  # characters (DESIGN §9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +46,12 @@ class Result:
     subject: str = ""
     code: str = ""
     sentence: str = ""
+    already: bool = False  # the request_id had been applied before: this is its answer
 
     def __str__(self) -> str:
         if self.ok:
-            return f"{self.line} ok {self.subject}"
+            text = f"{self.line} ok {self.subject}"
+            return text + " (already applied)" if self.already else text
         return f"{self.line} refused {self.code} {self.sentence}"
 
 
@@ -97,23 +100,55 @@ class Node:
         results: dict[int, Result] = {}
         self._events = []
         with transaction(conn) as cur:
+            parsed = _parse_all(lines, results)
+            todo, repeats = self._skip_applied(cur, parsed, results)
             book = self._book(cur)
             group: list[tuple[int, CertificateDraft]] = []
-            for number, line in lines:
-                try:
-                    op = _parse(line)
-                    if op.get("op") == "issue":
+            for number, op in todo:
+                if op.get("op") == "issue":
+                    try:
                         group.append((number, self._draft(op.get("certificate"), book)))
-                        continue
-                except Refusal as refusal:
-                    results[number] = _refused(number, refusal)
+                    except Refusal as refusal:
+                        results[number] = _refused(number, refusal)
                     continue
                 self._issue_group(cur, group, results)
                 group = []
                 results[number] = self._apply_one(cur, number, op, book)
             self._issue_group(cur, group, results)
             self._flush_events(cur)
+            _answer_repeats(repeats, results)
+            store.remember_requests(cur, _applied_requests(parsed, results))
         return [results[number] for number, _ in lines]
+
+    def _skip_applied(
+        self,
+        cur: Cursor,
+        parsed: list[tuple[int, Mapping[str, Any], str | None]],
+        results: dict[int, Result],
+    ) -> tuple[list[tuple[int, Mapping[str, Any]]], dict[int, int]]:
+        """The operations to apply; those whose request_id was applied get its answer.
+
+        The request ids are locked first (until commit), so two submissions carrying the
+        same id one after the other — a national system retrying after a timeout while its
+        first request still runs — apply it once. Returns the operations to apply and the
+        repeats inside this chunk (line -> the earlier line with the same request_id).
+        """
+        ids = {rid for _, _, rid in parsed if rid is not None}
+        store.lock_requests(cur, ids)
+        done = store.applied_requests(cur, ids)
+        todo: list[tuple[int, Mapping[str, Any]]] = []
+        first: dict[str, int] = {}
+        repeats: dict[int, int] = {}
+        for number, op, rid in parsed:
+            if rid is not None and rid in done:
+                results[number] = Result(number, True, subject=done[rid], already=True)
+            elif rid is not None and rid in first:
+                repeats[number] = first[rid]
+            else:
+                if rid is not None:
+                    first[rid] = number
+                todo.append((number, op))
+        return todo, repeats
 
     def _apply_one(
         self, cur: Cursor, number: int, op: Mapping[str, Any], book: Mapping[str, str]
@@ -148,7 +183,7 @@ class Node:
 
     def _dispatch(self, cur: Cursor, op: Mapping[str, Any], book: Mapping[str, str]) -> str:
         kind = op.get("op")
-        body = {k: v for k, v in op.items() if k not in ("op", "member")}
+        body = {k: v for k, v in op.items() if k not in ("op", "member", "request_id")}
         if kind == "void":
             return self.void(cur, body)
         if kind == "confirm_import":
@@ -315,6 +350,52 @@ def _duplicate(number: int, certificate_id: str) -> Result:
         code="DUPLICATE_CERTIFICATE",
         sentence=f"certificate_id {certificate_id} was already issued by this node",
     )
+
+
+def _parse_all(
+    lines: list[tuple[int, str]], results: dict[int, Result]
+) -> list[tuple[int, Mapping[str, Any], str | None]]:
+    """Each parsable line with its operation and request_id; the others refused now."""
+    parsed = []
+    for number, line in lines:
+        try:
+            op = _parse(line)
+            parsed.append((number, op, _request_id(op)))
+        except Refusal as refusal:
+            results[number] = _refused(number, refusal)
+    return parsed
+
+
+def _request_id(op: Mapping[str, Any]) -> str | None:
+    rid = op.get("request_id")
+    if rid is None:
+        return None
+    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_REQUEST_ID:
+        shown = repr(rid) if len(repr(rid)) <= 40 else f"{repr(rid)[:40]}…"
+        raise Refusal(
+            SCHEMA_INVALID,
+            f"request_id must be a string of 1 to {MAX_REQUEST_ID} characters, got {shown}",
+        )
+    return rid
+
+
+def _answer_repeats(repeats: dict[int, int], results: dict[int, Result]) -> None:
+    """A request_id repeated within one submission gets the answer of its first line."""
+    for number, earlier in repeats.items():
+        first = results[earlier]
+        results[number] = replace(first, line=number, already=first.ok)
+
+
+def _applied_requests(
+    parsed: list[tuple[int, Mapping[str, Any], str | None]], results: dict[int, Result]
+) -> list[tuple[str, str, str]]:
+    """(request_id, op, subject) of the operations applied now; a refusal is not remembered,
+    so a corrected retry under the same id is applied."""
+    return [
+        (rid, str(op.get("op")), results[number].subject)
+        for number, op, rid in parsed
+        if rid is not None and results[number].ok and not results[number].already
+    ]
 
 
 def _parse(line: str) -> Mapping[str, Any]:
