@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_INVALID = "SCHEMA_INVALID"
 MAX_REQUEST_ID = 100  # characters (DESIGN §9)
+ISSUE_KEYS = frozenset({"op", "member", "request_id", "certificate"})
+
+Recorder = Callable[[Cursor, list["Result"]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,22 +78,34 @@ class Node:
 
     # -- entry points --
 
-    def submit(self, conn: Connection, lines: Iterable[str], chunk: int = 500) -> Iterator[Result]:
-        """Apply JSON Lines operations; yield one Result per line, after its chunk committed."""
+    def submit(
+        self,
+        conn: Connection,
+        lines: Iterable[str],
+        chunk: int = 500,
+        record: Recorder | None = None,
+    ) -> Iterator[Result]:
+        """Apply JSON Lines operations; yield one Result per line, after its chunk committed.
+
+        ``record(cur, results)`` runs inside each chunk's transaction, after its operations:
+        what the caller writes there (an audit trail) commits with them or not at all.
+        """
         pending: list[tuple[int, str]] = []
         for number, line in enumerate(lines, start=1):
             pending.append((number, line))
             if len(pending) >= chunk:
-                yield from self._apply_chunk(conn, pending)
+                yield from self._apply_chunk(conn, pending, record)
                 pending = []
         if pending:
-            yield from self._apply_chunk(conn, pending)
+            yield from self._apply_chunk(conn, pending, record)
 
     def apply(self, conn: Connection, operation: Mapping[str, Any]) -> Result:
         """Apply one operation (already parsed) in its own transaction."""
         return next(iter(self._apply_chunk(conn, [(1, json.dumps(operation, default=str))])))
 
-    def _apply_chunk(self, conn: Connection, lines: list[tuple[int, str]]) -> list[Result]:
+    def _apply_chunk(
+        self, conn: Connection, lines: list[tuple[int, str]], record: Recorder | None = None
+    ) -> list[Result]:
         # Consecutive issue operations are validated in Python first and then written as a
         # group: one statement numbers them, one inserts them (a few round trips for the
         # whole group instead of several per certificate). Any other operation runs alone
@@ -107,6 +122,7 @@ class Node:
             for number, op in todo:
                 if op.get("op") == "issue":
                     try:
+                        _reject_unknown(op, ISSUE_KEYS)
                         group.append((number, self._draft(op.get("certificate"), book)))
                     except Refusal as refusal:
                         results[number] = _refused(number, refusal)
@@ -118,6 +134,8 @@ class Node:
             self._flush_events(cur)
             _answer_repeats(repeats, results)
             store.remember_requests(cur, _applied_requests(parsed, results))
+            if record is not None:
+                record(cur, [results[number] for number, _ in lines])
         return [results[number] for number, _ in lines]
 
     def _skip_applied(
@@ -194,6 +212,11 @@ class Node:
             SCHEMA_INVALID,
             f"op must be issue, void, confirm_import or declare_production, got {kind!r}",
         )
+
+    def check_issue(self, cur: Cursor, certificate: Any) -> CertificateDraft:
+        """Validate an issue's certificate by the node's rules, writing nothing (a draft is
+        checked so before it is saved). Raises Refusal."""
+        return self._draft(certificate, self._book(cur))
 
     # -- operations (inside the caller's transaction) --
 
@@ -350,6 +373,12 @@ def _duplicate(number: int, certificate_id: str) -> Result:
         code="DUPLICATE_CERTIFICATE",
         sentence=f"certificate_id {certificate_id} was already issued by this node",
     )
+
+
+def _reject_unknown(op: Mapping[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(op) - known)
+    if unknown:
+        raise Refusal(SCHEMA_INVALID, f"{unknown[0]} is not a known field")
 
 
 def _parse_all(

@@ -22,6 +22,7 @@ from exchange.wire import topology
 from exchange.wire.signing import generate_key, save_key
 from nodes.commands import node, submit_all
 from nodes.service import migrate as prepare_node_database
+from nodes.web.commands import register as register_node_web
 
 log = logging.getLogger("kpx")
 
@@ -156,6 +157,7 @@ def check(rt: Runtime) -> None:
 
 
 cli.add_command(node)
+register_node_web(node)
 cli.add_command(submit_all, "submit")
 
 
