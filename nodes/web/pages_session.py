@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from exchange.web import auth
@@ -62,8 +62,15 @@ async def home(request: Request) -> Response:
     return RedirectResponse("/certificates" if signed_in(request) else "/login", status_code=303)
 
 
+async def healthz(request: Request) -> Response:
+    """Liveness for supervisors and the demo: the app answers and its database does."""
+    await db(request, lambda cur: cur.execute("SELECT 1"))
+    return PlainTextResponse("ok")
+
+
 routes = [
     Route("/", home),
+    Route("/healthz", healthz),
     Route("/login", login_page, methods=["GET"]),
     Route("/login", login, methods=["POST"]),
     Route("/logout", logout, methods=["POST"]),
