@@ -162,13 +162,39 @@ def test_a_mistyped_certificate_number_shows_its_refusal_beside_the_field(
     base = region.urls["BW"]
     page = new_page()
     sign_in(page, base, "oscar")
+    drafts_before = region.query("BW", "SELECT count(*) FROM drafts")
     fill_certificate(page, base, certificate_id=mistyped)
     page.click("text=Save the draft")
+    assert region.query("BW", "SELECT count(*) FROM drafts") == drafts_before  # nothing written
     error = page.locator("[id='certificate_id-error']")
     assert error.is_visible()
     assert "BAD_CERTIFICATE_NUMBER" in error.inner_text()
     assert page.get_attribute("#certificate_id", "aria-invalid") == "true"
     assert page.input_value("[id='exporter.name']") == "Okavango Diamond Company"  # kept
+
+
+def test_an_officer_voids_a_certificate_and_issues_its_replacement_from_it(
+    region: LiveRegion, new_page: Any
+) -> None:
+    with httpx.Client(
+        base_url=region.urls["BW"],
+        headers={"Authorization": f"Bearer {region.tokens['officer']}"},
+    ) as api:
+        [old] = api.post(
+            "/api/v1/operations", json=[{"op": "issue", "certificate": certificate()}]
+        ).json()["results"]
+    base = region.urls["BW"]
+    page = new_page()
+    sign_in(page, base, "oscar")
+    page.goto(f"{base}/certificates/{old['certificate_id']}")
+    page.click("text=Issue a replacement from this certificate")
+    assert page.input_value("#destination") == "NA"
+    assert page.input_value("[id='parcels[1].carats']") == "100.50"
+    page.goto(f"{base}/certificates/{old['certificate_id']}")
+    page.fill("#reason", "seal number mistyped")
+    page.click("button:has-text('Void')")
+    assert page.inner_text("#local-state") == "voided"
+    assert "void" in page.inner_text("#trail")
 
 
 def test_a_french_speaking_officer_sees_french(region: LiveRegion, new_page: Any) -> None:

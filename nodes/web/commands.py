@@ -45,8 +45,17 @@ def _in_node(code: str, work: object) -> object:
     is_flag=True,
     help="Let an officer authorise a draft they prepared (no four eyes).",
 )
-def serve(member: str, host: str, port: int | None, allow_self_authorise: bool) -> None:
+def serve(
+    member: str,
+    host: str,
+    port: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    allow_self_authorise: bool,
+) -> None:
     """Serve the node's web app and HTTP API until SIGTERM."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     from exchange.web.app import serve as serve_app  # the web stack loads only to serve
     from nodes.web.app import create_app, node_web
 
@@ -54,8 +63,9 @@ def serve(member: str, host: str, port: int | None, allow_self_authorise: bool) 
     code = member.upper()
     port = DEFAULT_PORT + rt.region.member_index(code) if port is None else port
     nw = node_web(rt, code, allow_self_authorise=allow_self_authorise)
-    click.echo(f"kpx node {code}: http://{host}:{port}/", err=True)
-    serve_app(create_app(nw), host, port)
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"kpx node {code}: {scheme}://{host}:{port}/", err=True)
+    serve_app(create_app(nw), host, port, certfile=tls_cert, keyfile=tls_key)
 
 
 @click.group("users")

@@ -34,6 +34,27 @@ def blank(member: str, today: date) -> dict[str, str]:
     }
 
 
+def values_from(cert: Mapping[str, Any], today: date) -> dict[str, str]:
+    """The form's values from an existing certificate, to issue its replacement (new dates,
+    no number: the replacement gets the next one)."""
+    values = blank(str(cert.get("issuing_member") or ""), today)
+    values.update(
+        {
+            "destination": str(cert["destination"]),
+            "origin.type": str(cert["origin"]["type"]),
+            "origin.countries": ", ".join(cert["origin"]["countries"]),
+            "container.container_id": str(cert["container"]["container_id"]),
+            "container.seal_numbers": ", ".join(cert["container"]["seal_numbers"]),
+            "parcels": str(len(cert["parcels"])),
+        }
+    )
+    for party in ("exporter", "importer"):
+        values.update({f"{party}.{f}": str(cert[party][f]) for f in PARTY_FIELDS})
+    for i, parcel in enumerate(cert["parcels"]):
+        values.update({f"parcels[{i}].{f}": str(parcel.get(f) or "") for f in PARCEL_FIELDS})
+    return values
+
+
 def values_of(form: Mapping[str, Any]) -> dict[str, str]:
     """The posted text values (at most 100 kB each: a longer one is cut, then refused)."""
     return {k: str(v)[:100_000] for k, v in form.items() if isinstance(v, str)}

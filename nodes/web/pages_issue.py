@@ -34,6 +34,7 @@ def _show_form(
     errors: dict[str, dict[str, str]] | None = None,
     general: dict[str, str] | None = None,
     status: int = 200,
+    replaces: str = "",
 ) -> Response:
     who = require(request, draft=True)
     return render(
@@ -47,13 +48,23 @@ def _show_form(
             "totals": issue_form.totals(values),
             "hs_codes": issue_form.HS_CODES,
             "can_issue": who.can_act and web(request).allow_self_authorise,
+            "replaces": replaces,
         },
         status=status,
     )
 
 
 async def issue_page(request: Request) -> Response:
+    """The empty form, or (``?from=<id>``) one filled from a certificate it will replace."""
+    require(request, draft=True)
     nw = web(request)
+    source = request.query_params.get("from", "")[:200]
+    if source:
+        found = await db(request, lambda cur: queries.certificate(cur, source))
+        if found is None:
+            raise HTTPException(404, f"certificate {source} is not known to this node")
+        values = issue_form.values_from(found["body"], nw.node.today())
+        return _show_form(request, values, replaces=source)
     return _show_form(request, issue_form.blank(nw.code, nw.node.today()))
 
 

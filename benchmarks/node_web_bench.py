@@ -1,0 +1,238 @@
+"""The node's web face: the API against ``kpx node submit``, and a page of 50 of 100,000.
+
+- **API vs CLI**: the same number of ``issue`` operations through ``kpx node submit`` (one
+  process, a JSON Lines file, timed from start to exit) and through ``POST /api/v1/operations``
+  of a ``kpx node serve`` process (batches of 100, one client, timed from the first request to
+  the last answer), in the same run on the same region. Goal: API ≥ 0.5 × CLI.
+- **Page of 50**: 100,000 certificates written straight into the node's tables (one
+  ``INSERT … SELECT generate_series``), then ``GET /certificates`` (page 1, and pages deep in
+  the list) by a signed-in browser-like client; p50 and p99 of the wall time over loopback.
+  Goal: p99 < 50 ms.
+
+``python -m benchmarks.node_web_bench [N]`` prints the rows; ``python -m benchmarks`` includes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from benchmarks import Row, issue_line, scratch_region
+from exchange.adapters import postgres
+from exchange.app.runtime import Runtime
+from nodes.web import access
+
+KPX = Path(sys.executable).with_name("kpx")
+PASSWORD = "benchmark passphrase"
+BATCH = 100
+
+
+def _env(rt: Runtime) -> dict[str, str]:
+    return dict(
+        os.environ,
+        KPX_REGION=str(rt.settings.region_path),
+        KPX_STATE_DIR=str(rt.settings.state_dir),
+        KPX_AMQP_URL=rt.settings.amqp_url,
+        KPX_DATABASE_URL=rt.settings.database_url,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _serving(rt: Runtime, code: str) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(KPX), "node", "serve", "--member", code, "--port", str(port)],
+        env=_env(rt),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _in_node(rt: Runtime, code: str, sql: str, args: tuple[object, ...] = ()) -> None:
+    conn = postgres.connect(rt.node_dsn(code))
+    try:
+        with postgres.transaction(conn) as cur:
+            cur.execute(sql, args)
+    finally:
+        conn.close()
+
+
+def cli_rate(rt: Runtime, n: int) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.write("\n".join(issue_line() for _ in range(n)) + "\n")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(KPX), "node", "submit", "--member", "BW", f.name],
+        env=_env(rt),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    os.unlink(f.name)
+    assert done.returncode == 0 and done.stdout.count(" ok ") == n, done.stderr[-2000:]
+    return n / seconds
+
+
+def api_rate(rt: Runtime, base: str, n: int) -> float:
+    conn = postgres.connect(rt.node_dsn("BW"))
+    try:
+        with postgres.transaction(conn) as cur:
+            token = access.create_token(cur, "bench", "officer")
+    finally:
+        conn.close()
+    batch = "[" + ",".join(issue_line() for _ in range(BATCH)) + "]"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+        started = time.perf_counter()
+        for _ in range(n // BATCH):
+            answer = client.post("/api/v1/operations", content=batch)
+            assert answer.status_code == 200
+            assert all(r["status"] == "ok" for r in answer.json()["results"])
+        seconds = time.perf_counter() - started
+    return (n // BATCH) * BATCH / seconds
+
+
+def fill(rt: Runtime, count: int) -> None:
+    """``count`` certificates (and their events) in BW's tables, in one statement each."""
+    body = json.loads(issue_line())["certificate"]
+    body.update(
+        certificate_id="X",
+        issuing_participant="XS",
+        issuing_member="BW",
+        issuing_authority="Ministry",
+        number_of_parcels=1,
+        total_carats="1000.50",
+        total_value_usd="192000.00",
+        scope="EXTERNAL",
+        lawful_import_evidence=[],
+    )
+    _in_node(
+        rt,
+        "BW",
+        "INSERT INTO node_events (event_id, sequence, event_type, subject, registry_state) "
+        "SELECT md5('bench' || i)::uuid, 1000000 + i, 'CertificateIssued', "
+        "'XS-BW-2025-' || lpad(i::text, 7, '0') || '-00', "
+        "(ARRAY['accepted','pending','rejected'])[1 + i %% 3] "
+        "FROM generate_series(1, %s) AS i",
+        (count,),
+    )
+    _in_node(
+        rt,
+        "BW",
+        "INSERT INTO certificates (certificate_id, destination, date_of_issue, "
+        "date_of_expiry, total_carats, total_value_usd, body, event_id, created_at) "
+        "SELECT 'XS-BW-2025-' || lpad(i::text, 7, '0') || '-00', 'AE', '2025-11-20', "
+        "'2025-12-20', 1000.50, 192000.00, %s::jsonb, md5('bench' || i)::uuid, "
+        "now() - make_interval(secs => i) FROM generate_series(1, %s) AS i",
+        (json.dumps(body), count),
+    )
+    _in_node(rt, "BW", "ANALYZE certificates")
+    _in_node(rt, "BW", "ANALYZE node_events")
+
+
+def page_latency(rt: Runtime, base: str, pages: list[int], rounds: int) -> dict[int, list[float]]:
+    conn = postgres.connect(rt.node_dsn("BW"))
+    try:
+        with postgres.transaction(conn) as cur:
+            access.add_user(cur, "bench", "auditor", PASSWORD)
+    finally:
+        conn.close()
+    times: dict[int, list[float]] = {p: [] for p in pages}
+    with httpx.Client(base_url=base, timeout=30) as client:
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+        assert csrf
+        client.post(
+            "/login",
+            data={
+                "username": "bench",
+                "password": PASSWORD,
+                "csrf_token": csrf.group(1),
+                "next": "/",
+            },
+        )
+        for page in pages:
+            client.get(f"/certificates?page={page}")  # warm
+        for _ in range(rounds):
+            for page in pages:
+                started = time.perf_counter()
+                answer = client.get(f"/certificates?page={page}")
+                times[page].append(time.perf_counter() - started)
+                assert answer.status_code == 200 and answer.text.count("<tr>") >= 50
+    return times
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(n: int = 5_000, certificates: int = 100_000, rounds: int = 200) -> list[Row]:
+    rows: list[Row] = []
+    with scratch_region() as rt, _serving(rt, "BW") as base:
+        cli = cli_rate(rt, n)
+        api = api_rate(rt, base, n)
+        rows.append(
+            Row(
+                "node API POST /api/v1/operations (batches of 100) vs kpx node submit",
+                api,
+                "certificates/s",
+                ceiling=cli,
+                ceiling_what="kpx node submit, same run",
+                goal="≥ 0.5",
+                met=api >= 0.5 * cli,
+                note=f"{n:,} certificates each",
+            )
+        )
+        fill(rt, certificates)
+        pages = [1, 2, 100, certificates // 50]
+        times = page_latency(rt, base, pages, rounds)
+        for page in pages:
+            p50, p99 = _quantile(times[page], 0.5), _quantile(times[page], 0.99)
+            rows.append(
+                Row(
+                    f"node page of 50 certificates (page {page:,}), p99",
+                    p99 * 1000,
+                    "ms",
+                    goal="< 50 ms" if page <= 100 else "",
+                    met=p99 < 0.05,
+                    note=f"p50 {p50 * 1000:.1f} ms, {rounds} requests, "
+                    f"{certificates:,}+ certificates in the database",
+                )
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(int(sys.argv[1]) if len(sys.argv) > 1 else 5_000):
+        print(row)
