@@ -57,25 +57,29 @@ def _free_port() -> int:
 @contextmanager
 def _serving(rt: Runtime, code: str) -> Iterator[str]:
     port = _free_port()
-    proc = subprocess.Popen(
-        [str(KPX), "node", "serve", "--member", code, "--port", str(port)],
-        env=_env(rt),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the server stops)
+    argv = [str(KPX), "node", "serve", "--member", code, "--port", str(port)]
+    proc = subprocess.Popen(argv, env=_env(rt), stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        while not _healthy(base):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"kpx node serve did not start: {log.read()[-2000:]!r}")
+            time.sleep(0.1)
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(base + "/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _in_node(rt: Runtime, code: str, sql: str, args: tuple[object, ...] = ()) -> None:

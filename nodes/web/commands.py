@@ -41,6 +41,13 @@ def _in_node(code: str, work: object) -> object:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=None, help="Default: 8410 + the node's position.")
 @click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Serve HTTPS with this certificate (PEM) and --tls-key.",
+)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option(
     "--allow-self-authorise",
     is_flag=True,
     help="Let an officer authorise a draft they prepared (no four eyes).",
