@@ -12,18 +12,35 @@ def _rows(cur: Cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+_CERTIFICATE_COLUMNS = (
+    "c.certificate_id, c.destination, c.date_of_issue, c.date_of_expiry, c.total_carats, "
+    "c.total_value_usd, c.state, c.replaced_by, e.registry_state, e.registry_reason"
+)
+
+
 def certificates(cur: Cursor, q: str, page: int, size: int) -> list[dict[str, Any]]:
     """One page (newest first) of certificates with the registry's answer; ``size + 1`` rows
     at most, so the caller knows whether a next page exists without counting them all."""
     q = q.strip()[:100]
+    window = {"n": size + 1, "off": (page - 1) * size}
+    if not q:
+        # Unfiltered, the page is cut from the certificates' own index first and only its
+        # rows are joined: a deep page skips index entries, not joined rows.
+        cur.execute(
+            f"SELECT {_CERTIFICATE_COLUMNS} FROM (SELECT * FROM certificates "
+            "ORDER BY created_at DESC, certificate_id DESC LIMIT %(n)s OFFSET %(off)s) c "
+            "JOIN node_events e ON e.event_id = c.event_id "
+            "ORDER BY c.created_at DESC, c.certificate_id DESC",
+            window,
+        )
+        return _rows(cur)
     cur.execute(
-        "SELECT c.certificate_id, c.destination, c.date_of_issue, c.date_of_expiry, "
-        "c.total_carats, c.total_value_usd, c.state, c.replaced_by, e.registry_state, "
-        "e.registry_reason FROM certificates c JOIN node_events e ON e.event_id = c.event_id "
-        "WHERE (%(q)s = '' OR c.certificate_id ILIKE %(like)s OR c.destination = upper(%(q)s) "
-        "OR e.registry_state = lower(%(q)s)) "
+        f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates c "
+        "JOIN node_events e ON e.event_id = c.event_id "
+        "WHERE c.certificate_id ILIKE %(like)s OR c.destination = upper(%(q)s) "
+        "OR e.registry_state = lower(%(q)s) "
         "ORDER BY c.created_at DESC, c.certificate_id DESC LIMIT %(n)s OFFSET %(off)s",
-        {"q": q, "like": f"%{_escape_like(q)}%", "n": size + 1, "off": (page - 1) * size},
+        {"q": q, "like": f"%{_escape_like(q)}%", **window},
     )
     return _rows(cur)
 
