@@ -81,16 +81,19 @@ class Node:
     def submit(
         self,
         conn: Connection,
-        lines: Iterable[str],
+        lines: Iterable[str | Mapping[str, Any]],
         chunk: int = 500,
         record: Recorder | None = None,
     ) -> Iterator[Result]:
         """Apply JSON Lines operations; yield one Result per line, after its chunk committed.
 
+        A line may also be an operation already parsed (with ``parse_float=Decimal``), as the
+        HTTP API has it: the same rules apply, without parsing it twice.
+
         ``record(cur, results)`` runs inside each chunk's transaction, after its operations:
         what the caller writes there (an audit trail) commits with them or not at all.
         """
-        pending: list[tuple[int, str]] = []
+        pending: list[tuple[int, str | Mapping[str, Any]]] = []
         for number, line in enumerate(lines, start=1):
             pending.append((number, line))
             if len(pending) >= chunk:
@@ -104,7 +107,10 @@ class Node:
         return next(iter(self._apply_chunk(conn, [(1, json.dumps(operation, default=str))])))
 
     def _apply_chunk(
-        self, conn: Connection, lines: list[tuple[int, str]], record: Recorder | None = None
+        self,
+        conn: Connection,
+        lines: list[tuple[int, str | Mapping[str, Any]]],
+        record: Recorder | None = None,
     ) -> list[Result]:
         # Consecutive issue operations are validated in Python first and then written as a
         # group: one statement numbers them, one inserts them (a few round trips for the
@@ -382,13 +388,13 @@ def _reject_unknown(op: Mapping[str, Any], known: frozenset[str]) -> None:
 
 
 def _parse_all(
-    lines: list[tuple[int, str]], results: dict[int, Result]
+    lines: list[tuple[int, str | Mapping[str, Any]]], results: dict[int, Result]
 ) -> list[tuple[int, Mapping[str, Any], str | None]]:
     """Each parsable line with its operation and request_id; the others refused now."""
     parsed = []
     for number, line in lines:
         try:
-            op = _parse(line)
+            op = _parse(line) if isinstance(line, str) else _parsed(line)
             parsed.append((number, op, _request_id(op)))
         except Refusal as refusal:
             results[number] = _refused(number, refusal)
@@ -425,6 +431,12 @@ def _applied_requests(
         for number, op, rid in parsed
         if rid is not None and results[number].ok and not results[number].already
     ]
+
+
+def _parsed(op: object) -> Mapping[str, Any]:
+    if not isinstance(op, dict):
+        raise Refusal(SCHEMA_INVALID, 'the line must be a JSON object with an "op" field')
+    return op
 
 
 def _parse(line: str) -> Mapping[str, Any]:

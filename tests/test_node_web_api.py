@@ -158,6 +158,9 @@ def test_not_a_json_array_is_a_400_problem(region: LiveRegion) -> None:
         assert client.post("/api/v1/operations", json={"op": "issue"}).status_code == 400
         form = client.post("/api/v1/operations", data={"a": "b"})
         assert form.status_code == 415
+        [element] = client.post("/api/v1/operations", json=[42]).json()["results"]
+        assert (element["status"], element["reason"]) == ("refused", "SCHEMA_INVALID")
+        assert "JSON object" in element["sentence"]
 
 
 def test_the_openapi_document_is_valid_openapi_3_1(region: LiveRegion) -> None:

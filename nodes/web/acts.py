@@ -26,10 +26,19 @@ def line_of(op: Any) -> str:
 
 
 def apply(
-    nw: NodeWeb, who: Principal, ops: Sequence[Any], *, after: After | None = None
+    nw: NodeWeb,
+    who: Principal,
+    ops: Sequence[Any],
+    *,
+    after: After | None = None,
+    parsed: bool = False,
 ) -> list[Result]:
-    """Apply ``ops`` (parsed JSON values) as ``who``; one Result per operation, in order."""
-    lines = [line_of(op) for op in ops]
+    """Apply ``ops`` (parsed JSON values) as ``who``; one Result per operation, in order.
+
+    ``parsed``: the operations come straight from ``json.loads(parse_float=Decimal)`` of a
+    body no longer than one operation may be, so the node need not see them as text again.
+    """
+    lines: list[Any] = list(ops) if parsed else [line_of(op) for op in ops]
 
     def record(cur: Cursor, results: list[Result]) -> None:
         access.audit_many(cur, [_audit_row(who, op, r) for op, r in zip(ops, results, strict=True)])

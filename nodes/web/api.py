@@ -8,6 +8,7 @@ retry after a timeout without fear.
 
 from __future__ import annotations
 
+import functools
 import json
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from exchange.web.forms import client_address
 from exchange.web.problems import ProblemResponse
+from exchange.wire.envelope import MAX_EVENT_BYTES
 from nodes.operations import Result
 from nodes.web import access, acts, queries
 from nodes.web.access import Principal
@@ -84,8 +86,9 @@ def _result_json(result: Result, op: Any) -> dict[str, Any]:
 async def operations(request: Request, who: Principal) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         return ProblemResponse(415, detail="send the operations as application/json")
+    body = await request.body()
     try:
-        ops = json.loads(await request.body(), parse_float=Decimal)
+        ops = json.loads(body, parse_float=Decimal)
     except (ValueError, RecursionError) as exc:
         return ProblemResponse(400, detail=f"the body is not JSON: {exc}")
     if not isinstance(ops, list) or not ops:
@@ -94,7 +97,12 @@ async def operations(request: Request, who: Principal) -> Response:
         return ProblemResponse(
             413, detail=f"{len(ops)} operations; at most {MAX_OPERATIONS} per request"
         )
-    results = await run_in_threadpool(acts.apply, web(request), who, ops)
+    # No operation of a body within the 1 MiB limit of one operation can exceed it: the node
+    # takes them parsed. A larger body goes as text, so each one's size is checked.
+    parsed = len(body) <= MAX_EVENT_BYTES
+    results = await run_in_threadpool(
+        functools.partial(acts.apply, web(request), who, ops, parsed=parsed)
+    )
     return JSONResponse(
         {"results": [_result_json(r, op) for r, op in zip(results, ops, strict=True)]}
     )

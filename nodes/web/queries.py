@@ -24,11 +24,12 @@ def certificates(cur: Cursor, q: str, page: int, size: int) -> list[dict[str, An
     q = q.strip()[:100]
     window = {"n": size + 1, "off": (page - 1) * size}
     if not q:
-        # Unfiltered, the page is cut from the certificates' own index first and only its
-        # rows are joined: a deep page skips index entries, not joined rows.
+        # Unfiltered, the page is cut from the certificates' own index first (an index-only
+        # scan) and only its rows are read and joined: a deep page skips index entries.
         cur.execute(
-            f"SELECT {_CERTIFICATE_COLUMNS} FROM (SELECT * FROM certificates "
-            "ORDER BY created_at DESC, certificate_id DESC LIMIT %(n)s OFFSET %(off)s) c "
+            f"SELECT {_CERTIFICATE_COLUMNS} FROM (SELECT certificate_id FROM certificates "
+            "ORDER BY created_at DESC, certificate_id DESC LIMIT %(n)s OFFSET %(off)s) k "
+            "JOIN certificates c USING (certificate_id) "
             "JOIN node_events e ON e.event_id = c.event_id "
             "ORDER BY c.created_at DESC, c.certificate_id DESC",
             window,
