@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,12 +29,11 @@ from exchange.errors import Refusal
 from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.wire import topology
 from exchange.wire.envelope import MAX_EVENT_BYTES
-from nodes import store
+from nodes import requests, store
 
 log = logging.getLogger(__name__)
 
 SCHEMA_INVALID = "SCHEMA_INVALID"
-MAX_REQUEST_ID = 100  # characters (DESIGN §9)
 ISSUE_KEYS = frozenset({"op", "member", "request_id", "certificate"})
 
 Recorder = Callable[[Cursor, list["Result"]], None]
@@ -138,8 +137,8 @@ class Node:
                 results[number] = self._apply_one(cur, number, op, book)
             self._issue_group(cur, group, results)
             self._flush_events(cur)
-            _answer_repeats(repeats, results)
-            store.remember_requests(cur, _applied_requests(parsed, results))
+            requests.answer_repeats(repeats, results)
+            store.remember_requests(cur, requests.applied(parsed, results))
             if record is not None:
                 record(cur, [results[number] for number, _ in lines])
         return [results[number] for number, _ in lines]
@@ -395,42 +394,10 @@ def _parse_all(
     for number, line in lines:
         try:
             op = _parse(line) if isinstance(line, str) else _parsed(line)
-            parsed.append((number, op, _request_id(op)))
+            parsed.append((number, op, requests.request_id(op)))
         except Refusal as refusal:
             results[number] = _refused(number, refusal)
     return parsed
-
-
-def _request_id(op: Mapping[str, Any]) -> str | None:
-    rid = op.get("request_id")
-    if rid is None:
-        return None
-    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_REQUEST_ID:
-        shown = repr(rid) if len(repr(rid)) <= 40 else f"{repr(rid)[:40]}…"
-        raise Refusal(
-            SCHEMA_INVALID,
-            f"request_id must be a string of 1 to {MAX_REQUEST_ID} characters, got {shown}",
-        )
-    return rid
-
-
-def _answer_repeats(repeats: dict[int, int], results: dict[int, Result]) -> None:
-    """A request_id repeated within one submission gets the answer of its first line."""
-    for number, earlier in repeats.items():
-        first = results[earlier]
-        results[number] = replace(first, line=number, already=first.ok)
-
-
-def _applied_requests(
-    parsed: list[tuple[int, Mapping[str, Any], str | None]], results: dict[int, Result]
-) -> list[tuple[str, str, str]]:
-    """(request_id, op, subject) of the operations applied now; a refusal is not remembered,
-    so a corrected retry under the same id is applied."""
-    return [
-        (rid, str(op.get("op")), results[number].subject)
-        for number, op, rid in parsed
-        if rid is not None and results[number].ok and not results[number].already
-    ]
 
 
 def _parsed(op: object) -> Mapping[str, Any]:
