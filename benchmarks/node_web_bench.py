@@ -217,8 +217,15 @@ def _quantile(values: list[float], q: float) -> float:
 def run(n: int = 5_000, certificates: int = 100_000, rounds: int = 200) -> list[Row]:
     rows: list[Row] = []
     with scratch_region() as rt, _serving(rt, "BW") as base:
-        cli = cli_rate(rt, n)
-        api = api_rate(rt, base, n)
+        # Alternating rounds, best of each: the machine is shared, and one round of each
+        # measures the neighbours as much as the code.
+        token = api_token(rt)
+        clis, apis = [], []
+        for _ in range(ROUNDS):
+            clis.append(cli_rate(rt, n // ROUNDS))
+            apis.append(api_rate(base, token, n // ROUNDS))
+        cli, api = max(clis), max(apis)
+        per_round = ", ".join(f"{c:,.0f}/{a:,.0f}" for c, a in zip(clis, apis, strict=True))
         rows.append(
             Row(
                 "node API POST /api/v1/operations (batches of 100) vs kpx node submit",
@@ -228,7 +235,8 @@ def run(n: int = 5_000, certificates: int = 100_000, rounds: int = 200) -> list[
                 ceiling_what="kpx node submit, same run",
                 goal="≥ 0.5",
                 met=api >= 0.5 * cli,
-                note=f"{n:,} certificates each",
+                note=f"{ROUNDS} alternating rounds of {n // ROUNDS:,} certificates, best of "
+                f"each; CLI/API per round: {per_round}",
             )
         )
         fill(rt, certificates)
