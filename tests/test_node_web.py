@@ -8,8 +8,10 @@ an XSS probe stays text; the sign-in rate limit holds.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,7 +65,7 @@ def fill_certificate(
 
 
 def test_a_clerk_drafts_two_parcels_an_officer_authorises_and_the_registry_accepts(
-    region: LiveRegion, new_page: Any
+    region: LiveRegion, new_page: Any, tmp_path: Path
 ) -> None:
     base = region.urls["BW"]
     clerk = new_page()
@@ -103,6 +105,14 @@ def test_a_clerk_drafts_two_parcels_an_officer_authorises_and_the_registry_accep
     assert officer.inner_text("#registry-state") == "accepted"
     trail = officer.inner_text("#trail")
     assert "user:clara" in trail and "user:oscar" in trail and "authorise" in trail
+    # The printed certificate names the officer who validated it (Annex I).
+    pdf = tmp_path / "certificate.pdf"
+    pdf.write_bytes(officer.request.get(f"{base}/certificates/{certificate_id}/pdf").body())
+    text = subprocess.run(
+        ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "Oscar Mosweu, Ministry of Minerals and Energy — Diamond Hub" in text
+    assert "accepted" in text
     rows = region.query(
         "BW",
         "SELECT number_of_parcels FROM (SELECT jsonb_array_length("

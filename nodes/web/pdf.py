@@ -138,11 +138,13 @@ def _goods(doc: _Document, body: dict[str, Any]) -> None:
 def _validation(doc: _Document, cert: dict[str, Any], nw: NodeWeb) -> None:
     doc.heading("Validation by the exporting authority")
     who = cert.get("authorised")
-    if who:
+    if who and not who["national_system"]:
         doc.field("Authorised by", f"{who['full_name']}, {nw.authority}")
+    else:  # issued through the API or kpx node submit: the authority's own system vouches
+        system = f" ({who['full_name']})" if who else ""
+        doc.field("Authorised by", f"{nw.authority}, through its national system{system}")
+    if who:
         doc.field("Authorised on", who["at"].strftime("%Y-%m-%d %H:%M UTC"))
-    else:
-        doc.field("Authorised by", f"{nw.authority} (submitted by its national system)")
     state = cert.get("registry_state") or "pending"
     local = cert.get("state", "ISSUED")
     doc.field("Registry state", f"{state}; at this authority: {local.lower()}")

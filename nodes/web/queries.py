@@ -66,7 +66,8 @@ def certificate(cur: Cursor, certificate_id: str) -> dict[str, Any] | None:
 def authorisation(cur: Cursor, certificate_id: str) -> dict[str, Any] | None:
     """Who authorised the issue of a certificate (the Annex I validation), from the audit."""
     cur.execute(
-        "SELECT a.actor, a.at, coalesce(u.full_name, split_part(a.actor, ':', 2)) AS full_name "
+        "SELECT a.actor, a.at, a.actor LIKE 'token:%%' AS national_system, "
+        "coalesce(u.full_name, split_part(a.actor, ':', 2)) AS full_name "
         "FROM audit_log a LEFT JOIN web_users u ON 'user:' || u.username = a.actor "
         "WHERE a.subject = %s AND a.action IN ('issue', 'authorise') ORDER BY a.audit_id LIMIT 1",
         (certificate_id,),
