@@ -259,3 +259,60 @@ def test_the_sign_in_rate_limit_holds_even_for_the_right_password(
         sign_in(page, base, "oscar")
         assert "too many failed sign-ins" in page.inner_text("main")
         assert page.url.endswith("/login")
+
+
+def test_production_is_declared_and_revised_from_its_page(
+    region: LiveRegion, new_page: Any
+) -> None:
+    base = region.urls["BW"]
+    page = new_page()
+    sign_in(page, base, "oscar")
+    for carats in ("5000.00", "5200.00"):
+        page.goto(base + "/production")
+        page.fill("#period", "2026-H1")
+        page.fill("#producer", "Jwaneng")
+        page.fill("#carats", carats)
+        page.fill("#value_usd", "1000000.00")
+        page.click("button:has-text('Declare')")
+    row = page.locator("tr", has_text="Jwaneng").inner_text()
+    assert "5,200.00" in row and row.rstrip().endswith("1")  # one revision, not a sum
+    page.fill("#period", "2026-Q1")
+    page.fill("#producer", "Orapa")
+    page.fill("#carats", "1.00")
+    page.fill("#value_usd", "1.00")
+    page.click("button:has-text('Declare')")
+    assert "2026-H1" in page.inner_text("[id='period-error']")
+
+
+def test_discrepancies_rejections_drafts_and_the_audit_export_are_listed(
+    region: LiveRegion, new_page: Any
+) -> None:
+    # What the node's inbox stores when the reconciler and the registry answer.
+    region.query(
+        "BW",
+        "INSERT INTO discrepancies (discrepancy_id, kind, certificate_id, period, "
+        "participants, detail, raised_on) VALUES (991, 'SEAL_BROKEN', 'XS-BW-X', NULL, "
+        "ARRAY['BW','NA'], 'the seal was broken on arrival', '2026-11-30') "
+        "RETURNING 1",
+    )
+    region.query(
+        "BW",
+        "UPDATE node_events SET registry_state = 'rejected', registry_reason = "
+        "'NOT_ALLOWED', registry_detail = 'probe' WHERE sequence = (SELECT min(sequence) "
+        "FROM node_events) RETURNING 1",
+    )
+    base = region.urls["BW"]
+    page = new_page()
+    sign_in(page, base, "audrey")
+    page.goto(base + "/discrepancies?q=SEAL_BROKEN")
+    assert "the seal was broken on arrival" in page.inner_text("main")
+    page.goto(base + "/rejections")
+    assert "NOT_ALLOWED" in page.inner_text("main")
+    page.goto(base + "/drafts?all=1")
+    assert page.locator("tbody tr").count() >= 1
+    assert page.locator("a[href='/issue']").count() >= 1
+    with page.expect_download() as download:
+        page.evaluate("location.href = '/audit.csv'")
+    text = Path(download.value.path()).read_text()
+    assert text.startswith("audit_id,at,actor,role,address,action,subject,detail")
+    assert "user:audrey" in text
