@@ -280,3 +280,26 @@ def test_an_operations_line_is_the_same_json_as_kpx_node_submit_reads(region: Li
     line = json.dumps({"op": "void", "certificate_id": "XS-BW-2026-000999-0", "reason": "x"})
     [api_result] = post(region, [json.loads(line)]).json()["results"]
     assert api_result["reason"] in {"UNKNOWN_CERTIFICATE", "BAD_CERTIFICATE_NUMBER"}
+
+
+def test_after_signing_out_a_copied_session_cookie_no_longer_works(region: LiveRegion) -> None:
+    base = region.urls["BW"]
+    with httpx.Client(base_url=base) as client:
+        token = client.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]
+        client.post(
+            "/login",
+            data={
+                "username": "audrey",
+                "password": "correct horse battery",
+                "csrf_token": token,
+                "next": "/",
+            },
+        )
+        stolen = dict(client.cookies)
+        assert client.get("/certificates").status_code == 200
+        page = client.get("/certificates").text
+        token = page.split('name="csrf_token" value="')[1].split('"')[0]
+        client.post("/logout", data={"csrf_token": token})
+    with httpx.Client(base_url=base, cookies=stolen) as replay:
+        answer = replay.get("/certificates")
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")

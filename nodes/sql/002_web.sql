@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS web_users (
     full_name     text NOT NULL DEFAULT '',
     password_hash text NOT NULL,            -- argon2id
     active        boolean NOT NULL DEFAULT true,
+    -- Sessions signed in before this are no longer honoured (sign-out, password reset).
+    sessions_after timestamptz NOT NULL DEFAULT '-infinity',
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 

@@ -62,7 +62,8 @@ def add_user(cur: Cursor, username: str, role: str, password: str, full_name: st
     cur.execute(
         "INSERT INTO web_users (username, role, full_name, password_hash) VALUES (%s, %s, %s, %s) "
         "ON CONFLICT (username) DO UPDATE SET role = EXCLUDED.role, full_name = "
-        "EXCLUDED.full_name, password_hash = EXCLUDED.password_hash, active = true "
+        "EXCLUDED.full_name, password_hash = EXCLUDED.password_hash, active = true, "
+        "sessions_after = now() "
         "RETURNING (xmax = 0)",
         (username, role, full_name or username, hash_password(password)),
     )
@@ -78,6 +79,22 @@ def user_for_login(cur: Cursor, username: str) -> tuple[str, str, str] | None:
     )
     row = cur.fetchone()
     return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
+
+
+def session_valid(cur: Cursor, username: str, role: str, signed_at: float) -> bool:
+    """Whether a session signed in at ``signed_at`` is still honoured for ``username``: the
+    user is active, has that role still, and has not signed out or been reset since."""
+    cur.execute(
+        "SELECT 1 FROM web_users WHERE username = %s AND active AND role = %s "
+        "AND sessions_after < to_timestamp(%s)",
+        (username, role, signed_at),
+    )
+    return cur.fetchone() is not None
+
+
+def end_sessions(cur: Cursor, username: str) -> None:
+    """Honour no session of ``username`` signed in until now (signing out ends them all)."""
+    cur.execute("UPDATE web_users SET sessions_after = now() WHERE username = %s", (username,))
 
 
 def full_names(cur: Cursor) -> dict[str, str]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 
 from exchange.app.runtime import Runtime
 from exchange.messaging.outbox import OutboxWriter
@@ -11,6 +15,7 @@ from exchange.web.security import WebSecurity
 from nodes.operations import Node
 from nodes.service import migrate
 from nodes.web import (
+    access,
     api,
     pages_certificates,
     pages_imports,
@@ -52,6 +57,22 @@ def node_web(rt: Runtime, code: str, *, allow_self_authorise: bool = False) -> N
     return NodeWeb(code, rt.region, node, Pool(dsn), public_url(rt), allow_self_authorise)
 
 
+def _session_check(nw: NodeWeb) -> Callable[[dict[str, Any]], Awaitable[bool]]:
+    async def check(session: dict[str, Any]) -> bool:
+        name, role, signed_at = (
+            session.get("username"),
+            session.get("role"),
+            session.get("signed_at"),
+        )
+        if not isinstance(signed_at, int | float) or not isinstance(role, str):
+            return False
+        return await run_in_threadpool(
+            nw.pool.run, lambda cur: access.session_valid(cur, str(name), role, signed_at)
+        )
+
+    return check
+
+
 def create_app(nw: NodeWeb) -> Starlette:
     routes = [
         *pages_session.routes,
@@ -70,4 +91,5 @@ def create_app(nw: NodeWeb) -> Starlette:
         nav=NAV,
         security=SECURITY,
         state={"node_web": nw},
+        session_check=_session_check(nw),
     )

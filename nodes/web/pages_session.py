@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from exchange.adapters.postgres import Cursor
 from exchange.web import auth
 from exchange.web.forms import checked_form, client_address
 from exchange.web.templating import render
@@ -53,7 +54,12 @@ async def logout(request: Request) -> Response:
     await checked_form(request)
     who = signed_in(request)
     if who is not None:
-        await db(request, lambda cur: access.audit(cur, who, "signed out"))
+
+        def sign_out(cur: Cursor) -> None:
+            access.end_sessions(cur, who.name)
+            access.audit(cur, who, "signed out")
+
+        await db(request, sign_out)
     auth.end_session(request)
     return RedirectResponse("/login", status_code=303)
 
