@@ -316,3 +316,20 @@ def test_discrepancies_rejections_drafts_and_the_audit_export_are_listed(
     text = Path(download.value.path()).read_text()
     assert text.startswith("audit_id,at,actor,role,address,action,subject,detail")
     assert "user:audrey" in text
+
+
+def test_the_pages_work_without_javascript(region: LiveRegion, browser: Any) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        base = region.urls["BW"]
+        sign_in(page, base, "clara")
+        fill_certificate(page, base)
+        page.click("text=Add a parcel")
+        page.fill("[id='parcels[1].carats']", "10.00")
+        page.fill("[id='parcels[1].value_usd']", "100.00")
+        page.click("text=Save the draft")
+        assert "/drafts/" in page.url
+        assert page.locator("script").count() == 0
+    finally:
+        context.close()
