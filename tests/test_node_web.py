@@ -295,18 +295,34 @@ def test_discrepancies_rejections_drafts_and_the_audit_export_are_listed(
         "ARRAY['BW','NA'], 'the seal was broken on arrival', '2026-11-30') "
         "RETURNING 1",
     )
+    with httpx.Client(
+        base_url=region.urls["BW"],
+        headers={"Authorization": f"Bearer {region.tokens['officer']}"},
+    ) as api:
+        [issued] = api.post(
+            "/api/v1/operations", json=[{"op": "issue", "certificate": certificate()}]
+        ).json()["results"]
+    # Once the registry's own answer is in, so that it cannot overwrite the rejection made here.
+    wait_until(
+        lambda: region.query(
+            "BW",
+            "SELECT 1 FROM node_events WHERE subject = %s AND registry_state <> 'pending'",
+            issued["certificate_id"],
+        ),
+        "the registry's answer",
+    )
     region.query(
         "BW",
-        "UPDATE node_events SET registry_state = 'rejected', registry_reason = "
-        "'NOT_ALLOWED', registry_detail = 'probe' WHERE sequence = (SELECT min(sequence) "
-        "FROM node_events) RETURNING 1",
+        "UPDATE node_events SET registry_state = 'rejected', registry_reason = 'NOT_ALLOWED', "
+        "registry_detail = 'probe' WHERE subject = %s RETURNING 1",
+        issued["certificate_id"],
     )
     base = region.urls["BW"]
     page = new_page()
     sign_in(page, base, "audrey")
     page.goto(base + "/discrepancies?q=SEAL_BROKEN")
     assert "the seal was broken on arrival" in page.inner_text("main")
-    page.goto(base + "/rejections")
+    page.goto(base + "/rejections?q=not_allowed")
     assert "NOT_ALLOWED" in page.inner_text("main")
     page.goto(base + "/drafts?all=1")
     assert page.locator("tbody tr").count() >= 1

@@ -76,13 +76,15 @@ async def discrepancies_page(request: Request) -> Response:
 
 async def rejections_page(request: Request) -> Response:
     require(request)
+    q = request.query_params.get("q", "")[:100]
     page = page_number(request)
-    rows = await db(request, lambda cur: queries.rejections(cur, page, PAGE_SIZE))
+    rows = await db(request, lambda cur: queries.rejections(cur, q, page, PAGE_SIZE))
     return render(
         request,
         "rejections.html",
         {
             "rows": rows[:PAGE_SIZE],
+            "q": q,
             "page": page,
             "more": len(rows) > PAGE_SIZE,
         },

@@ -159,12 +159,14 @@ def discrepancies(cur: Cursor, q: str, page: int, size: int) -> list[dict[str, A
     return _rows(cur)
 
 
-def rejections(cur: Cursor, page: int, size: int) -> list[dict[str, Any]]:
+def rejections(cur: Cursor, q: str, page: int, size: int) -> list[dict[str, Any]]:
+    q = q.strip()[:100]
     cur.execute(
         "SELECT event_id, event_type, subject, registry_reason, registry_detail, decided_at "
-        "FROM node_events WHERE registry_state = 'rejected' ORDER BY decided_at DESC, sequence "
-        "LIMIT %s OFFSET %s",
-        (size + 1, (page - 1) * size),
+        "FROM node_events WHERE registry_state = 'rejected' AND (%(q)s = '' OR subject ILIKE "
+        "%(like)s OR registry_reason = upper(%(q)s)) ORDER BY decided_at DESC, sequence "
+        "LIMIT %(n)s OFFSET %(off)s",
+        {"q": q, "like": f"%{_escape_like(q)}%", "n": size + 1, "off": (page - 1) * size},
     )
     return _rows(cur)
 
