@@ -52,6 +52,8 @@ from .traffic import Plan, load_profiles
 TICK = 0.5
 DRAIN_TIMEOUT = 90.0
 DEFER_TIMEOUT = 30.0  # how long an operation may wait for the registry after the traffic
+# A ready officer on every node web app: the demo region is private and lives minutes.
+DEMO_USER, DEMO_PASSWORD = "officer", "kpx-demo-officer"
 
 
 @click.command("demo")
@@ -156,6 +158,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, folder: Path) -> int:
+    _demo_users(rt)
     fleet.start()
     fleet.write_pids(folder / "pids")
     with console.status(
@@ -166,6 +169,8 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         console.print(f"[red]services did not start: {'; '.join(problems)} (logs in {fleet.logs})")
         _stop(console, fleet)
         return 1
+    webs = ", ".join(s.metrics_url for s in fleet.services if s.name.startswith("web "))
+    console.print(f"node web apps (user {DEMO_USER}, password {DEMO_PASSWORD}): {webs}")
     monitor = Monitor(rt)
     try:
         driver = _drive(console, rt, plan, fleet, monitor)
@@ -185,6 +190,19 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
     )
     console.print(verdict)
     return 0 if not problems else 1
+
+
+def _demo_users(rt: Runtime) -> None:
+    """A ready officer on every node web app, so a first-time user can click through."""
+    from nodes.web import access  # the demo's composition root: see the module notes
+
+    for code in rt.region.node_codes:
+        conn = postgres.connect(rt.node_dsn(code), application_name="kpx-demo")
+        try:
+            with postgres.transaction(conn) as cur:
+                access.add_user(cur, DEMO_USER, "officer", DEMO_PASSWORD, "Demo Officer")
+        finally:
+            conn.close()
 
 
 def _problems(result: Score, drained: bool, fleet: Fleet, driver: Driver) -> list[str]:
