@@ -1,0 +1,141 @@
+"""What a border officer is told about one certificate: VALID or DO NOT ACCEPT, and why.
+
+Pure: the facts come from :mod:`exchange.registry.web.reads`; this module only judges them.
+A regional number is checked by its check digits (exchange/domain/certnumber.py) before any
+lookup, so a mistyped number is called mistyped, not unknown. The verdict carries only what an
+officer compares with the shipment (issuing member, destination, dates, parcels, carats) —
+never the exporter, the importer or the value (DESIGN §13).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from exchange.domain.certnumber import parse_regional
+from exchange.errors import Refusal
+
+# The characters a certificate number may hold at all (DESIGN §3); anything else is mistyped.
+_NUMBER = re.compile(r"[A-Z0-9/-]{1,40}")
+
+
+class Status(StrEnum):
+    """Why a certificate may or may not be honoured (the API's ``status``)."""
+
+    VALID = "VALID"
+    VOIDED = "VOIDED"
+    REPLACED = "REPLACED"
+    EXPIRED = "EXPIRED"
+    NOT_YET_VALID = "NOT_YET_VALID"
+    ALREADY_IMPORTED = "ALREADY_IMPORTED"
+    REJECTED = "REJECTED"
+    UNKNOWN = "UNKNOWN"
+    MISTYPED = "MISTYPED"
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the registry holds about one accepted certificate (no parties, no value)."""
+
+    state: str
+    replaced_by: str | None
+    issuing_member: str
+    destination: str
+    date_of_issue: date
+    date_of_expiry: date
+    number_of_parcels: int
+    total_carats: Decimal
+    imported_on: date | None = None
+    imported_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer of ``/verify/{id}``; ``reason`` is None only when valid."""
+
+    certificate_id: str
+    status: Status
+    reason: str | None
+    facts: Facts | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.status is Status.VALID
+
+    def to_json(self) -> dict[str, Any]:
+        """The exact fields of DESIGN §13 ``GET /api/v1/verify/{id}``."""
+        f = self.facts
+        return {
+            "certificate_id": self.certificate_id,
+            "valid": self.valid,
+            "status": self.status.value,
+            "reason": self.reason,
+            "issuing_member": f.issuing_member if f else None,
+            "destination": f.destination if f else None,
+            "date_of_issue": f.date_of_issue.isoformat() if f else None,
+            "date_of_expiry": f.date_of_expiry.isoformat() if f else None,
+            "number_of_parcels": f.number_of_parcels if f else None,
+            "total_carats": f"{f.total_carats:.2f}" if f else None,
+        }
+
+
+def normalise(text: str) -> str:
+    """What an officer typed, as a number: trimmed, upper case, inner spaces dropped."""
+    return "".join(text.split()).upper()
+
+
+def precheck(number: str, region: str) -> Verdict | None:
+    """A verdict without lookup when ``number`` cannot be a certificate number, else None."""
+    if not _NUMBER.fullmatch(number):
+        return Verdict(number, Status.MISTYPED, _mistyped("it holds characters no number has"))
+    if number.startswith(f"{region}-"):
+        try:
+            parse_regional(number, region)
+        except Refusal as refusal:
+            return Verdict(number, Status.MISTYPED, _mistyped(refusal.sentence))
+    return None
+
+
+def _mistyped(why: str) -> str:
+    return f"This number is mistyped ({why}). Check it against the paper certificate."
+
+
+def judge(number: str, facts: Facts | None, on: date, rejected: str | None = None) -> Verdict:
+    """The verdict on ``on`` for a number that passed :func:`precheck`.
+
+    ``facts`` is None when the registry never accepted the number; ``rejected`` then holds
+    the registry's reason if it rejected a certificate under that number.
+    """
+    if facts is None:
+        if rejected is not None:
+            return Verdict(number, Status.REJECTED, f"The registry refused this certificate "
+                           f"({rejected}). It was never valid.")  # fmt: skip
+        return Verdict(number, Status.UNKNOWN, "The registry has no certificate with this "
+                       "number: it may be forged or not yet reported. Hold the shipment and "
+                       "contact the issuing authority.")  # fmt: skip
+    status, reason = _status(facts, on)
+    return Verdict(number, status, reason, facts)
+
+
+def _status(f: Facts, on: date) -> tuple[Status, str | None]:
+    if f.state == "VOIDED":
+        return Status.VOIDED, f"The issuing authority ({f.issuing_member}) cancelled it."
+    if f.state == "REPLACED":
+        return Status.REPLACED, (
+            f"It was replaced by certificate {f.replaced_by}; only the replacement is valid."
+        )
+    if f.state == "IMPORT_CONFIRMED":
+        when = f" on {f.imported_on:%Y-%m-%d}" if f.imported_on else ""
+        who = f" by {f.imported_by}" if f.imported_by else ""
+        return Status.ALREADY_IMPORTED, (
+            f"It was already imported{when}{who}; presented again, it is being re-used."
+        )
+    if on < f.date_of_issue:
+        return Status.NOT_YET_VALID, f"It is dated {f.date_of_issue:%Y-%m-%d}, after today."
+    if on > f.date_of_expiry:
+        return Status.EXPIRED, f"It expired on {f.date_of_expiry:%Y-%m-%d}."
+    return Status.VALID, None
