@@ -36,7 +36,7 @@ def test_a_number_with_one_digit_mistyped_is_caught_before_any_lookup() -> None:
     typo = GOOD[:-4] + ("1" if GOOD[-4] != "1" else "2") + GOOD[-3:]
     verdict = precheck(typo, "XS")
     assert verdict is not None and verdict.status is Status.MISTYPED and not verdict.valid
-    assert "mistyped" in (verdict.reason or "")
+    assert "mistyped" in (verdict.reason or "") and "check digits" in (verdict.reason or "")
 
 
 def test_a_well_formed_or_foreign_number_goes_on_to_the_lookup() -> None:

@@ -164,8 +164,10 @@ def _attach_parts() -> None:
     from exchange.demo.commands import demo
     from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
     from exchange.registry.commands import registry
+    from exchange.registry.web.commands import serve, users
 
-    registry.add_command(discrepancies)
+    for sub in (discrepancies, serve, users):
+        registry.add_command(sub)
     for command in (registry, reconciler, reconcile, stats, demo):
         cli.add_command(command)
 

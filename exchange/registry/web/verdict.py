@@ -10,6 +10,7 @@ never the exporter, the importer or the value (DESIGN §13).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -54,17 +55,33 @@ class Facts:
 
 
 @dataclass(frozen=True, slots=True)
+class Reason:
+    """A reason in plain words: an English message id (translated by the page) and its values."""
+
+    message: str
+    values: tuple[tuple[str, str], ...] = ()
+
+    def text(self, translate: Callable[[str], str] = str) -> str:
+        return translate(self.message).format(**dict(self.values))
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
-    """The answer of ``/verify/{id}``; ``reason`` is None only when valid."""
+    """The answer of ``/verify/{id}``; ``why`` is None only when valid."""
 
     certificate_id: str
     status: Status
-    reason: str | None
+    why: Reason | None
     facts: Facts | None = None
 
     @property
     def valid(self) -> bool:
         return self.status is Status.VALID
+
+    @property
+    def reason(self) -> str | None:
+        """The reason in English (the API's ``reason``)."""
+        return self.why.text() if self.why else None
 
     def to_json(self) -> dict[str, Any]:
         """The exact fields of DESIGN §13 ``GET /api/v1/verify/{id}``."""
@@ -91,17 +108,23 @@ def normalise(text: str) -> str:
 def precheck(number: str, region: str) -> Verdict | None:
     """A verdict without lookup when ``number`` cannot be a certificate number, else None."""
     if not _NUMBER.fullmatch(number):
-        return Verdict(number, Status.MISTYPED, _mistyped("it holds characters no number has"))
+        return Verdict(number[:40], Status.MISTYPED, Reason(_BAD_CHARACTERS))
     if number.startswith(f"{region}-"):
         try:
             parse_regional(number, region)
-        except Refusal as refusal:
-            return Verdict(number, Status.MISTYPED, _mistyped(refusal.sentence))
+        except Refusal:
+            return Verdict(number, Status.MISTYPED, Reason(_BAD_DIGITS))
     return None
 
 
-def _mistyped(why: str) -> str:
-    return f"This number is mistyped ({why}). Check it against the paper certificate."
+_BAD_CHARACTERS = (
+    "This number is mistyped: it holds characters no certificate number has. "
+    "Check it against the paper certificate."
+)
+_BAD_DIGITS = (
+    "This number is mistyped: its check digits do not match. "
+    "Check it against the paper certificate."
+)
 
 
 def judge(number: str, facts: Facts | None, on: date, rejected: str | None = None) -> Verdict:
@@ -112,30 +135,41 @@ def judge(number: str, facts: Facts | None, on: date, rejected: str | None = Non
     """
     if facts is None:
         if rejected is not None:
-            return Verdict(number, Status.REJECTED, f"The registry refused this certificate "
-                           f"({rejected}). It was never valid.")  # fmt: skip
-        return Verdict(number, Status.UNKNOWN, "The registry has no certificate with this "
-                       "number: it may be forged or not yet reported. Hold the shipment and "
-                       "contact the issuing authority.")  # fmt: skip
+            why = Reason("The registry refused this certificate ({code}); it was never valid.",
+                         (("code", rejected),))  # fmt: skip
+            return Verdict(number, Status.REJECTED, why)
+        return Verdict(number, Status.UNKNOWN, Reason(_UNKNOWN))
     status, reason = _status(facts, on)
     return Verdict(number, status, reason, facts)
 
 
-def _status(f: Facts, on: date) -> tuple[Status, str | None]:
+_UNKNOWN = (
+    "The registry has no certificate with this number: it may be forged or not yet "
+    "reported. Hold the shipment and contact the issuing authority."
+)
+
+
+def _status(f: Facts, on: date) -> tuple[Status, Reason | None]:
     if f.state == "VOIDED":
-        return Status.VOIDED, f"The issuing authority ({f.issuing_member}) cancelled it."
+        return Status.VOIDED, Reason(
+            "The issuing authority ({issuer}) cancelled it.", (("issuer", f.issuing_member),)
+        )
     if f.state == "REPLACED":
-        return Status.REPLACED, (
-            f"It was replaced by certificate {f.replaced_by}; only the replacement is valid."
+        return Status.REPLACED, Reason(
+            "It was replaced by certificate {other}; only the replacement is valid.",
+            (("other", f.replaced_by or "?"),),
         )
     if f.state == "IMPORT_CONFIRMED":
-        when = f" on {f.imported_on:%Y-%m-%d}" if f.imported_on else ""
-        who = f" by {f.imported_by}" if f.imported_by else ""
-        return Status.ALREADY_IMPORTED, (
-            f"It was already imported{when}{who}; presented again, it is being re-used."
+        return Status.ALREADY_IMPORTED, Reason(
+            "It was already imported on {day} by {who}; presented again, it is being re-used.",
+            (("day", f"{f.imported_on or '?'}"), ("who", f.imported_by or "?")),
         )
     if on < f.date_of_issue:
-        return Status.NOT_YET_VALID, f"It is dated {f.date_of_issue:%Y-%m-%d}, after today."
+        return Status.NOT_YET_VALID, Reason(
+            "It is dated {day}, after today.", (("day", f"{f.date_of_issue:%Y-%m-%d}"),)
+        )
     if on > f.date_of_expiry:
-        return Status.EXPIRED, f"It expired on {f.date_of_expiry:%Y-%m-%d}."
+        return Status.EXPIRED, Reason(
+            "It expired on {day}.", (("day", f"{f.date_of_expiry:%Y-%m-%d}"),)
+        )
     return Status.VALID, None

@@ -1,0 +1,108 @@
+"""``kpx registry serve`` and ``kpx registry users add`` (DESIGN §13).
+
+Attached to the ``registry`` group by the composition root. The context object is the
+runtime of exchange/app/runtime.py (``region``, ``store``, ``registry_dsn``, ``signer``,
+``amqp_url``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from exchange.adapters.postgres import connect
+from exchange.adapters.signals import stop_on_signals
+from exchange.errors import KpxError
+from exchange.reconciler import service as reconciler_service
+from exchange.registry import service as registry_service
+from exchange.registry.web import accounts
+from exchange.registry.web.app import build
+from exchange.registry.web.portal import Limits, Portal
+from exchange.registry.web.reads import PublicPool
+from exchange.wire import topology
+
+DEFAULT_PORT = 8400
+
+
+def _obj() -> Any:
+    return click.get_current_context().obj
+
+
+def prepare(rt: Any) -> None:
+    """Migrations the portal reads (registry, console, reconciler's schema); idempotent."""
+    conn = connect(rt.registry_dsn, application_name="kpx-registry-serve")
+    try:
+        registry_service.prepare_database(conn, rt.region)
+    finally:
+        conn.close()
+    reconciler_service.prepare(rt.registry_dsn)
+
+
+def portal_for(rt: Any, limits: Limits | None = None, public_connections: int = 4) -> Portal:
+    """The portal's shared state on the runtime's region and database."""
+    user = topology.registry_user(rt.region.vhost)
+    return Portal(
+        region=rt.region,
+        schemas=rt.store,
+        signer=lambda: rt.signer(rt.region.code),
+        amqp_url=lambda: rt.amqp_url(user),
+        broker_user=user,
+        public=PublicPool(rt.registry_dsn, public_connections, statement_timeout_ms=2000),
+        work=PublicPool(rt.registry_dsn, 3, wait_seconds=10, statement_timeout_ms=30_000),
+        limits=limits or Limits(),
+    )
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option("--verify-rate", type=float, default=10.0, show_default=True,
+              help="Verification lookups per second per client (bursts of 3x).")  # fmt: skip
+@click.option("--public-connections", type=int, default=4, show_default=True,
+              help="Database connections for public reads (ingest never waits).")  # fmt: skip
+def serve(host: str, port: int, verify_rate: float, public_connections: int) -> None:
+    """Public verification, published statistics, the log, and the regional console."""
+    import uvicorn
+
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with this handler in place the
+    # re-raised signal only sets an event, so serve exits 0 like every kpx service.
+    stop_on_signals()
+    rt = _obj()
+    try:
+        prepare(rt)
+    except KpxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    limits = Limits(verify_rate=verify_rate, verify_burst=verify_rate * 3)
+    portal = portal_for(rt, limits, public_connections)
+    click.echo(f"kpx registry serve: http://{host}:{port}/ (public URL {rt.region.public_url})")
+    try:
+        uvicorn.run(build(portal), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        portal.public.close()
+        portal.work.close()
+
+
+@click.group("users")
+def users() -> None:
+    """Console users of the regional body."""
+
+
+@users.command("add")
+@click.option("--username", required=True)
+@click.option("--role", required=True, type=click.Choice(["analyst", "admin"]))
+def users_add(username: str, role: str) -> None:
+    """Create (or reset) a console user; the password is read from stdin."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    rt = _obj()
+    try:
+        prepare(rt)
+        conn = connect(rt.registry_dsn, application_name="kpx-registry-users")
+        try:
+            accounts.add_user(conn, username, role, password)
+        finally:
+            conn.close()
+    except KpxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"console user {username} ({role}) ready")
