@@ -1,0 +1,123 @@
+"""The app factory: one Starlette application with every web face's common machinery.
+
+Middleware, outermost first: security headers (on every answer, errors included), the body
+limit (413 before the body is read), the signed session, then the request context (language,
+CSRF token). Errors become RFC 9457 problem details under ``/api/`` and an HTML page elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from exchange.web import i18n, templating
+from exchange.web.middleware import BodyLimit, SecurityHeaders
+from exchange.web.problems import ProblemResponse
+from exchange.web.security import RateLimiter, WebSecurity, new_csrf_token
+from exchange.web.sessions import SessionMiddleware
+
+log = logging.getLogger(__name__)
+
+
+class RequestContext:
+    """Sets ``request.state.translator`` and ``csrf_token``; ``?lang=xx`` switches language."""
+
+    def __init__(self, app: ASGIApp, catalogues: dict[str, Any]) -> None:
+        self.app = app
+        self.catalogues = catalogues
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        session = scope["session"]
+        chosen = request.query_params.get("lang")
+        if chosen in i18n.LANGUAGES and session.get("lang") != chosen:
+            session["lang"] = chosen
+        lang = session.get("lang")
+        if lang not in i18n.LANGUAGES:
+            lang = i18n.negotiate(request.headers.get("accept-language"))
+        if "csrf" not in session:
+            session["csrf"] = new_csrf_token()
+        state = scope.setdefault("state", {})
+        state["translator"] = i18n.Translator(lang, self.catalogues[lang])
+        state["csrf_token"] = session["csrf"]
+        await self.app(scope, receive, send)
+
+
+def build_app(
+    routes: Sequence[BaseRoute],
+    *,
+    title: str,
+    secret: bytes,
+    packages: Sequence[str] = (),
+    nav: Sequence[tuple[str, str]] = (),
+    security: WebSecurity | None = None,
+    state: dict[str, Any] | None = None,
+) -> Starlette:
+    """A web face: ``routes`` plus ``/static`` (the shared CSS), with templates and catalogues
+    taken from each of ``packages`` (``templates/`` and ``locale/`` beside the code).
+
+    ``nav`` is the menu of the base layout: (path, untranslated label) pairs.
+    """
+    security = security or WebSecurity()
+    catalogues = i18n.load_catalogues(packages)
+    static = Mount("/static", StaticFiles(packages=[("exchange.web", "static")]), name="static")
+    app = Starlette(
+        routes=[*routes, static],
+        middleware=[
+            Middleware(SecurityHeaders, headers=security.headers),
+            Middleware(BodyLimit, limit=security.max_body_bytes),
+            Middleware(SessionMiddleware, secret=secret, security=security),
+            Middleware(RequestContext, catalogues=catalogues),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.templates = templating.environment(packages)
+    app.state.title = title
+    app.state.nav = list(nav)
+    app.state.security = security
+    app.state.login_limiter = RateLimiter(security.login_attempts, security.login_window_seconds)
+    for key, value in (state or {}).items():
+        setattr(app.state, key, value)
+    return app
+
+
+def wants_problem(request: Request) -> bool:
+    """API paths and clients that ask for JSON get problem details; browsers get a page."""
+    accept = request.headers.get("accept", "")
+    return request.url.path.startswith("/api/") or ("json" in accept and "html" not in accept)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if wants_problem(request) or "translator" not in request.state._state:
+        return ProblemResponse(exc.status_code, detail=str(exc.detail), headers=headers)
+    response = templating.render(
+        request, "error.html", {"status": exc.status_code, "detail": exc.detail}, exc.status_code
+    )
+    response.headers.update(headers)
+    return response
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return ProblemResponse(500, detail="an internal error; it was logged")
+
+
+def serve(app: ASGIApp, host: str, port: int, *, log_level: str = "info") -> None:
+    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvicorn drains open requests)."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
