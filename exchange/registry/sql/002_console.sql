@@ -1,4 +1,4 @@
--- The regional console: its users, their sessions, every act they took, and the history of
+-- The regional console: its users, every act they took, and the history of
 -- notes on discrepancies (a note is never overwritten: each resolve or reopen adds a row).
 
 CREATE TABLE IF NOT EXISTS console_users (
@@ -8,17 +8,6 @@ CREATE TABLE IF NOT EXISTS console_users (
     created_at    timestamptz NOT NULL DEFAULT now(),
     disabled_at   timestamptz
 );
-
--- Server-side sessions: the cookie holds a random token, the table only its SHA-256, so a
--- leaked copy of this table opens no session. Ending a session deletes its row.
-CREATE TABLE IF NOT EXISTS console_sessions (
-    token_hash  bytea PRIMARY KEY,
-    username    text NOT NULL REFERENCES console_users ON DELETE CASCADE,
-    csrf_token  text NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    expires_at  timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS console_sessions_expiry ON console_sessions (expires_at);
 
 -- Every console act: who, when, what, on what, and the words they gave.
 CREATE TABLE IF NOT EXISTS console_audit (

@@ -1,35 +1,26 @@
-"""Console users (argon2id), their server-side sessions, and the audit of every console act.
+"""Console users (argon2id, the foundation's hasher) and the audit of every console act.
 
-A session cookie carries a random token; the database keeps only its SHA-256, with the
-session's CSRF token and expiry. Roles: ``analyst`` reads and resolves discrepancies;
-``admin`` also suspends and reinstates participants and re-injects dead letters.
+Roles: ``analyst`` reads and resolves discrepancies; ``admin`` also suspends and reinstates
+participants and re-injects dead letters. The session itself is the foundation's signed
+cookie (exchange/web/sessions.py); every console request looks the user up again, so a
+disabled user or a changed role takes effect at once.
 
 Errors: ConfigError for a bad username, role or a too-short password (names the field).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
-
 from exchange.adapters.postgres import Connection, Cursor, fetch_all, transaction
 from exchange.errors import ConfigError
+from exchange.web.security import hash_password
 
-SESSION_LIFETIME = timedelta(hours=8)
 MIN_PASSWORD = 12
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,39}")
-_HASHER = PasswordHasher()
-# Verified against when the user does not exist, so a wrong name costs as long as a wrong
-# password and timing does not tell which names exist.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class Role(StrEnum):
@@ -39,11 +30,10 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """A logged-in console user, and the CSRF token of their session."""
+    """A logged-in console user."""
 
     username: str
     role: Role
-    csrf_token: str
 
     @property
     def is_admin(self) -> bool:
@@ -65,57 +55,35 @@ def add_user(conn: Connection, username: str, role: str, password: str) -> None:
             "INSERT INTO console_users (username, role, password_hash) VALUES (%s, %s, %s)"
             " ON CONFLICT (username) DO UPDATE SET role = EXCLUDED.role,"
             " password_hash = EXCLUDED.password_hash, disabled_at = NULL",
-            (username, chosen.value, _HASHER.hash(password)),
+            (username, chosen.value, hash_password(password)),
         )
         record(cur, "cli", "users add", username, f"role {chosen.value}")
 
 
-def login(conn: Connection, username: str, password: str) -> str | None:
-    """A new session token for a correct username and password, else None (audited)."""
+def stored_hash(conn: Connection, username: str) -> str | None:
+    """The password hash of an enabled user, or None."""
     rows = fetch_all(
         conn,
         "SELECT password_hash FROM console_users WHERE username = %s AND disabled_at IS NULL",
         (username,),
     )
-    stored = rows[0]["password_hash"] if rows else _DUMMY_HASH
-    try:
-        _HASHER.verify(stored, password)
-        ok = bool(rows)
-    except (VerificationError, InvalidHashError):
-        ok = False
-    with transaction(conn) as cur:
-        record(cur, username[:40] or "?", "login" if ok else "login failed", "", "")
-        if not ok:
-            return None
-        token = secrets.token_urlsafe(32)
-        cur.execute(
-            "INSERT INTO console_sessions (token_hash, username, csrf_token, expires_at)"
-            " VALUES (%s, %s, %s, now() + %s)",
-            (_digest(token), username, secrets.token_urlsafe(32), SESSION_LIFETIME),
-        )
-        cur.execute("DELETE FROM console_sessions WHERE expires_at < now()")
-    return token
+    return str(rows[0]["password_hash"]) if rows else None
 
 
-def session_user(conn: Connection, token: str) -> User | None:
-    """The user of a live session token, or None."""
+def user(conn: Connection, username: str) -> User | None:
+    """The enabled user of that name with their current role, or None."""
     rows = fetch_all(
         conn,
-        "SELECT u.username, u.role, s.csrf_token FROM console_sessions s"
-        " JOIN console_users u USING (username)"
-        " WHERE s.token_hash = %s AND s.expires_at > now() AND u.disabled_at IS NULL",
-        (_digest(token),),
+        "SELECT username, role FROM console_users WHERE username = %s AND disabled_at IS NULL",
+        (username,),
     )
-    if not rows:
-        return None
-    return User(rows[0]["username"], Role(rows[0]["role"]), rows[0]["csrf_token"])
+    return User(rows[0]["username"], Role(rows[0]["role"])) if rows else None
 
 
-def logout(conn: Connection, token: str, username: str) -> None:
-    """End a session (audited)."""
+def audited(conn: Connection, actor: str, action: str, target: str = "", detail: str = "") -> None:
+    """Record one act in its own transaction (login, logout, a failed login)."""
     with transaction(conn) as cur:
-        cur.execute("DELETE FROM console_sessions WHERE token_hash = %s", (_digest(token),))
-        record(cur, username, "logout", "", "")
+        record(cur, actor, action, target, detail)
 
 
 def record(cur: Cursor, actor: str, action: str, target: str, detail: str) -> None:
@@ -133,7 +101,3 @@ def audit(conn: Connection, limit: int = 200) -> list[dict[str, Any]]:
         "SELECT id, at, actor, action, target, detail FROM console_audit ORDER BY id DESC LIMIT %s",
         (limit,),
     )
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()

@@ -1,34 +1,39 @@
 """``kpx registry serve``: one ASGI app for the three audiences (DESIGN §13).
 
 Public: ``/verify/{id}``, ``/api/v1/verify/{id}``, ``/statistics`` (+ ``.csv``, ``.json``),
-``/log``. Console (logged in): ``/console/…``. Security headers and the body limit wrap
-everything (exchange/registry/web/security.py).
+``/log``. Console (logged in): ``/console/…``. Built with the shared foundation
+(exchange/web/app.py): its security headers, body limit, signed sessions, CSRF, login rate
+limit, translations and problem details apply to every page here.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from exchange.errors import DatabaseUnavailable
 from exchange.registry.web import console, public
 from exchange.registry.web.errors import problem
-from exchange.registry.web.portal import STATIC, Portal
-from exchange.registry.web.security import Guard
+from exchange.registry.web.portal import Portal
+from exchange.web.app import build_app
+from exchange.web.security import WebSecurity
 
 log = logging.getLogger(__name__)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return problem(request, exc.status_code, "Error", str(exc.detail))
+STATIC = Path(__file__).parent / "static"
+NAV = (
+    ("/verify", "Verify"),
+    ("/statistics", "Statistics"),
+    ("/log", "Log"),
+    ("/console", "Console"),
+)
+# The console's forms are small; nothing here takes an upload.
+SECURITY = WebSecurity(max_body_bytes=64 * 1024)
 
 
 async def _busy(request: Request, exc: Exception) -> Response:
@@ -36,19 +41,22 @@ async def _busy(request: Request, exc: Exception) -> Response:
     return problem(request, 503, "Busy", "The registry is busy; try again in a moment.")
 
 
-def build(portal: Portal, extra_routes: list[object] | None = None) -> Starlette:
-    """The portal's ASGI app on ``portal``'s pools and settings."""
-    routes = [
+def build(portal: Portal, secret: bytes, log_routes: list[BaseRoute] | None = None) -> Starlette:
+    """The portal's ASGI app on ``portal``'s pools and settings; ``secret`` signs sessions."""
+    routes: list[BaseRoute] = [
         *public.ROUTES,
         *console.ROUTES,
-        *(extra_routes or []),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        *(log_routes or []),
+        Mount("/portal-static", StaticFiles(directory=STATIC), name="portal-static"),
     ]
-    app = Starlette(
-        routes=routes,  # type: ignore[arg-type]
-        middleware=[Middleware(Guard)],
-        exception_handlers={HTTPException: _http_error, DatabaseUnavailable: _busy},
+    app = build_app(
+        routes,
+        title=f"{portal.region.code} · KP registry",
+        secret=secret,
+        packages=["exchange.registry.web"],
+        nav=NAV,
+        security=SECURITY,
+        state={"portal": portal, "log_served": bool(log_routes)},
     )
-    app.state.portal = portal
-    app.state.log_served = bool(extra_routes)
+    app.add_exception_handler(DatabaseUnavailable, _busy)
     return app

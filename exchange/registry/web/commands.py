@@ -7,7 +7,10 @@ runtime of exchange/app/runtime.py (``region``, ``store``, ``registry_dsn``, ``s
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
+from contextlib import suppress
 from typing import Any
 
 import click
@@ -55,6 +58,20 @@ def portal_for(rt: Any, limits: Limits | None = None, public_connections: int = 
     )
 
 
+def session_secret(rt: Any) -> bytes:
+    """The key that signs console sessions: 32 random bytes in the state directory (0600),
+    made on first use, so sessions survive a restart and no two regions share one."""
+    path = rt.settings.vhost_dir(rt.region.vhost) / "secrets" / "portal-session.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+    key: bytes = path.read_bytes()
+    return key
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
@@ -76,9 +93,10 @@ def serve(host: str, port: int, verify_rate: float, public_connections: int) -> 
         raise click.ClickException(str(exc)) from exc
     limits = Limits(verify_rate=verify_rate, verify_burst=verify_rate * 3)
     portal = portal_for(rt, limits, public_connections)
+    app = build(portal, session_secret(rt))
     click.echo(f"kpx registry serve: http://{host}:{port}/ (public URL {rt.region.public_url})")
     try:
-        uvicorn.run(build(portal), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
     finally:
         portal.public.close()
         portal.work.close()

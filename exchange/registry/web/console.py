@@ -24,14 +24,8 @@ from exchange.registry.web import accounts, worklist
 from exchange.registry.web.accounts import User
 from exchange.registry.web.errors import problem
 from exchange.registry.web.portal import Portal
-from exchange.registry.web.security import (
-    LOGIN_CSRF_COOKIE,
-    SESSION_COOKIE,
-    client_of,
-    new_token,
-    same,
-    set_cookie,
-)
+from exchange.web import auth
+from exchange.web.forms import checked_form
 
 Page = Callable[[Request, Portal, User], Awaitable[Response]]
 
@@ -41,26 +35,22 @@ def _portal(request: Request) -> Portal:
     return portal
 
 
-async def _user(portal: Portal, request: Request) -> User | None:
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        return None
-    return await portal.db(accounts.session_user, token)
-
-
 def page(admin: bool = False) -> Callable[[Page], Callable[[Request], Awaitable[Response]]]:
-    """A console endpoint: logged in (else to the login page), CSRF-checked on POST."""
+    """A console endpoint: logged in (else to the login page), CSRF-checked on POST.
+
+    The user is read again from the database on every request, so a disabled user or a
+    changed role takes effect at once, whatever the signed cookie says.
+    """
 
     def wrap(handler: Page) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             portal = _portal(request)
-            user = await _user(portal, request)
+            name = request.scope["session"].get("username")
+            user = await portal.db(accounts.user, name) if name else None
             if user is None:
-                return RedirectResponse("/console/login", 303)
+                return RedirectResponse(f"/login?next={request.url.path}", 303)
             if request.method == "POST":
-                form = await request.form()
-                if not same(str(form.get("csrf", "")), user.csrf_token):
-                    return problem(request, 403, "Forbidden", "The form expired; reload it.")
+                await checked_form(request)  # HTTPException(403) when the token is wrong
             if admin and not user.is_admin:
                 return problem(request, 403, "Forbidden", "Only an admin may do this.")
             return await handler(request, portal, user)
@@ -70,39 +60,42 @@ def page(admin: bool = False) -> Callable[[Page], Callable[[Request], Awaitable[
     return wrap
 
 
-async def login_form(request: Request, error: str = "", status: int = 200) -> Response:
-    token = new_token()
-    response = _portal(request).render(
-        request, "login.html", {"csrf": token, "error": error}, status
-    )
-    set_cookie(response, request, LOGIN_CSRF_COOKIE, token, path="/console/login")
-    return response
+async def login_form(request: Request) -> Response:
+    next_path = _next(request.query_params.get("next"))
+    return _portal(request).render(request, "login.html", {"error": "", "next_path": next_path})
+
+
+def _next(path: str | None) -> str:
+    """Only a console path of this site: never an open redirect."""
+    return path if path and path.startswith("/console/") and "//" not in path else "/console"
 
 
 async def login(request: Request) -> Response:
     portal = _portal(request)
-    form = await request.form()
+    form = await checked_form(request)
     username, password = str(form.get("username", "")), str(form.get("password", ""))
-    if not same(str(form.get("csrf", "")), request.cookies.get(LOGIN_CSRF_COOKIE)):
-        return await login_form(request, "The form expired; try again.", 403)
-    if not portal.login_limit.allow(f"{client_of(request)}|{username.lower()}"):
-        return await login_form(request, "Too many attempts; wait a minute.", 429)
-    token = await portal.db(accounts.login, username, password)
-    if token is None:
-        return await login_form(request, "Wrong username or password.", 401)
-    response = RedirectResponse("/console/discrepancies", 303)
-    set_cookie(response, request, SESSION_COOKIE, token, path="/console")
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/console/login")
-    return response
+    stored = await portal.db(accounts.stored_hash, username)
+    ok = await run_in_threadpool(auth.check_password, request, username, password, stored)
+    actor = username[:40] or "?"
+    if not ok:
+        await portal.db(accounts.audited, actor, "login failed")
+        error = request.state.translator.gettext("The user name or password is wrong.")
+        context = {"error": error, "next_path": _next(str(form.get("next", "")))}
+        return portal.render(request, "login.html", context, 401)
+    found = await portal.db(accounts.user, username)
+    assert found is not None
+    auth.begin_session(request, username=found.username, role=found.role.value)
+    await portal.db(accounts.audited, found.username, "login")
+    return RedirectResponse(_next(str(form.get("next", ""))), 303)
 
 
-@page()
-async def logout(request: Request, portal: Portal, user: User) -> Response:
-    token = request.cookies.get(SESSION_COOKIE, "")
-    await portal.db(accounts.logout, token, user.username)
-    response = RedirectResponse("/console/login", 303)
-    response.delete_cookie(SESSION_COOKIE, path="/console")
-    return response
+async def logout(request: Request) -> Response:
+    await checked_form(request)
+    name = request.scope["session"].get("username")
+    if name:
+        await _portal(request).db(accounts.audited, name, "logout")
+    auth.end_session(request)
+    return RedirectResponse("/", 303)
 
 
 async def home(request: Request) -> Response:
@@ -117,7 +110,7 @@ async def discrepancy_list(request: Request, portal: Portal, user: User) -> Resp
         filters["participant"] = str(filters["participant"]).upper()
     items = await portal.db(worklist.discrepancies, filters)
     context = {"items": items, "filters": filters, "kinds": KINDS}
-    return portal.render(request, "console_discrepancies.html", context, user=user)
+    return portal.render(request, "console_discrepancies.html", {**context, "user": user})
 
 
 @page()
@@ -133,8 +126,8 @@ async def discrepancy(request: Request, portal: Portal, user: User) -> Response:
         item = await portal.db(worklist.detail, number)
     except NotFound as exc:
         return problem(request, 404, "Not found", str(exc))
-    context = {"d": item, "error": error}
-    return portal.render(request, "console_discrepancy.html", context, 400 if error else 200, user)
+    context = {"d": item, "error": error, "user": user}
+    return portal.render(request, "console_discrepancy.html", context, 400 if error else 200)
 
 
 def _annotate(portal: Portal, user: User, number: int, form: FormData) -> str:
@@ -158,8 +151,8 @@ async def participants(request: Request, portal: Portal, user: User) -> Response
         if not error:
             return RedirectResponse("/console/participants", 303)
     rows = await portal.db(worklist.participants)
-    context = {"rows": rows, "error": error}
-    return portal.render(request, "console_participants.html", context, 400 if error else 200, user)
+    context = {"rows": rows, "error": error, "user": user}
+    return portal.render(request, "console_participants.html", context, 400 if error else 200)
 
 
 def _change(portal: Portal, user: User, form: FormData) -> str:
@@ -178,7 +171,7 @@ def _change(portal: Portal, user: User, form: FormData) -> str:
 @page()
 async def rejections(request: Request, portal: Portal, user: User) -> Response:
     rows = await portal.db(worklist.rejections)
-    return portal.render(request, "console_rejections.html", {"rows": rows}, user=user)
+    return portal.render(request, "console_rejections.html", {"rows": rows, "user": user})
 
 
 @page()
@@ -190,8 +183,8 @@ async def dead_letters(request: Request, portal: Portal, user: User) -> Response
         )
     except KpxError as exc:
         found, error = [], str(exc)
-    context = {"rows": found, "error": error}
-    return portal.render(request, "console_deadletters.html", context, user=user)
+    context = {"rows": found, "error": error, "user": user}
+    return portal.render(request, "console_deadletters.html", context)
 
 
 @page(admin=True)
@@ -213,14 +206,15 @@ def _audit(conn: Connection, user: User, chosen: list[str], count: int) -> None:
 @page()
 async def audit(request: Request, portal: Portal, user: User) -> Response:
     rows = await portal.db(accounts.audit)
-    return portal.render(request, "console_audit.html", {"rows": rows}, user=user)
+    return portal.render(request, "console_audit.html", {"rows": rows, "user": user})
 
 
 ROUTES = [
     Route("/console", home),
+    Route("/login", login_form, methods=["GET"]),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
     Route("/console/login", login_form, methods=["GET"]),
-    Route("/console/login", login, methods=["POST"]),
-    Route("/console/logout", logout, methods=["POST"]),
     Route("/console/discrepancies", discrepancy_list),
     Route("/console/discrepancies/{id:int}", discrepancy, methods=["GET", "POST"]),
     Route("/console/participants", participants, methods=["GET", "POST"]),

@@ -2,7 +2,8 @@
 
 Built once at start by :func:`exchange.registry.web.app.build`. Two bounded pools: ``public``
 (verification only, short statement timeout) and ``work`` (statistics and the console), both
-apart from ingest's own connections.
+apart from ingest's own connections. Pages render through the foundation's templates
+(exchange/web/templating.py), which translate and autoescape.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -24,15 +23,12 @@ from exchange.adapters.postgres import fetch_all
 from exchange.domain.kpstats import Period, Report
 from exchange.domain.region import Region
 from exchange.reconciler import aggregation
-from exchange.registry.web import i18n
-from exchange.registry.web.accounts import User
+from exchange.registry.web.limits import RateLimit
 from exchange.registry.web.reads import PublicPool
-from exchange.registry.web.security import RateLimit
+from exchange.web import templating
 from exchange.wire.codec import SchemaStore
 from exchange.wire.signing import Signer
 
-TEMPLATES = Path(__file__).parent / "templates"
-STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
 STATS_TTL = 2.0  # seconds a computed report is served before the figures are read again
 
@@ -43,7 +39,6 @@ class Limits:
 
     verify_rate: float = 10.0
     verify_burst: float = 30.0
-    login_per_minute: float = 5.0
 
 
 @dataclass
@@ -59,51 +54,19 @@ class Portal:
     work: PublicPool
     limits: Limits = field(default_factory=Limits)
     today: Callable[[], date] = field(default=lambda: datetime.now(UTC).date())
-    env: Environment = field(init=False)
     verify_limit: RateLimit = field(init=False)
-    login_limit: RateLimit = field(init=False)
     _reports: dict[str, tuple[float, Report]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.env = Environment(
-            loader=FileSystemLoader(TEMPLATES),
-            autoescape=select_autoescape(["html"], default=True),
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
         self.verify_limit = RateLimit(self.limits.verify_rate, self.limits.verify_burst)
-        per_second = self.limits.login_per_minute / 60
-        self.login_limit = RateLimit(per_second, self.limits.login_per_minute)
 
     def render(
-        self,
-        request: Request,
-        name: str,
-        context: dict[str, Any],
-        status: int = 200,
-        user: User | None = None,
+        self, request: Request, name: str, context: dict[str, Any], status: int = 200
     ) -> HTMLResponse:
-        """A page in the request's language (``_`` translates, ``t`` formats)."""
-        lang = language(request)
-        t = i18n.Translator(lang)
-        values = {
-            "_": t.gettext,
-            "t": t,
-            "lang": lang,
-            "languages": i18n.NAMES,
-            "path": request.url.path,
-            "query": request.url.query,
-            "user": user,
-            "region": self.region,
-            **context,
-        }
-        html = self.env.get_template(name).render(values)
-        response = HTMLResponse(html, status)
-        response.headers["content-language"] = lang
-        if request.query_params.get("lang") in i18n.LANGUAGES:
-            response.set_cookie("lang", lang, samesite="lax", httponly=True)
-        return response
+        """A page of the portal in the request's language."""
+        values = {"region": self.region, "user": None, **context}
+        return templating.render(request, name, values, status)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` on a work connection, in a worker thread (never the loop)."""
@@ -148,11 +111,3 @@ class Portal:
                 " ORDER BY version DESC",
                 (period,),
             )
-
-
-def language(request: Request) -> str:
-    return i18n.choose(
-        request.query_params.get("lang"),
-        request.cookies.get("lang"),
-        request.headers.get("accept-language", ""),
-    )

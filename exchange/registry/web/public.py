@@ -21,7 +21,7 @@ from exchange.registry.web import figures
 from exchange.registry.web.errors import problem
 from exchange.registry.web.portal import Portal
 from exchange.registry.web.reads import verify
-from exchange.registry.web.security import client_of
+from exchange.web.forms import client_address
 
 
 def _portal(request: Request) -> Portal:
@@ -42,7 +42,7 @@ async def verify_form(request: Request) -> Response:
 
 async def _verdict(request: Request) -> Any:
     portal = _portal(request)
-    if not portal.verify_limit.allow(client_of(request)):
+    if not portal.verify_limit.allow(client_address(request)):
         return None
     number = request.path_params["number"]
     return await run_in_threadpool(
