@@ -2,8 +2,8 @@
 
 Everything is real: the services run as ``kpx`` processes on the shared RabbitMQ and
 PostgreSQL (a private vhost and databases), operations go in through ``kpx node submit``, and
-the portal is asked over HTTP. The browser tests (Chromium) live in test_registry_web_browser.py
-and share this module's fixture through ``portal_region``.
+the portal is asked over HTTP. The browser tests (headless Chromium through Playwright) share
+the same region; their screenshots are the README's, under docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from support.pipeline import Service, confirm_line, issue_line, query
 from support.region import provisioned_region
 
 from exchange.app.runtime import Runtime
+
+pytest_plugins = ["support.browser"]  # the browser fixtures (headless Debian Chromium)
 
 KPX = [str(Path(sys.executable).with_name("kpx"))]
 NODES = ("BW", "ZA", "AE")
@@ -216,3 +218,178 @@ def test_statistics_downloads_equal_kpx_stats(portal_region: Region) -> None:
 def test_public_url_is_the_regions_setting(portal_region: Region) -> None:
     assert portal_region.rt.region.public_url == "http://127.0.0.1:8400"
     assert Path(portal_region.rt.settings.region_path).is_file()
+
+
+# ------------------------------------------------------------------ in a real browser
+
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2,
+         "is_mobile": True, "has_touch": True}  # fmt: skip
+HOSTILE = "<script>document.title='owned'</script>"
+
+
+def qr_text(text: str, tmp: Path) -> str:
+    """Encode ``text`` as a QR code image and read it back with zbarimg (what a phone does)."""
+    import segno
+
+    image = tmp / "qr.png"
+    segno.make(text, error="m").save(str(image), scale=6)
+    out = subprocess.run(["zbarimg", "--quiet", "--raw", str(image)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def phone(browser: Any) -> Any:
+    context = browser.new_context(locale="en-GB", **PHONE)
+    context.set_default_timeout(15_000)
+    return context
+
+
+def log_in(browser: Any, url: str, username: str) -> Any:
+    context = browser.new_context(locale="en-GB", viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto(f"{url}/console")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/console/**")
+    return page
+
+
+def test_a_phone_sees_valid_then_do_not_accept_after_a_void(
+    portal_region: Region, browser: Any, tmp_path: Path
+) -> None:
+    number = portal_region.issue("BW", "AE")
+    portal_region.accepted(number)
+    printed = f"{portal_region.rt.region.public_url}/verify/{number}"
+    scanned = qr_text(printed, tmp_path)
+    assert scanned == printed
+    path = scanned.removeprefix(portal_region.rt.region.public_url)
+    context = phone(browser)
+    page = context.new_page()
+    page.goto(portal_region.url + path)
+    assert page.locator(".verdict .big").inner_text() == "VALID"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scroll
+    page.screenshot(path=str(SHOTS / "verify-valid-phone.png"), full_page=True)
+    void = json.dumps({"op": "void", "certificate_id": number, "reason": "shipment cancelled"})
+    assert " ok " in portal_region.submit("BW", void)[0]
+    portal_region.wait(lambda: portal_region.registry(
+        "SELECT 1 FROM certificates WHERE certificate_id = %s AND state = 'VOIDED'", (number,)
+    ), "the void")  # fmt: skip
+    page.reload()
+    assert page.locator(".verdict .big").inner_text() == "DO NOT ACCEPT"
+    assert "cancelled" in page.locator(".verdict .why").inner_text()
+    page.screenshot(path=str(SHOTS / "verify-do-not-accept-phone.png"), full_page=True)
+    context.close()
+
+
+def test_an_analyst_filters_resolves_and_adds_a_second_note(
+    portal_region: Region, browser: Any
+) -> None:
+    number = portal_region.issue("BW", "ZA")
+    portal_region.accepted(number)
+    portal_region.confirm("ZA", number, "XS", intact=False)
+    portal_region.wait(lambda: portal_region.registry(
+        "SELECT 1 FROM recon.discrepancies WHERE certificate_id = %s AND kind = 'SEAL_BROKEN'",
+        (number,)), "SEAL_BROKEN raised")  # fmt: skip
+    page = log_in(browser, portal_region.url, "ana")
+    page.select_option("#kind", "SEAL_BROKEN")
+    page.fill("#participant", "ZA")
+    page.click("form.filters button")
+    rows = page.locator("table.worklist tr", has_text=number)
+    assert rows.count() == 1 and page.locator("table.worklist tr", has_text="CARAT").count() == 0
+    page.screenshot(path=str(SHOTS / "console-worklist.png"), full_page=True)
+    rows.locator("a").click()
+    page.fill("#note", "Seal replaced at the border post; contents re-weighed and correct.")
+    page.click("button[value=resolve]")
+    assert page.locator("#status").inner_text() == "RESOLVED"
+    page.fill("#note", "Customs report filed under ref. 2026/114.")
+    page.click("button[value=resolve]")
+    notes = page.locator("ol.notes .note").all_inner_texts()
+    assert notes == ["Seal replaced at the border post; contents re-weighed and correct.",
+                     "Customs report filed under ref. 2026/114."]  # fmt: skip
+    page.screenshot(path=str(SHOTS / "console-discrepancy.png"), full_page=True)
+    acts = portal_region.registry(
+        "SELECT actor, action FROM console_audit WHERE action = 'resolve'"
+    )
+    assert [(a["actor"], a["action"]) for a in acts] == [("ana", "resolve")] * 2
+    page.context.close()
+
+
+def test_an_admin_suspends_and_the_next_certificate_to_it_is_refused(
+    portal_region: Region, browser: Any
+) -> None:
+    analyst = log_in(browser, portal_region.url, "ana")
+    analyst.goto(f"{portal_region.url}/console/participants")
+    assert analyst.locator("#p-IN button").count() == 0  # an analyst cannot suspend
+    analyst.context.close()
+    page = log_in(browser, portal_region.url, "adele")
+    page.goto(f"{portal_region.url}/console/participants")
+    page.fill("#p-IN input[name=reason]", "KP plenary decision 2026/7")
+    page.click("#p-IN button[value=suspend]")
+    assert page.locator("#p-IN .status").inner_text() == "SUSPENDED"
+    page.screenshot(path=str(SHOTS / "console-participants.png"), full_page=True)
+    line = json.loads(issue_line("BW", "IN", datetime.now(UTC)))
+    (result,) = portal_region.submit("BW", json.dumps(line))
+    if " ok " in result:  # the node had not heard yet: the registry refuses it
+        number = result.split()[-1]
+        portal_region.wait(lambda: portal_region.registry(
+            "SELECT 1 FROM event_log WHERE certificate_id = %s AND reason = %s",
+            (number, "PARTICIPANT_SUSPENDED")), "the registry's refusal")  # fmt: skip
+    else:
+        assert "refused PARTICIPANT_SUSPENDED" in result, result
+    (act,) = portal_region.registry("SELECT actor, target, detail FROM console_audit"
+                                    " WHERE action = 'suspend'")  # fmt: skip
+    assert act == {"actor": "adele", "target": "IN", "detail": "KP plenary decision 2026/7"}
+    page.context.close()
+
+
+def test_the_statistics_page_shows_charts_and_its_csv_equals_kpx_stats(
+    portal_region: Region, browser: Any, tmp_path: Path
+) -> None:
+    portal_region.accepted(portal_region.issue("ZA", "AE"))
+    context = browser.new_context(locale="en-GB", accept_downloads=True)
+    page = context.new_page()
+    page.goto(f"{portal_region.url}/statistics")
+    assert page.locator("figure svg.chart").count() >= 6
+    assert page.locator("figure svg rect").count() >= 1
+    page.screenshot(path=str(SHOTS / "statistics.png"), full_page=True)
+    period = page.locator("#period").input_value()
+    with page.expect_download() as info:
+        page.click("a[href^='/statistics.csv']")
+    downloaded = Path(info.value.path()).read_bytes()
+    printed = portal_region.kpx("stats", "--period", period, "--format", "csv")
+    assert downloaded == printed.stdout.encode()
+    context.close()
+
+
+def test_a_script_in_a_certificate_field_stays_text_everywhere(
+    portal_region: Region, browser: Any
+) -> None:
+    exporter = {"name": HOSTILE, "address": HOSTILE, "country": "BW", "licence_no": "BW-EX-1"}
+    number = portal_region.issue("BW", "ZA", exporter=exporter)
+    portal_region.accepted(number)
+    portal_region.confirm("ZA", number, "XS", intact=False)
+    portal_region.wait(
+        lambda: portal_region.registry(
+            "SELECT 1 FROM recon.discrepancies WHERE certificate_id = %s", (number,)
+        ),
+        "raised",
+    )
+    (item,) = portal_region.registry(
+        "SELECT id FROM recon.discrepancies WHERE certificate_id = %s", (number,))  # fmt: skip
+    page = log_in(browser, portal_region.url, "ana")
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    for path in (f"/console/discrepancies/{item['id']}", "/console/discrepancies",
+                 f"/verify/{number}", "/verify/" + HOSTILE, "/statistics"):  # fmt: skip
+        page.goto(portal_region.url + path)
+        assert page.title() != "owned" and page.locator("main script").count() == 0
+    page.goto(f"{portal_region.url}/console/discrepancies/{item['id']}")
+    assert HOSTILE in page.locator("main").inner_text()
+    page.fill("#note", HOSTILE)
+    page.click("button[value=resolve]")
+    assert page.locator("ol.notes .note").last.inner_text() == HOSTILE
+    assert page.title() != "owned" and not dialogs
+    page.context.close()

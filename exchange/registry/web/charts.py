@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from html import escape
 
-_BAR_HEIGHT = 22
-_LABEL_WIDTH = 120
-_PLOT_WIDTH = 360
-_VALUE_WIDTH = 120
+_BAR_HEIGHT = 24
+_LABEL_WIDTH = 70
+_PLOT_WIDTH = 230
+_VALUE_WIDTH = 100
 _PALETTE = ("#1f5fa8", "#c0392b", "#27864a", "#8e44ad", "#d68910", "#17a2b8", "#7f8c8d")
 
 
@@ -34,14 +34,14 @@ def _fmt(value: Decimal) -> str:
 
 def bar_chart(title: str, bars: Sequence[Bar], unit: str = "") -> str:
     """A horizontal bar chart, one bar per row, longest bar = the largest value."""
-    height = 30 + _BAR_HEIGHT * max(len(bars), 1)
+    height = 8 + _BAR_HEIGHT * max(len(bars), 1)
     width = _LABEL_WIDTH + _PLOT_WIDTH + _VALUE_WIDTH
     top = max((b.value for b in bars), default=Decimal(0)) or Decimal(1)
     parts = [_open(width, height, title)]
     if not bars:
-        parts.append('<text x="10" y="45" class="empty">—</text>')
+        parts.append('<text x="10" y="20" class="empty">—</text>')
     for i, b in enumerate(bars):
-        y = 24 + i * _BAR_HEIGHT
+        y = 4 + i * _BAR_HEIGHT
         length = max(int(_PLOT_WIDTH * max(b.value, Decimal(0)) / top), 1)
         colour = "#c0392b" if b.highlight else _PALETTE[0]
         parts.append(
@@ -59,14 +59,13 @@ def _open(width: int, height: int, title: str) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart"'
         f' viewBox="0 0 {width} {height}" width="100%" aria-label="{escape(title)}">'
         f"<title>{escape(title)}</title>"
-        f'<text x="4" y="14" class="chart-title">{escape(title)}</text>'
     )
 
 
 def line_chart(title: str, series: Mapping[str, Sequence[tuple[str, Decimal]]]) -> str:
     """Lines over ordered x labels (periods), one colour per series, with a legend."""
     xs = sorted({x for points in series.values() for x, _ in points})
-    width, height, left, plot_h = 600, 260, 60, 180
+    width, height, left, plot_h = 420, 250, 70, 160
     top = max((v for points in series.values() for _, v in points), default=Decimal(0))
     top = top or Decimal(1)
     step = (width - left - 20) / max(len(xs) - 1, 1)
@@ -88,5 +87,11 @@ def line_chart(title: str, series: Mapping[str, Sequence[tuple[str, Decimal]]]) 
             f"<title>{escape(name)}</title></polyline>"
             f'<text x="{left + n * 70}" y="{height - 6}" fill="{colour}">■ {escape(name)}</text>'
         )
+        for x, v in sorted(points):  # a dot per point: one period alone is still seen
+            cx, cy = left + xs.index(x) * step, 30 + plot_h - float(v / top) * plot_h
+            parts.append(
+                f'<circle cx="{cx:.0f}" cy="{cy:.0f}" r="4" fill="{colour}">'
+                f"<title>{escape(name)} {escape(x)}: {_fmt(v)}</title></circle>"
+            )
     parts.append("</svg>")
     return "".join(parts)
