@@ -164,9 +164,10 @@ def _attach_parts() -> None:
     from exchange.demo.commands import demo
     from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
     from exchange.registry.commands import registry
+    from exchange.registry.logcommands import log_group
     from exchange.registry.web.commands import serve, users
 
-    for sub in (discrepancies, serve, users):
+    for sub in (discrepancies, log_group, serve, users):
         registry.add_command(sub)
     for command in (registry, reconciler, reconcile, stats, demo):
         cli.add_command(command)

@@ -22,6 +22,7 @@ from exchange.adapters.postgres import Connection, connect
 from exchange.adapters.signals import stop_on_signals
 from exchange.errors import KpxError, NotFound, Refusal
 from exchange.registry import deadletters, participant, queries, service
+from exchange.registry import log as registry_log
 from exchange.wire import topology
 
 DEFAULT_METRICS_PORT = 9401
@@ -84,6 +85,7 @@ def run(metrics_port: int) -> None:
         obj.signer(region.code),
         stop,
         metrics_port,
+        log_signer=registry_log.load_key(obj.keys_dir),
     )
 
 

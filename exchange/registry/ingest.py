@@ -29,6 +29,7 @@ from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
 from exchange.errors import TransientError
 from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.registry import policy, store
+from exchange.registry.log import LogWriter
 from exchange.registry.opening import Opened, Opener
 from exchange.registry.policy import ACCEPTED, HELD, REJECTED, Event, Verdict
 from exchange.wire import topology
@@ -64,6 +65,7 @@ class _Session:
     outgoing: list[Pending] = field(default_factory=list)
     accepted: list[tuple[str, str, str, str, bytes]] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    leaves: list[tuple[str, bytes]] = field(default_factory=list)  # for the log, DESIGN §12
 
     def take(self, o: Opened) -> None:
         """Decide and record one opened delivery."""
@@ -123,6 +125,8 @@ class _Session:
         )
         if outcome == HELD:
             return
+        if outcome == ACCEPTED:
+            self.leaves.append((event.event_id, event.raw))
         recipient = policy.decision_recipient(event.producer, self.ctx.node_codes)
         cert_id = event.certificate_id
         self._answer(recipient, event.event_id, event.event_type, event.sequence, cert_id, verdict)
@@ -203,8 +207,10 @@ class Ingest:
         dead_letter: DeadLetter,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         reconnect: Callable[[], Connection] | None = None,
+        log: LogWriter | None = None,
     ) -> None:
         self.conn, self.opener, self.writer, self.ctx = conn, opener, writer, ctx
+        self.log = log  # the transparency log (DESIGN §12); None only in tests of the policy
         self.reconnect = reconnect  # a fresh connection after the database restarted
         self.dead_letter_to = dead_letter
         self.clock = clock
@@ -248,6 +254,8 @@ class Ingest:
             store.write_changes(cur, session.changes)
             self.writer.append_many(cur, session.outgoing)
             self.writer.append_raw(cur, session.accepted)
+            if self.log is not None:  # DESIGN §12: leaves and checkpoint in the same commit
+                self.log.append(cur, session.leaves)
         gauge_gaps(session.view, session.changes)
         return session.results
 

@@ -23,9 +23,11 @@ from exchange.adapters.retry import until_stopped
 from exchange.domain.region import Region
 from exchange.errors import TransientError
 from exchange.messaging.outbox import OutboxRelay, OutboxWriter, backlog
+from exchange.registry import log as registry_log
 from exchange.registry import policy, store
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
+from exchange.tlog import note
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.signing import Signer
@@ -99,6 +101,7 @@ def run_registry(
     batch_size: int = 250,
     relay: bool = True,
     drain_timeout: float = 5.0,
+    log_signer: note.Signer | None = None,
 ) -> None:
     """Run the registry until ``stop`` is set; see the module docstring.
 
@@ -113,7 +116,9 @@ def run_registry(
         health.relay = _start_relay(dsn, amqp_url, region.code, relay_stop)
     server = metrics.serve(metrics_port, health.check) if metrics_port is not None else None
     try:
-        _consume(db, amqp_url, region, store_, signer, stop, health, prefetch, batch_size)
+        _consume(
+            db, amqp_url, region, store_, signer, stop, health, prefetch, batch_size, log_signer
+        )
     finally:
         if health.relay is not None:
             _drain(db, region.code, drain_timeout)
@@ -163,6 +168,7 @@ def _consume(
     health: _Health,
     prefetch: int,
     batch_size: int,
+    log_signer: note.Signer | None = None,
 ) -> None:
     keys = KeySource(lambda: store.load_keyring(db.get()))
     opener = Opener(
@@ -170,6 +176,7 @@ def _consume(
     )
     writer = OutboxWriter(schemas, signer, relay=region.code)
     ctx = context(region)
+    tlog = registry_log.writer(log_signer, region, writer) if log_signer else None
     retrying = until_stopped(stop, log)
     try:
         for attempt in retrying:
@@ -182,7 +189,13 @@ def _consume(
                     batch_size=batch_size,
                 )
                 ingest = Ingest(
-                    db.get(), opener, writer, ctx, _dead_letter_to(consumer), reconnect=db.get
+                    db.get(),
+                    opener,
+                    writer,
+                    ctx,
+                    _dead_letter_to(consumer),
+                    reconnect=db.get,
+                    log=tlog,
                 )
                 _consume_once(consumer, ingest, stop, health)
     except TransientError:
