@@ -8,6 +8,7 @@ the same region; their screenshots are the README's, under docs/screenshots/.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -218,6 +219,25 @@ def test_statistics_downloads_equal_kpx_stats(portal_region: Region) -> None:
 def test_public_url_is_the_regions_setting(portal_region: Region) -> None:
     assert portal_region.rt.region.public_url == "http://127.0.0.1:8400"
     assert Path(portal_region.rt.settings.region_path).is_file()
+
+
+def test_the_log_is_served_as_tlog_tiles(portal_region: Region) -> None:
+    portal_region.accepted(portal_region.issue("ZA", "BW"))
+    text = httpx.get(f"{portal_region.url}/log/checkpoint").text
+    origin, size_line, _root = text.split("\n")[:3]
+    assert origin == f"kpx/{portal_region.rt.region.code}" and text.count("\u2014 ") >= 1
+    size = min(int(size_line), 256)
+    suffix = "000" if size == 256 else f"000.p/{size}"
+    hashes = httpx.get(f"{portal_region.url}/log/tile/0/{suffix}").content
+    bundle = httpx.get(f"{portal_region.url}/log/tile/entries/{suffix}").content
+    assert len(hashes) == 32 * size
+    leaves, at = [], 0
+    while at < len(bundle):  # big-endian uint16 length, then the envelope bytes
+        length = int.from_bytes(bundle[at : at + 2], "big")
+        leaves.append(hashlib.sha256(b"\x00" + bundle[at + 2 : at + 2 + length]).digest())
+        at += 2 + length
+    assert b"".join(leaves) == hashes  # each leaf hash is H(0x00 || the event's bytes)
+    assert httpx.get(f"{portal_region.url}/log/tile/0/999").status_code == 404
 
 
 # ------------------------------------------------------------------ in a real browser

@@ -1,9 +1,10 @@
 """``kpx registry serve``: one ASGI app for the three audiences (DESIGN §13).
 
 Public: ``/verify/{id}``, ``/api/v1/verify/{id}``, ``/statistics`` (+ ``.csv``, ``.json``),
-``/log``. Console (logged in): ``/console/…``. Built with the shared foundation
-(exchange/web/app.py): its security headers, body limit, signed sessions, CSRF, login rate
-limit, translations and problem details apply to every page here.
+``/log`` (how to check the log), ``/log/checkpoint`` and ``/log/tile/…`` (C2SP tlog-tiles).
+Console (logged in): ``/console/…``. Built with the shared foundation (exchange/web/app.py):
+its security headers, body limit, signed sessions, CSRF, login rate limit, translations and
+problem details apply to every page here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from exchange.errors import DatabaseUnavailable
-from exchange.registry.web import console, public
+from exchange.registry.web import console, logroutes, public
 from exchange.registry.web.errors import problem
 from exchange.registry.web.portal import Portal
 from exchange.web.app import build_app
@@ -41,12 +42,12 @@ async def _busy(request: Request, exc: Exception) -> Response:
     return problem(request, 503, "Busy", "The registry is busy; try again in a moment.")
 
 
-def build(portal: Portal, secret: bytes, log_routes: list[BaseRoute] | None = None) -> Starlette:
+def build(portal: Portal, secret: bytes) -> Starlette:
     """The portal's ASGI app on ``portal``'s pools and settings; ``secret`` signs sessions."""
     routes: list[BaseRoute] = [
         *public.ROUTES,
         *console.ROUTES,
-        *(log_routes or []),
+        *logroutes.ROUTES,
         Mount("/portal-static", StaticFiles(directory=STATIC), name="portal-static"),
     ]
     app = build_app(
@@ -56,7 +57,7 @@ def build(portal: Portal, secret: bytes, log_routes: list[BaseRoute] | None = No
         packages=["exchange.registry.web"],
         nav=NAV,
         security=SECURITY,
-        state={"portal": portal, "log_served": bool(log_routes)},
+        state={"portal": portal, "log_served": True},
     )
     app.add_exception_handler(DatabaseUnavailable, _busy)
     return app
