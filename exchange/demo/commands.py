@@ -35,17 +35,19 @@ from exchange.app.quiescence import wait_drained
 from exchange.app.runtime import Runtime
 from exchange.app.settings import Settings
 from exchange.messaging.outbox import OutboxWriter
+from exchange.registry.web import demo as portal
 
 from . import setup
 from .anomalies import KINDS, make_plan
 from .driver import Driver, Submit
 from .monitor import Monitor
-from .processes import Fleet, kept_alive, kpx_command, services
+from .processes import PORTAL_PORT, Fleet, kept_alive, kpx_command, services
 from .report import print_final, progress
 from .score import Score, score
 from .traffic import Plan, load_profiles
 
 TICK = 0.5
+PORTAL_URL = f"http://127.0.0.1:{PORTAL_PORT}"
 DRAIN_TIMEOUT = 90.0
 DEFER_TIMEOUT = 30.0  # how long an operation may wait for the registry after the traffic
 
@@ -164,12 +166,16 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         console.print(f"[red]services did not start: {'; '.join(problems)} (logs in {fleet.logs})")
         _stop(console, fleet)
         return 1
+    user = portal.ready_user(rt.registry_dsn)
+    console.print("\n".join(portal.lines(PORTAL_URL, user, None)))
     monitor = Monitor(rt)
     try:
         driver = _drive(console, rt, plan, fleet, monitor)
         drained = _drain(console, rt)
         result, stats = _reconcile(console, rt, plan)
         print_final(console, plan, driver, monitor.read(), stats, result, fleet.services)
+        sample = portal.sample_certificate(rt.registry_dsn)
+        console.print("\n".join(portal.lines(PORTAL_URL, user, sample)))
     finally:
         monitor.close()
     problems = _problems(result, drained, fleet, driver)
