@@ -18,17 +18,20 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pika
 import pytest
 from support.pipeline import Service, confirm_line, issue_line, query
 from support.region import provisioned_region
 
 from exchange.app.runtime import Runtime
+from exchange.wire import topology
 
 pytest_plugins = ["support.browser"]  # the browser fixtures (headless Debian Chromium)
 
@@ -238,6 +241,94 @@ def test_the_log_is_served_as_tlog_tiles(portal_region: Region) -> None:
         at += 2 + length
     assert b"".join(leaves) == hashes  # each leaf hash is H(0x00 || the event's bytes)
     assert httpx.get(f"{portal_region.url}/log/tile/0/999").status_code == 404
+
+
+@contextmanager
+def console_client(region: Region, username: str) -> Iterator[httpx.Client]:
+    """An httpx client logged in to the console (through the login form and its token)."""
+    with httpx.Client(base_url=region.url) as client:
+        client.post("/login", data={"username": username, "password": PASSWORD,
+                                    "csrf_token": csrf_of(client.get("/login").text)})  # fmt: skip
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None, html
+    return found.group(1)
+
+
+def seal_broken(region: Region) -> int:
+    """A SEAL_BROKEN discrepancy raised by the reconciler; its id."""
+    number = region.issue("BW", "ZA")
+    region.accepted(number)
+    region.confirm("ZA", number, "XS", intact=False)
+    query = "SELECT id FROM recon.discrepancies WHERE certificate_id = %s AND kind = 'SEAL_BROKEN'"
+    region.wait(lambda: region.registry(query, (number,)), "SEAL_BROKEN raised")
+    return int(region.registry(query, (number,))[0]["id"])
+
+
+def test_the_command_line_resolve_keeps_every_note_and_the_console_reopens(
+    portal_region: Region,
+) -> None:
+    number = seal_broken(portal_region)
+    for note in ("first look: seal replaced", "second look: contents correct"):
+        out = portal_region.kpx("registry", "discrepancies", "resolve", str(number), "--note", note)
+        assert out.returncode == 0, out.stderr
+    with console_client(portal_region, "ana") as client:
+        page = client.get(f"/console/discrepancies/{number}").text
+        reopened = client.post(
+            f"/console/discrepancies/{number}",
+            data={
+                "action": "reopen",
+                "note": "the importer disputes it",
+                "csrf_token": csrf_of(page),
+            },
+        )
+        assert reopened.status_code == 303
+        empty = client.post(f"/console/discrepancies/{number}", data={
+            "action": "resolve", "note": "  ", "csrf_token": csrf_of(page)})  # fmt: skip
+        assert empty.status_code == 400 and "a note is required" in empty.text
+    notes = portal_region.registry(
+        "SELECT status, note, author FROM discrepancy_notes WHERE discrepancy_id = %s ORDER BY id",
+        (number,),
+    )
+    assert [tuple(n.values()) for n in notes] == [
+        ("RESOLVED", "first look: seal replaced", "cli"),
+        ("RESOLVED", "second look: contents correct", "cli"),
+        ("OPEN", "the importer disputes it", "ana"),
+    ]  # fmt: skip
+
+
+def test_an_admin_sees_a_dead_letter_with_its_reason_and_reinjects_it(
+    portal_region: Region,
+) -> None:
+    rt, vhost = portal_region.rt, portal_region.rt.region.vhost
+    user = topology.node_user("BW", vhost)
+    url = rt.settings.amqp_url_for(vhost, user)
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        props = pika.BasicProperties(message_id=str(uuid.uuid4()), user_id=user, delivery_mode=2)
+        conn.channel().basic_publish(topology.EVENTS, "BW.CertificateIssued", b"not avro", props)
+    finally:
+        conn.close()
+    with console_client(portal_region, "adele") as client:
+        portal_region.wait(lambda: props.message_id in client.get("/console/dead-letters").text,
+                           "the dead letter listed")  # fmt: skip
+        page = client.get("/console/dead-letters").text
+        assert "BW.CertificateIssued" in page
+        done = client.post("/console/dead-letters/reinject", data={
+            "message_id": props.message_id, "csrf_token": csrf_of(page)})  # fmt: skip
+        assert done.status_code == 303
+    acts = portal_region.registry(
+        "SELECT actor, target FROM console_audit WHERE action = 'reinject'"
+    )
+    assert acts == [{"actor": "adele", "target": props.message_id}]
+    with console_client(portal_region, "ana") as client:
+        page = client.get("/console/dead-letters").text
+        refused = client.post("/console/dead-letters/reinject", data={
+            "message_id": props.message_id, "csrf_token": csrf_of(page)})  # fmt: skip
+        assert refused.status_code == 403  # an analyst may look, not re-inject
 
 
 # ------------------------------------------------------------------ in a real browser
