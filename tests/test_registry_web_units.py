@@ -115,3 +115,41 @@ def test_mirror_lines_name_the_measures_beyond_tolerance() -> None:
     assert line.differing == ("carats", "value_usd", "certificates")
     assert figures.participants(_rows()) == ["BW", "ZA"]
     assert len(figures.only(_rows(), "ZA")) == 1
+
+
+def test_every_message_of_the_portals_templates_is_translated() -> None:
+    import re
+    from pathlib import Path
+
+    from babel.messages.pofile import read_po
+
+    folder = Path(__file__).resolve().parents[1] / "exchange/registry/web/templates"
+    found = re.compile(r"""_\((?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\)""")
+    messages = {m.group(1) or m.group(2) for f in folder.glob("*.html")
+                for m in found.finditer(f.read_text("utf-8"))}  # fmt: skip
+    root = folder.parents[3]
+    for lang in ("fr", "pt"):
+        known: set[str] = set()
+        for package in ("exchange/web", "exchange/registry/web"):
+            with (root / package / f"locale/{lang}/LC_MESSAGES/messages.po").open("rb") as fh:
+                known |= {str(m.id) for m in read_po(fh) if m.string}
+        assert sorted(messages - known) == [], lang
+
+
+def test_a_verdicts_reason_is_translated_with_its_values() -> None:
+    from exchange.web import i18n
+
+    fr = i18n.load_catalogues(["exchange.registry.web"])["fr"]
+    why = judge(GOOD, facts(), date(2026, 4, 2)).why
+    assert why is not None and why.text(fr.gettext) == "Il a expiré le 2026-04-01."
+
+
+def test_the_lookup_limit_allows_a_burst_then_the_rate_per_client() -> None:
+    from exchange.registry.web.limits import RateLimit
+
+    limit = RateLimit(rate=2, burst=3, clients=2)
+    assert [limit.allow("a", now=0.0) for _ in range(4)] == [True, True, True, False]
+    assert limit.allow("b", now=0.0)  # another client has its own bucket
+    assert limit.allow("a", now=0.5) and not limit.allow("a", now=0.5)
+    limit.allow("c", now=1.0)
+    assert len(limit._buckets) == 2  # bounded memory: the oldest client was dropped
