@@ -52,7 +52,7 @@ def portal_for(rt: Any, limits: Limits | None = None, public_connections: int = 
         signer=lambda: rt.signer(rt.region.code),
         amqp_url=lambda: rt.amqp_url(user),
         broker_user=user,
-        public=PublicPool(rt.registry_dsn, public_connections, statement_timeout_ms=2000),
+        public=PublicPool(rt.registry_dsn, public_connections, read_only=True),
         work=PublicPool(rt.registry_dsn, 2, wait_seconds=10, statement_timeout_ms=30_000),
         limits=limits or Limits(),
     )

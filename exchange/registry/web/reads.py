@@ -10,6 +10,7 @@ page then answers 503). Ingest has its own connections and never waits on this p
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -48,17 +49,34 @@ class PublicPool:
         max_connections: int = 4,
         wait_seconds: float = 2.0,
         statement_timeout_ms: int = 2000,
+        read_only: bool = False,
     ) -> None:
-        self._pool = psycopg2.pool.ThreadedConnectionPool(
-            0,
-            max_connections,
-            dsn,
-            application_name="kpx-registry-public",
-            options=f"-c statement_timeout={statement_timeout_ms}",
-        )
+        options = f"-c statement_timeout={statement_timeout_ms}"
+        if read_only:  # the public pool cannot write, whatever a page asks
+            options += " -c default_transaction_read_only=on"
+        # minconn = maxconn: psycopg2 closes a returned connection beyond minconn, and a new
+        # connection per lookup would cost more than the lookup itself.
+        with translated("opening the public read pool"):
+            self._pool = psycopg2.pool.ThreadedConnectionPool(
+                max_connections, max_connections, dsn,
+                application_name="kpx-registry-public", options=options,
+            )  # fmt: skip
         # ThreadedConnectionPool fails at once when empty; the semaphore makes callers queue.
         self._slots = threading.BoundedSemaphore(max_connections)
         self._wait = wait_seconds
+        self._read_only = read_only
+        self._ready: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    def _prepare(self, conn: Connection) -> None:
+        """Once per connection: the verification query planned once (planning costs more
+        than running it) and, for read-only pools, autocommit (no BEGIN/ROLLBACK trips)."""
+        if conn in self._ready:
+            return
+        with conn.cursor() as cur:
+            cur.execute(f"PREPARE kpx_verify (text) AS {_VERIFY.replace('%(n)s', '$1')}")
+        conn.commit()
+        conn.autocommit = self._read_only
+        self._ready.add(conn)
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -68,10 +86,12 @@ class PublicPool:
         try:
             with translated("public read"):
                 conn = self._pool.getconn()
+                self._prepare(conn)
             broken = False
             try:
                 yield conn
-                conn.rollback()
+                if not conn.autocommit:
+                    conn.rollback()
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 broken = True
                 raise
@@ -95,7 +115,7 @@ def verify(pool: PublicPool, text: str, region: str, on: date) -> Verdict:
         translated("verify"),
         conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
     ):
-        cur.execute(_VERIFY, {"n": number})
+        cur.execute("EXECUTE kpx_verify (%s)", (number,))
         row = cur.fetchone()
     assert row is not None  # FROM (SELECT 1) always yields one row
     return judge(number, _facts(row), on, row["rejected"])
