@@ -5,13 +5,15 @@ In a throw-away database and vhost:
 
 1. 100,000 accepted certificates are written straight into the registry's tables (COPY; the
    lookups need rows, not their history);
-2. the portal (``exchange.registry.web``, the app ``kpx registry serve`` runs, rate limit off)
+2. the **lookup ceiling**: the same verification without HTTP (a thread per connection of
+   the portal's 4-connection pool) — what the database round trip allows at all on this machine;
+3. the portal (``exchange.registry.web``, the app ``kpx registry serve`` runs, rate limit off)
    serves in its own process; a closed-loop client with 16 keep-alive connections measures
    the **static rate** (``/healthz``) and the **verify rate** (``/api/v1/verify/{id}`` of
    random known numbers), each for ``--seconds``;
-3. **ingest alone**: N signed CertificateIssued events in kpx.registry, one registry process,
+4. **ingest alone**: N signed CertificateIssued events in kpx.registry, one registry process,
    events/s;
-4. **together**: N more events ingested while the client asks for verifications open-loop at
+5. **together**: N more events ingested while the client asks for verifications open-loop at
    half the verify rate: ingest events/s (goal: ≥ 0.9 of alone) and verify p99 (goal < 20 ms).
 
 The client is a minimal HTTP/1.1 keep-alive client on asyncio streams (httpx would be the
@@ -160,6 +162,30 @@ async def open_loop(port: int, paths: list[str], rate: float, seconds: float) ->
     return latencies
 
 
+def db_ceiling(dsn: str, numbers: list[str], seconds: float) -> float:
+    """The same lookup without HTTP: one thread per connection of a 4-connection pool; per s."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import date
+
+    from exchange.registry.web.reads import PublicPool, verify
+
+    pool = PublicPool(dsn, 4, read_only=True)
+    stop = time.perf_counter() + seconds
+
+    def one() -> int:
+        n = 0
+        while time.perf_counter() < stop:
+            verify(pool, random.choice(numbers), "XS", date(2026, 12, 1))
+            n += 1
+        return n
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(4) as threads:
+        done = sum(threads.map(lambda _: one(), range(4)))
+    pool.close()
+    return done / (time.perf_counter() - start)
+
+
 # ------------------------------------------------------------------ ingest
 
 
@@ -228,6 +254,7 @@ def run(certificates: int = 100_000, events: int = 6000, seconds: float = 5.0) -
                                    dsn, name, str(port)])  # fmt: skip
         _wait_up(port)
         paths = [f"/api/v1/verify/{n}" for n in random.sample(numbers, min(5000, len(numbers)))]
+        ceiling = db_ceiling(dsn, numbers, seconds)
         static = asyncio.run(closed_loop(port, ["/healthz"], seconds))
         verify = asyncio.run(closed_loop(port, paths, seconds))
         messages = _messages(2 * events, signers)
@@ -257,6 +284,7 @@ def run(certificates: int = 100_000, events: int = 6000, seconds: float = 5.0) -
         admin.close()
         postgres.drop_database(database_server_url(), name)
     result.update(certificates=certificates, static_per_s=static, verify_per_s=verify,
+                  lookup_without_http_per_s=ceiling,
                   ratio=verify / static, ingest_alone=alone, p50_ms=_p(latencies, 0.5) * 1000,
                   p99_ms=_p(latencies, 0.99) * 1000, requests=len(latencies),
                   half_rate=verify / 2)  # fmt: skip

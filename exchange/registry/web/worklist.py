@@ -56,12 +56,27 @@ def detail(conn: Connection, discrepancy_id: int) -> dict[str, Any]:
         " ORDER BY id",
         (discrepancy_id,),
     )
+    item["figures"] = _figures(conn, item["period"], item["participants"])
     item["certificate"] = None
     if item["certificate_id"]:
         # An import of a number the registry never accepted has no record: that is the finding.
         with suppress(NotFound):
             item["certificate"] = queries.show(conn, item["certificate_id"])
     return item
+
+
+def _figures(conn: Connection, period: str | None, who: list[str]) -> list[dict[str, Any]]:
+    """The participants' rows in the latest published statistics of the period, if any."""
+    if not period:
+        return []
+    rows = fetch_all(
+        conn,
+        "SELECT figures FROM recon.statistics_versions WHERE period = %s"
+        " ORDER BY version DESC LIMIT 1",
+        (period,),
+    )
+    figures: list[dict[str, Any]] = rows[0]["figures"] if rows else []
+    return [r for r in figures if r["participant"] in who and r["by"] in ("total", "partner")]
 
 
 def annotate(conn: Connection, user: User, discrepancy_id: int, action: str, note: str) -> str:
@@ -115,5 +130,12 @@ def change_status(
 
 
 def rejections(conn: Connection, limit: int = 500) -> list[dict[str, Any]]:
-    """The latest rejected events with reason and sentence (``kpx registry rejections``)."""
-    return queries.rejections(conn, limit)
+    """The newest rejected events with reason and sentence (what ``kpx registry rejections``
+    lists, newest first and bounded: the console shows the latest, the command all)."""
+    return fetch_all(
+        conn,
+        "SELECT COALESCE(claimed_event_id, event_id)::text AS event_id, producer, event_type,"
+        " certificate_id, reason, detail, received_at FROM event_log"
+        " WHERE decision = 'REJECTED' ORDER BY received_at DESC, event_id LIMIT %s",
+        (limit,),
+    )
