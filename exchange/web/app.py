@@ -89,7 +89,9 @@ def build_app(
     app.state.title = title
     app.state.nav = list(nav)
     app.state.security = security
-    app.state.login_limiter = RateLimiter(security.login_attempts, security.login_window_seconds)
+    window = security.login_window_seconds
+    app.state.login_limiter = RateLimiter(security.login_attempts, window)
+    app.state.address_limiter = RateLimiter(security.login_attempts_per_address, window)
     for key, value in (state or {}).items():
         setattr(app.state, key, value)
     return app

@@ -41,7 +41,9 @@ class WebSecurity:
 
     max_body_bytes: int = 1024 * 1024  # an operation is at most 1 MiB (DESIGN §9)
     session_seconds: int = 8 * 3600  # an officer's working day
-    login_attempts: int = 5  # per user and address, within login_window_seconds
+    login_attempts: int = 5  # failures per user name, within login_window_seconds
+    # Per address: higher, since a ministry's clerks may all sign in from behind one NAT.
+    login_attempts_per_address: int = 50
     login_window_seconds: float = 300.0
     cookie_name: str = "kpx_session"
     headers: tuple[tuple[str, str], ...] = SECURITY_HEADERS
@@ -113,8 +115,7 @@ class RateLimiter:
     """At most ``attempts`` failures per key within ``window`` seconds (a sliding window).
 
     In memory: a web face is one process, and a restart forgetting the count is acceptable
-    (the window is minutes). Keys are ``(address, username)`` and the address alone, so that
-    neither guessing one user's password nor spraying many users goes unchecked.
+    (the window is minutes).
     """
 
     attempts: int
