@@ -120,6 +120,22 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return ProblemResponse(500, detail="an internal error; it was logged")
 
 
-def serve(app: ASGIApp, host: str, port: int, *, log_level: str = "info") -> None:
-    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvicorn drains open requests)."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+def serve(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "info",
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> None:
+    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvicorn drains open requests).
+
+    With ``certfile`` and ``keyfile`` it serves TLS itself (and session cookies are Secure);
+    behind a TLS proxy on the same host, the proxy's ``X-Forwarded-Proto`` does the same
+    (uvicorn trusts proxy headers from 127.0.0.1 only).
+    """
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, server_header=False,
+        ssl_certfile=certfile, ssl_keyfile=keyfile,
+    )  # fmt: skip
