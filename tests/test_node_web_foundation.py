@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,18 @@ def test_the_session_cookie_is_httponly_and_samesite_strict_and_not_secure_over_
     cookie = httpx.get(base_url + "/").headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert "Secure" not in cookie
+
+
+def test_over_tls_the_session_cookie_is_secure(live_server: Any, tmp_path: Any) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    app = build_app([Route("/", home)], title="TLS", secret=SECRET)
+    with live_server(app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as url:
+        assert url.startswith("https://")
+        cookie = httpx.get(url + "/", verify=False).headers["set-cookie"]
+    assert "; Secure" in cookie and "HttpOnly" in cookie
 
 
 def test_a_session_cookie_is_secure_when_the_request_came_over_tls() -> None:
