@@ -8,6 +8,7 @@ CSRF token). Errors become RFC 9457 problem details under ``/api/`` and an HTML 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,7 +136,13 @@ def serve(
     behind a TLS proxy on the same host, the proxy's ``X-Forwarded-Proto`` does the same
     (uvicorn trusts proxy headers from 127.0.0.1 only).
     """
-    uvicorn.run(
-        app, host=host, port=port, log_level=log_level, server_header=False,
-        ssl_certfile=certfile, ssl_keyfile=keyfile,
-    )  # fmt: skip
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found; the
+    # services of kpx exit 0 after draining on SIGTERM, so the handler it finds does nothing.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(
+            app, host=host, port=port, log_level=log_level, server_header=False,
+            ssl_certfile=certfile, ssl_keyfile=keyfile,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
