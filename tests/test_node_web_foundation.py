@@ -249,3 +249,12 @@ def test_chromium_shows_the_base_page_in_french_with_its_stylesheet_and_no_csp_v
     radius = page.evaluate("getComputedStyle(document.querySelector('button')).borderRadius")
     assert radius == "3px"  # the stylesheet was allowed by the CSP and applied
     assert problems == []
+
+
+def test_amounts_are_written_as_each_language_writes_them() -> None:
+    from exchange.web.templating import _number_formatter
+
+    assert _number_formatter("en")("1234567.5") == "1,234,567.50"
+    assert _number_formatter("fr")("1234567.5") == "1\u202f234\u202f567,50"
+    assert _number_formatter("en")(None) == ""
+    assert _number_formatter("en")("not a number") == "not a number"

@@ -50,11 +50,12 @@ class RequestContext:
         lang = session.get("lang")
         if lang not in i18n.LANGUAGES:
             lang = i18n.negotiate(request.headers.get("accept-language"))
-        if "csrf" not in session:
+        # Pages need a CSRF token in the session; API calls (bearer tokens) need no cookie.
+        if "csrf" not in session and not request.url.path.startswith("/api/"):
             session["csrf"] = new_csrf_token()
         state = scope.setdefault("state", {})
         state["translator"] = i18n.Translator(lang, self.catalogues[lang])
-        state["csrf_token"] = session["csrf"]
+        state["csrf_token"] = session.get("csrf", "")
         await self.app(scope, receive, send)
 
 
@@ -107,7 +108,7 @@ def wants_problem(request: Request) -> bool:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
-    if wants_problem(request) or "translator" not in request.state._state:
+    if wants_problem(request) or getattr(request.state, "translator", None) is None:
         return ProblemResponse(exc.status_code, detail=str(exc.detail), headers=headers)
     response = templating.render(
         request, "error.html", {"status": exc.status_code, "detail": exc.detail}, exc.status_code
