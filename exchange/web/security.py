@@ -6,6 +6,7 @@ that a change here is a change everywhere; pages never set a security header the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -67,14 +68,18 @@ def verify_password(stored_hash: str, password: str) -> bool:
         return False
 
 
-# Verifying against a real hash when the user does not exist keeps the answer's timing from
-# telling an attacker which user names exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def verify_nobody(password: str) -> bool:
-    """Spend the time of a verification for a user that does not exist; always False."""
-    verify_password(_DUMMY_HASH, password)
+    """Spend the time of a verification for a user that does not exist; always False.
+
+    Verifying against a real hash keeps the answer's timing from telling an attacker which
+    user names exist (made on first use: every kpx command imports this module).
+    """
+    verify_password(_dummy_hash(), password)
     return False
 
 
