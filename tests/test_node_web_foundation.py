@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,18 @@ def test_the_session_cookie_is_httponly_and_samesite_strict_and_not_secure_over_
     cookie = httpx.get(base_url + "/").headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert "Secure" not in cookie
+
+
+def test_over_tls_the_session_cookie_is_secure(live_server: Any, tmp_path: Any) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    app = build_app([Route("/", home)], title="TLS", secret=SECRET)
+    with live_server(app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as url:
+        assert url.startswith("https://")
+        cookie = httpx.get(url + "/", verify=False).headers["set-cookie"]
+    assert "; Secure" in cookie and "HttpOnly" in cookie
 
 
 def test_a_session_cookie_is_secure_when_the_request_came_over_tls() -> None:
@@ -236,3 +249,12 @@ def test_chromium_shows_the_base_page_in_french_with_its_stylesheet_and_no_csp_v
     radius = page.evaluate("getComputedStyle(document.querySelector('button')).borderRadius")
     assert radius == "3px"  # the stylesheet was allowed by the CSP and applied
     assert problems == []
+
+
+def test_amounts_are_written_as_each_language_writes_them() -> None:
+    from exchange.web.templating import _number_formatter
+
+    assert _number_formatter("en")("1234567.5") == "1,234,567.50"
+    assert _number_formatter("fr")("1234567.5") == "1\u202f234\u202f567,50"
+    assert _number_formatter("en")(None) == ""
+    assert _number_formatter("en")("not a number") == "not a number"

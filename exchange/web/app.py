@@ -8,6 +8,7 @@ CSRF token). Errors become RFC 9457 problem details under ``/api/`` and an HTML 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,11 +50,12 @@ class RequestContext:
         lang = session.get("lang")
         if lang not in i18n.LANGUAGES:
             lang = i18n.negotiate(request.headers.get("accept-language"))
-        if "csrf" not in session:
+        # Pages need a CSRF token in the session; API calls (bearer tokens) need no cookie.
+        if "csrf" not in session and not request.url.path.startswith("/api/"):
             session["csrf"] = new_csrf_token()
         state = scope.setdefault("state", {})
         state["translator"] = i18n.Translator(lang, self.catalogues[lang])
-        state["csrf_token"] = session["csrf"]
+        state["csrf_token"] = session.get("csrf", "")
         await self.app(scope, receive, send)
 
 
@@ -89,7 +91,9 @@ def build_app(
     app.state.title = title
     app.state.nav = list(nav)
     app.state.security = security
-    app.state.login_limiter = RateLimiter(security.login_attempts, security.login_window_seconds)
+    window = security.login_window_seconds
+    app.state.login_limiter = RateLimiter(security.login_attempts, window)
+    app.state.address_limiter = RateLimiter(security.login_attempts_per_address, window)
     for key, value in (state or {}).items():
         setattr(app.state, key, value)
     return app
@@ -104,7 +108,7 @@ def wants_problem(request: Request) -> bool:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
-    if wants_problem(request) or "translator" not in request.state._state:
+    if wants_problem(request) or getattr(request.state, "translator", None) is None:
         return ProblemResponse(exc.status_code, detail=str(exc.detail), headers=headers)
     response = templating.render(
         request, "error.html", {"status": exc.status_code, "detail": exc.detail}, exc.status_code
@@ -118,6 +122,28 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return ProblemResponse(500, detail="an internal error; it was logged")
 
 
-def serve(app: ASGIApp, host: str, port: int, *, log_level: str = "info") -> None:
-    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvicorn drains open requests)."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+def serve(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "info",
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> None:
+    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvicorn drains open requests).
+
+    With ``certfile`` and ``keyfile`` it serves TLS itself (and session cookies are Secure);
+    behind a TLS proxy on the same host, the proxy's ``X-Forwarded-Proto`` does the same
+    (uvicorn trusts proxy headers from 127.0.0.1 only).
+    """
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found; the
+    # services of kpx exit 0 after draining on SIGTERM, so the handler it finds does nothing.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(
+            app, host=host, port=port, log_level=log_level, server_header=False,
+            ssl_certfile=certfile, ssl_keyfile=keyfile,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -18,21 +18,22 @@ from exchange.web.security import RateLimiter, new_csrf_token, verify_nobody, ve
 
 def check_password(request: Request, username: str, password: str, stored: str | None) -> bool:
     """True when ``password`` is right for ``username``; HTTPException(429) when rate-limited."""
-    limiter: RateLimiter = request.app.state.login_limiter
-    address = client_address(request)
-    keys = (f"addr:{address}", f"user:{username.lower()}")
-    if any(limiter.blocked(key) for key in keys):
+    by_user: RateLimiter = request.app.state.login_limiter
+    by_address: RateLimiter = request.app.state.address_limiter
+    user_key, address_key = username.lower(), client_address(request)
+    # Guessing one user's password and spraying many users from one address both stop.
+    if by_user.blocked(user_key) or by_address.blocked(address_key):
         raise HTTPException(
             429,
             "too many failed sign-ins: wait a few minutes before trying again",
-            headers={"Retry-After": str(int(limiter.window))},
+            headers={"Retry-After": str(int(by_user.window))},
         )
     ok = verify_password(stored, password) if stored is not None else verify_nobody(password)
     if ok:
-        limiter.reset(keys[1])  # the address keeps its count: spraying many users still stops
+        by_user.reset(user_key)  # the address keeps its count: spraying still stops
     else:
-        for key in keys:
-            limiter.fail(key)
+        by_user.fail(user_key)
+        by_address.fail(address_key)
     return ok
 
 

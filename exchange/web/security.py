@@ -6,6 +6,7 @@ that a change here is a change everywhere; pages never set a security header the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -41,7 +42,9 @@ class WebSecurity:
 
     max_body_bytes: int = 1024 * 1024  # an operation is at most 1 MiB (DESIGN §9)
     session_seconds: int = 8 * 3600  # an officer's working day
-    login_attempts: int = 5  # per user and address, within login_window_seconds
+    login_attempts: int = 5  # failures per user name, within login_window_seconds
+    # Per address: higher, since a ministry's clerks may all sign in from behind one NAT.
+    login_attempts_per_address: int = 50
     login_window_seconds: float = 300.0
     cookie_name: str = "kpx_session"
     headers: tuple[tuple[str, str], ...] = SECURITY_HEADERS
@@ -65,14 +68,18 @@ def verify_password(stored_hash: str, password: str) -> bool:
         return False
 
 
-# Verifying against a real hash when the user does not exist keeps the answer's timing from
-# telling an attacker which user names exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def verify_nobody(password: str) -> bool:
-    """Spend the time of a verification for a user that does not exist; always False."""
-    verify_password(_DUMMY_HASH, password)
+    """Spend the time of a verification for a user that does not exist; always False.
+
+    Verifying against a real hash keeps the answer's timing from telling an attacker which
+    user names exist (made on first use: every kpx command imports this module).
+    """
+    verify_password(_dummy_hash(), password)
     return False
 
 
@@ -113,8 +120,7 @@ class RateLimiter:
     """At most ``attempts`` failures per key within ``window`` seconds (a sliding window).
 
     In memory: a web face is one process, and a restart forgetting the count is acceptable
-    (the window is minutes). Keys are ``(address, username)`` and the address alone, so that
-    neither guessing one user's password nor spraying many users goes unchecked.
+    (the window is minutes).
     """
 
     attempts: int

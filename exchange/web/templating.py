@@ -7,12 +7,14 @@ Autoescaping is on for every template whatever its name, so a certificate field 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
 import jinja2
 from babel.dates import format_date
-from babel.numbers import format_decimal
+from babel.numbers import get_decimal_symbol, get_group_symbol
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -33,6 +35,28 @@ def environment(template_packages: Iterable[str]) -> jinja2.Environment:
     return env
 
 
+@functools.cache
+def _separators(lang: str) -> tuple[str, str]:
+    return get_group_symbol(lang), get_decimal_symbol(lang)
+
+
+def _number_formatter(lang: str) -> Callable[..., str]:
+    """Amounts as the language writes them (1,234.50 · 1 234,50), fast enough for a page of
+    50 rows: Python formats, the locale's separators are swapped in."""
+    group, decimal = _separators(lang)
+
+    def number(value: Any, places: int = 2) -> str:
+        if value is None or value == "":
+            return ""
+        try:
+            text = f"{Decimal(value):,.{places}f}"
+        except (ArithmeticError, ValueError, TypeError):
+            return str(value)
+        return text.replace(",", "\0").replace(".", decimal).replace("\0", group)
+
+    return number
+
+
 def render(
     request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
 ) -> HTMLResponse:
@@ -47,9 +71,7 @@ def render(
         "lang": lang,
         "csrf_token": request.state.csrf_token,
         "session": request.scope.get("session", {}),
-        "number": lambda value, places=2: format_decimal(
-            value, format="#,##0." + "0" * places if places else "#,##0", locale=lang
-        ),
+        "number": _number_formatter(lang),
         "day": lambda value: format_date(value, format="medium", locale=lang) if value else "",
         "app_title": request.app.state.title,
         "nav": request.app.state.nav,

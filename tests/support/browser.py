@@ -90,10 +90,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` in a thread; yield ``http://host:port``; stop the server on exit."""
+def serve(app: Any, host: str = "127.0.0.1", **options: Any) -> Iterator[str]:
+    """Serve ``app`` in a thread; yield ``http://host:port``; stop the server on exit.
+
+    ``options`` go to ``uvicorn.Config`` (``ssl_certfile`` and ``ssl_keyfile`` give https).
+    """
     port = free_port()
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="off", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
@@ -104,7 +109,8 @@ def serve(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
         elif not thread.is_alive():
             raise RuntimeError(f"the test server on port {port} did not start")
     try:
-        yield f"http://{host}:{port}"
+        scheme = "https" if options.get("ssl_certfile") else "http"
+        yield f"{scheme}://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
