@@ -20,6 +20,7 @@ from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
 from nodes import store
+from nodes.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ class Inbox:
         keyring: VerifiesEvents,
         senders: frozenset[str],
         reconnect: Callable[[], Connection] | None = None,
+        witness: Witness | None = None,
     ) -> None:
         self.code = code
+        self.witness = witness  # checks and cosigns the registry's log checkpoints
         self.conn = conn
         # A fresh connection once the database restarted: the consumer retries the batch,
         # and without one every retry would meet the same closed connection.
@@ -98,5 +101,7 @@ class Inbox:
         elif envelope.event_type == "ParticipantStatusChanged":
             s = StatusChange.from_record(payload)
             store.record_status(cur, s.participant, s.status.value, s.effective_on, s.reason)
+        elif envelope.event_type == "LogCheckpoint" and self.witness is not None:
+            self.witness.receive(cur, payload)  # DESIGN §12
         else:
             log.warning("node %s: ignoring a %s event", self.code, envelope.event_type)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exchange.adapters import metrics, postgres
 from exchange.adapters.rabbitmq import BatchConsumer
@@ -14,6 +14,7 @@ from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import VerifiesEvents
 from nodes.inbox import Inbox
+from nodes.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,12 @@ class NodeService:
     """What a running node needs: its identity, database, broker URL and keys."""
 
     code: str
-    dsn: str
-    amqp_url: str
+    dsn: str = field(repr=False)  # the URLs may carry passwords: never in a repr
+    amqp_url: str = field(repr=False)
     schemas: SchemaStore
     keyring: VerifiesEvents
     senders: frozenset[str]
+    witness: Witness | None = None  # the log's witness (DESIGN §12)
 
     def run(self, stop: threading.Event, metrics_port: int | None = None) -> None:
         """Relay the outbox and consume the inbox until ``stop`` is set; then drain and return."""
@@ -64,7 +66,9 @@ class NodeService:
             prefetch=200,
             batch_size=100,
         )
-        inbox = Inbox(self.code, conn, self.schemas, self.keyring, self.senders, connect)
+        inbox = Inbox(
+            self.code, conn, self.schemas, self.keyring, self.senders, connect, self.witness
+        )
         inbox.consumer = consumer
         try:
             consumer.connect()

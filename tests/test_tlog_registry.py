@@ -9,6 +9,8 @@ duplicate) and stops; each tamper test then works on its own copy of that databa
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +21,7 @@ import psycopg2
 import pytest
 from click.testing import CliRunner, Result
 from psycopg2 import sql
-from support.services import unique_name, with_path
-from test_registry_support import (
+from support.registry import (
     Env,
     certificate,
     issuance,
@@ -28,6 +29,7 @@ from test_registry_support import (
     voiding,
     wait_until,
 )
+from support.services import unique_name, with_path
 
 from exchange.adapters.postgres import connect, transaction
 from exchange.registry import log as registry_log
@@ -338,6 +340,16 @@ def test_a_rewrite_that_recomputes_every_hash_still_contradicts_the_signed_roots
     assert "root differs from storage" in output and "log does NOT verify" in output
 
 
+def test_an_accepted_event_slipped_in_without_a_leaf_is_reported(
+    copy: str, settled: tuple[Env, Path, dict[str, str]]
+) -> None:
+    event = settled[2]["rejected"]
+    tamper(copy, f"UPDATE event_log SET decision = 'ACCEPTED' WHERE event_id = '{event}'")
+    result = kpx_log(copy, settled[1], "verify")
+    assert result.exit_code == 1
+    assert f"1 accepted event(s) outside the log, e.g. {event}" in result.output
+
+
 def test_a_checkpoint_signed_with_another_key_is_refused(
     copy: str, settled: tuple[Env, Path, dict[str, str]]
 ) -> None:
@@ -356,3 +368,58 @@ def test_a_checkpoint_signed_with_another_key_is_refused(
     assert result.exit_code == 1
     assert "checkpoint 99: note is signed by no known key" in result.output
     assert "first bad leaf index" not in result.output  # no leaf is wrong: the note is
+
+
+@pytest.mark.parametrize(
+    ("args", "listed"),
+    [
+        (["registry", "log", "--help"], ["checkpoint", "consistency", "key", "proof", "verify"]),
+        (["node", "audit", "--help"], ["--member"]),
+    ],
+)
+def test_the_log_commands_are_part_of_kpx(args: list[str], listed: list[str]) -> None:
+    region = Path(__file__).resolve().parents[1] / "deploy" / "region.example.toml"
+    kpx = Path(sys.executable).with_name("kpx")
+    done = subprocess.run(
+        [str(kpx), "--region", str(region), *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert all(word in done.stdout for word in listed)
+
+
+def test_two_registries_on_one_queue_build_one_log_that_verifies(
+    make_vhost: Any, make_database: Any, tmp_path: Path
+) -> None:
+    """Scale-out: the head row lock gives the two consumers' batches consecutive leaves
+    (prefetch 10: both get a share of the queue)."""
+    vhost, database = make_vhost(), make_database()
+    env = make_env(vhost.name, vhost.amqp_url, database.url)
+    registry_log.ensure_key(tmp_path, env.region.code)
+    signer = registry_log.load_key(tmp_path)
+    stop = threading.Event()
+    args = (env.dsn, env.registry_url, env.region, env.producers.store, env.registry_signer)
+    threads = [
+        threading.Thread(
+            target=service.run_registry,
+            args=(*args, stop),
+            kwargs={"relay": False, "batch_size": 7, "prefetch": 10, "log_signer": signer},
+            daemon=True,
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for serial in range(1, 101):
+            for member, dest in (("BW", "ZA"), ("ZA", "NA"), ("NA", "BW")):
+                cert = certificate(member, serial, destination=dest)
+                env.publisher.send(env.producers.seal(member, issuance(cert)), confirm=False)
+        wait_until(lambda: _count(env.dsn, "event_log") >= 300, timeout=60, what="300 decided")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        env.publisher.close()
+    assert _count(env.dsn, "log_leaves") == 300
+    result = kpx_log(env.dsn, tmp_path, "verify")
+    assert result.exit_code == 0, result.output

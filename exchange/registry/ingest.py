@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from exchange.adapters import metrics
 from exchange.adapters.postgres import Connection, Cursor, transaction
 from exchange.adapters.rabbitmq import Delivery
-from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
+from exchange.domain.events import EVENT_TYPES, Cosignature, ImportConfirmation, Issuance
 from exchange.errors import TransientError
 from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.registry import policy, store
@@ -65,7 +65,7 @@ class _Session:
     outgoing: list[Pending] = field(default_factory=list)
     accepted: list[tuple[str, str, str, str, bytes]] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
-    leaves: list[tuple[str, bytes]] = field(default_factory=list)  # for the log, DESIGN §12
+    leaves: list[Event] = field(default_factory=list)  # accepted, for the log (DESIGN §12)
 
     def take(self, o: Opened) -> None:
         """Decide and record one opened delivery."""
@@ -126,7 +126,7 @@ class _Session:
         if outcome == HELD:
             return
         if outcome == ACCEPTED:
-            self.leaves.append((event.event_id, event.raw))
+            self.leaves.append(event)
         recipient = policy.decision_recipient(event.producer, self.ctx.node_codes)
         cert_id = event.certificate_id
         self._answer(recipient, event.event_id, event.event_type, event.sequence, cert_id, verdict)
@@ -311,6 +311,8 @@ def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> 
     amounts: dict[tuple[Counter, tuple[str, ...]], float] = defaultdict(float)
     latencies: dict[str, list[float]] = defaultdict(list)
     for r in results:
+        if r.event is not None and isinstance(r.event.payload, Cosignature):
+            continue  # witness traffic, counted by kpx_log_cosignatures_total (DESIGN §12)
         # A claimed producer that is no node must not become a label value (unbounded).
         producer = r.producer if r.producer in nodes else "unknown"
         if not r.released:

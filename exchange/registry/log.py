@@ -20,46 +20,57 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2.extras
 
 from exchange.adapters.postgres import Connection, Cursor, transaction
-from exchange.domain.region import Region
 from exchange.errors import KeyFileError, MalformedNote, NotFound
-from exchange.messaging.outbox import OutboxWriter
 from exchange.tlog import checkpoint, note, proof, tile, tree
 from exchange.tlog.checkpoint import Checkpoint
 
 KEY_FILE = "log.key"  # in the registry's keys folder: the PRIVATE+KEY note signer line
+PUB_FILE = "log.pub"  # its verifier key line, for the nodes (nodes/witness.py reads it)
 _PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """What one batch added: the new checkpoint, its note, and the size it grew from."""
+    """What one batch added: the new checkpoint, its note, and the last announced size."""
 
     checkpoint: Checkpoint
     note: str
-    previous_size: int
+    previous_size: int  # of the newest checkpoint announced to the witnesses
     consistency: list[bytes]  # from previous_size to the new size
 
 
-Announce = Callable[[Cursor, Appended], None]
+class Leaf(Protocol):
+    """What the log needs of an accepted event (``policy.Event`` is one)."""
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def raw(self) -> bytes: ...
+
+
+# Called with the new checkpoint and the batch's leaves; True if it announced the checkpoint.
+Announce = Callable[[Cursor, Appended, Sequence[Any]], bool]
 
 
 class LogWriter:
     """Appends accepted events and signs checkpoints, inside the caller's transaction.
 
-    ``announce`` (when given) writes the new checkpoint to the outbox for the witnesses, in
-    the same transaction.
+    ``announce`` (when given) is called with the new checkpoint and the batch's leaves, in
+    the same transaction: it keeps the cosignatures among them and sends the checkpoint to
+    the witnesses (exchange/registry/witnessing.py).
     """
 
     def __init__(self, signer: note.Signer, origin: str, announce: Announce | None = None):
         self.signer, self.origin, self.announce = signer, origin, announce
 
-    def append(self, cur: Cursor, leaves: Sequence[tuple[str, bytes]]) -> Appended | None:
-        """Append ``(event_id, envelope bytes)`` in order; None when there are none."""
+    def append(self, cur: Cursor, leaves: Sequence[Leaf]) -> Appended | None:
+        """Append the events' envelope bytes in order; None when there are none."""
         if not leaves:
             return None
         cur.execute("SELECT tree_size FROM log_head FOR UPDATE")
@@ -67,30 +78,26 @@ class LogWriter:
         edge = tree.RightEdge(size, read_hashes(cur, tree.range_indexes(0, size)))
         rows: list[tuple[int, str, bytes]] = []
         stored: list[tuple[int, bytes]] = []
-        for event_id, body in leaves:
-            leaf = tree.leaf_hash(body)
-            rows.append((edge.size, event_id, leaf))
+        for event in leaves:
+            leaf = tree.leaf_hash(event.raw)
+            rows.append((edge.size, event.event_id, leaf))
             stored += edge.append(leaf)
         new = Checkpoint(self.origin, edge.size, edge.root())
         text = checkpoint.sign_checkpoint(new, self.signer)
         _insert(cur, "INSERT INTO log_leaves (leaf_index, event_id, leaf_hash) VALUES %s", rows)
         _insert(cur, "INSERT INTO log_hashes (hash_index, hash) VALUES %s", stored)
         cur.execute("UPDATE log_head SET tree_size = %s", (edge.size,))
-        cur.execute(
-            "INSERT INTO log_checkpoints (tree_size, root_hash, note) VALUES (%s, %s, %s)",
-            (new.size, new.root, text),
-        )
+        previous = _latest_announced_size(cur)
         reader = _overlay(cur, dict(stored))
-        appended = Appended(new, text, size, proof.prove_consistency(size, new.size, reader))
-        if self.announce is not None:
-            self.announce(cur, appended)
+        proof_ = proof.prove_consistency(previous, new.size, reader)
+        appended = Appended(new, text, previous, proof_)
+        announced = self.announce(cur, appended, leaves) if self.announce else True
+        cur.execute(
+            "INSERT INTO log_checkpoints (tree_size, root_hash, note, announced) "
+            "VALUES (%s, %s, %s, %s)",
+            (new.size, new.root, text, announced),
+        )
         return appended
-
-
-def writer(signer: note.Signer, region: Region, outbox: OutboxWriter) -> LogWriter:
-    """The registry's log writer (announcing checkpoints to the witnesses comes with them)."""
-    del outbox  # the witnesses' messages are written here once their schema exists
-    return LogWriter(signer, checkpoint.origin_for(region.code))
 
 
 def _insert(cur: Cursor, query: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -139,12 +146,15 @@ def ensure_key(keys_dir: Path, region: str) -> bool:
     """Generate the log key under the name ``kpx/<REGION>`` if there is none; True if new."""
     path = key_path(keys_dir)
     if path.exists():
+        if not (keys_dir / PUB_FILE).exists():
+            (keys_dir / PUB_FILE).write_text(f"{load_key(keys_dir).verifier}\n", "ascii")
         return False
     signer = note.generate_signer(checkpoint.origin_for(region))
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as out:
         out.write(f"{signer}\n")
+    (keys_dir / PUB_FILE).write_text(f"{signer.verifier}\n", "ascii")
     return True
 
 
@@ -161,13 +171,22 @@ def load_key(keys_dir: Path) -> note.Signer:
 
 
 def latest_checkpoint(conn: Connection) -> tuple[Checkpoint, str]:
-    """The newest signed checkpoint and its note (without cosignatures); raises NotFound."""
+    """The newest served checkpoint and its note (without cosignatures); raises NotFound."""
     with transaction(conn) as cur:
         return _latest(cur)
 
 
+def _latest_announced_size(cur: Cursor) -> int:
+    cur.execute("SELECT max(tree_size) FROM log_checkpoints WHERE announced")
+    row = cur.fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
 def _latest(cur: Cursor) -> tuple[Checkpoint, str]:
-    cur.execute("SELECT tree_size, root_hash, note FROM log_checkpoints ORDER BY 1 DESC LIMIT 1")
+    cur.execute(
+        "SELECT tree_size, root_hash, note FROM log_checkpoints WHERE announced "
+        "ORDER BY 1 DESC LIMIT 1"
+    )
     row = cur.fetchone()
     if row is None:
         raise NotFound("the log has no checkpoint yet: no event was accepted")
@@ -176,7 +195,7 @@ def _latest(cur: Cursor) -> tuple[Checkpoint, str]:
 
 
 def latest_checkpoint_note(conn: Connection) -> str:
-    """The newest checkpoint note with every cosignature the registry holds for it."""
+    """The newest served checkpoint's note with every cosignature the registry holds for it."""
     with transaction(conn) as cur:
         cp, text = _latest(cur)
         cur.execute(

@@ -62,6 +62,7 @@ def verify(conn: Connection, log_key: Verifier, origin: str) -> Report:
             head = cur.fetchone()
             roots = _check_notes(checkpoints, log_key, origin, report)
             size = report.leaves = _recompute(conn, roots, report)
+            _outside(cur, report)
     finally:
         conn.rollback()
     top = max(roots, default=0)  # the largest size the log key really signed
@@ -70,6 +71,17 @@ def verify(conn: Connection, log_key: Verifier, origin: str) -> Report:
     if size < top:
         report.bad(size, f"checkpoint {top} covers leaves beyond {size - 1}: rows were removed")
     return report
+
+
+def _outside(cur: Any, report: Report) -> None:
+    """Accepted events with no leaf: a decision the log does not record (a row added)."""
+    cur.execute(
+        "SELECT count(*), min(e.event_id::text) FROM event_log e WHERE e.decision = 'ACCEPTED' "
+        "AND NOT EXISTS (SELECT 1 FROM log_leaves l WHERE l.event_id = e.event_id)"
+    )
+    count, first = cur.fetchone()
+    if count:
+        report.bad(None, f"{count} accepted event(s) outside the log, e.g. {first}")
 
 
 def _check_notes(

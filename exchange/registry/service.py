@@ -27,7 +27,9 @@ from exchange.registry import log as registry_log
 from exchange.registry import policy, store
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
+from exchange.registry.witnessing import Witnessing
 from exchange.tlog import note
+from exchange.tlog.checkpoint import origin_for
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.signing import Signer
@@ -176,7 +178,10 @@ def _consume(
     )
     writer = OutboxWriter(schemas, signer, relay=region.code)
     ctx = context(region)
-    tlog = registry_log.writer(log_signer, region, writer) if log_signer else None
+    tlog = None
+    if log_signer is not None:  # DESIGN §12: the log, and its checkpoints to the witnesses
+        announce = Witnessing(region.code, region.node_codes, writer)
+        tlog = registry_log.LogWriter(log_signer, origin_for(region.code), announce)
     retrying = until_stopped(stop, log)
     try:
         for attempt in retrying:

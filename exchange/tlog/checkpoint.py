@@ -36,6 +36,11 @@ def origin_for(region: str) -> str:
     return f"kpx/{region}"
 
 
+def witness_name(region: str, member: str) -> str:
+    """The cosigner key name of a member's node (a note key name: no spaces, no plus)."""
+    return f"{origin_for(region)}/witness/{member}"
+
+
 def parse_body(text: str) -> Checkpoint:
     """Read a checkpoint body (extension lines after the third are allowed and ignored)."""
     lines = text.split("\n")

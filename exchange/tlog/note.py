@@ -194,10 +194,11 @@ def parse(message: str) -> Note:
     lines = message[split + 2 :].splitlines(keepends=True)
     if not lines or len(lines) > MAX_SIGNATURES:
         raise MalformedNote(f"a signed note needs 1 to {MAX_SIGNATURES} signature lines")
-    return Note(text, tuple(_signature(line) for line in lines))
+    return Note(text, tuple(signature_line(line) for line in lines))
 
 
-def _signature(line: str) -> Signature:
+def signature_line(line: str) -> Signature:
+    """Parse one ``— <name> <base64>`` line (newline included); raises MalformedNote."""
     if not line.startswith(SIG_PREFIX) or not line.endswith("\n"):
         raise MalformedNote(f"malformed signature line {line!r}")
     name, _, encoded = line[len(SIG_PREFIX) : -1].partition(" ")

@@ -23,13 +23,17 @@ CREATE TABLE IF NOT EXISTS log_hashes (
     hash       bytea NOT NULL
 );
 
--- Every checkpoint the registry signed (C2SP tlog-checkpoint as a signed note).
+-- Every checkpoint the registry signed (C2SP tlog-checkpoint as a signed note). The one
+-- served is the newest announced to the witnesses: a batch of nothing but cosignatures is
+-- checkpointed, not announced (exchange/registry/witnessing.py).
 CREATE TABLE IF NOT EXISTS log_checkpoints (
     tree_size bigint PRIMARY KEY,
     root_hash bytea NOT NULL,
     note      text NOT NULL,
+    announced boolean NOT NULL DEFAULT true,
     signed_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX IF NOT EXISTS log_checkpoints_served ON log_checkpoints (tree_size) WHERE announced;
 
 -- Cosignatures the witnesses (the nodes) returned: one C2SP tlog-cosignature line each.
 CREATE TABLE IF NOT EXISTS log_cosignatures (

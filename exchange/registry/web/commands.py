@@ -1,8 +1,8 @@
 """``kpx registry serve`` and ``kpx registry users add`` (DESIGN §13).
 
-Attached to the ``registry`` group by the composition root. The context object is the
-runtime of exchange/app/runtime.py (``region``, ``store``, ``registry_dsn``, ``signer``,
-``amqp_url``).
+Attached to the ``registry`` group by the composition root. Each receives the runtime
+(exchange/app/runtime.py) through ``@pass_runtime``; kpx errors go to the command line's error
+boundary (exchange/app/exits.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import os
 import secrets
 import sys
 from contextlib import suppress
-from typing import Any
 
 import click
 
 from exchange.adapters.postgres import connect
 from exchange.adapters.signals import stop_on_signals
-from exchange.errors import KpxError
+from exchange.app.runtime import Runtime, pass_runtime
 from exchange.reconciler import service as reconciler_service
 from exchange.registry import service as registry_service
 from exchange.registry.web import accounts
@@ -29,11 +28,7 @@ from exchange.wire import topology
 DEFAULT_PORT = 8400
 
 
-def _obj() -> Any:
-    return click.get_current_context().obj
-
-
-def prepare(rt: Any) -> None:
+def prepare(rt: Runtime) -> None:
     """Migrations the portal reads (registry, console, reconciler's schema); idempotent."""
     conn = connect(rt.registry_dsn, application_name="kpx-registry-serve")
     try:
@@ -43,7 +38,7 @@ def prepare(rt: Any) -> None:
     reconciler_service.prepare(rt.registry_dsn)
 
 
-def portal_for(rt: Any, limits: Limits | None = None, public_connections: int = 4) -> Portal:
+def portal_for(rt: Runtime, limits: Limits | None = None, public_connections: int = 4) -> Portal:
     """The portal's shared state on the runtime's region and database."""
     user = topology.registry_user(rt.region.vhost)
     return Portal(
@@ -58,7 +53,7 @@ def portal_for(rt: Any, limits: Limits | None = None, public_connections: int = 
     )
 
 
-def session_secret(rt: Any) -> bytes:
+def session_secret(rt: Runtime) -> bytes:
     """The key that signs console sessions: 32 random bytes in the state directory (0600),
     made on first use, so sessions survive a restart and no two regions share one."""
     path = rt.settings.vhost_dir(rt.region.vhost) / "secrets" / "portal-session.key"
@@ -79,18 +74,15 @@ def session_secret(rt: Any) -> bytes:
               help="Verification lookups per second per client (bursts of 3x).")  # fmt: skip
 @click.option("--public-connections", type=int, default=4, show_default=True,
               help="Database connections for public reads (ingest never waits).")  # fmt: skip
-def serve(host: str, port: int, verify_rate: float, public_connections: int) -> None:
+@pass_runtime
+def serve(rt: Runtime, host: str, port: int, verify_rate: float, public_connections: int) -> None:
     """Public verification, published statistics, the log, and the regional console."""
     import uvicorn
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; with this handler in place the
     # re-raised signal only sets an event, so serve exits 0 like every kpx service.
     stop_on_signals()
-    rt = _obj()
-    try:
-        prepare(rt)
-    except KpxError as exc:
-        raise click.ClickException(str(exc)) from exc
+    prepare(rt)
     limits = Limits(verify_rate=verify_rate, verify_burst=verify_rate * 3)
     portal = portal_for(rt, limits, public_connections)
     app = build(portal, session_secret(rt))
@@ -110,17 +102,14 @@ def users() -> None:
 @users.command("add")
 @click.option("--username", required=True)
 @click.option("--role", required=True, type=click.Choice(["analyst", "admin"]))
-def users_add(username: str, role: str) -> None:
+@pass_runtime
+def users_add(rt: Runtime, username: str, role: str) -> None:
     """Create (or reset) a console user; the password is read from stdin."""
     password = sys.stdin.readline().rstrip("\r\n")
-    rt = _obj()
+    prepare(rt)
+    conn = connect(rt.registry_dsn, application_name="kpx-registry-users")
     try:
-        prepare(rt)
-        conn = connect(rt.registry_dsn, application_name="kpx-registry-users")
-        try:
-            accounts.add_user(conn, username, role, password)
-        finally:
-            conn.close()
-    except KpxError as exc:
-        raise click.ClickException(str(exc)) from exc
+        accounts.add_user(conn, username, role, password)
+    finally:
+        conn.close()
     click.echo(f"console user {username} ({role}) ready")
