@@ -38,9 +38,8 @@ from exchange.app.runtime import Runtime
 from exchange.app.settings import Settings
 from exchange.errors import ServiceFailed
 from exchange.messaging.outbox import OutboxWriter
-from exchange.registry.web import demo as portal
 
-from . import setup
+from . import portal, setup
 from .anomalies import KINDS, make_plan
 from .driver import Driver, Submit
 from .monitor import Monitor
@@ -167,7 +166,8 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         console.print(f"[red]services did not start: {'; '.join(problems)} (logs in {fleet.logs})")
         _stop(console, fleet)
         return 1
-    user = portal.ready_user(rt.registry_dsn)
+    kpx = [*kpx_command(), "--region", str(rt.settings.region_path)]
+    user = portal.ready_user(kpx, _service_env(rt))
     console.print("\n".join(portal.lines(PORTAL_URL, user, None)))
     monitor = Monitor(rt)
     try:

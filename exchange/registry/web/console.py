@@ -17,8 +17,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from exchange.adapters.postgres import Connection, transaction
+from exchange.domain.events import DiscrepancyKind
 from exchange.errors import KpxError, NotFound, Refusal
-from exchange.reconciler.commands import KINDS
 from exchange.registry import deadletters
 from exchange.registry.web import accounts, worklist
 from exchange.registry.web.accounts import User
@@ -28,6 +28,7 @@ from exchange.web import auth
 from exchange.web.forms import checked_form
 
 Page = Callable[[Request, Portal, User], Awaitable[Response]]
+KINDS = tuple(k.value for k in DiscrepancyKind if k is not DiscrepancyKind.UNKNOWN)
 
 
 def _portal(request: Request) -> Portal:

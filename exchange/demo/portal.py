@@ -1,36 +1,38 @@
-"""What ``kpx demo`` needs of the portal: a ready console user and the URLs to open.
+"""What ``kpx demo`` shows of the registry portal: a ready console user and the URLs to open.
 
-The demo region is rebuilt at every run, so its console user gets a fresh random password
-that is printed once with the URLs.
+The demo region is rebuilt at every run, so its console user gets a fresh random password,
+set through ``kpx registry users add`` (the command an operator runs) and printed once.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
+import subprocess
+from collections.abc import Mapping
 
-from exchange.adapters.postgres import connect, fetch_all
-from exchange.registry.web import accounts
+from exchange.adapters import postgres
 
 USERNAME = "demo-admin"
 
 
-def ready_user(registry_dsn: str) -> tuple[str, str]:
-    """Create (or reset) the demo's admin user; return its name and password."""
+def ready_user(kpx: list[str], env: Mapping[str, str]) -> tuple[str, str]:
+    """Create (or reset) the demo's admin user; its name and password. Raises RuntimeError."""
     password = secrets.token_urlsafe(12)
-    conn = connect(registry_dsn, application_name="kpx-demo-portal")
-    try:
-        accounts.add_user(conn, USERNAME, "admin", password)
-    finally:
-        conn.close()
+    done = subprocess.run(
+        [*kpx, "registry", "users", "add", "--username", USERNAME, "--role", "admin"],
+        input=password + "\n", capture_output=True, text=True, env=dict(env), timeout=60,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"kpx registry users add failed: {done.stderr.strip()}")
     return USERNAME, password
 
 
 def sample_certificate(registry_dsn: str) -> str | None:
     """One certificate the registry holds as ISSUED (valid to show), else any, else None."""
-    conn = connect(registry_dsn, application_name="kpx-demo-portal")
+    conn = postgres.connect(registry_dsn, application_name="kpx-demo-portal")
     try:
-        rows: list[dict[str, Any]] = fetch_all(
+        rows = postgres.fetch_all(
             conn,
             "SELECT certificate_id FROM certificates ORDER BY (state = 'ISSUED') DESC,"
             " date_of_expiry DESC LIMIT 1",
