@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,21 @@ def test_the_lookup_limit_allows_a_burst_then_the_rate_per_client() -> None:
     assert limit.allow("a", now=0.5) and not limit.allow("a", now=0.5)
     limit.allow("c", now=1.0)
     assert len(limit._buckets) == 2  # bounded memory: the oldest client was dropped
+
+
+def test_the_region_file_names_the_public_url_and_what_is_published() -> None:
+    import tomllib
+
+    from exchange.domain.region import parse_region
+    from exchange.errors import ConfigError
+
+    example = Path(__file__).resolve().parents[1] / "deploy" / "region.example.toml"
+    data = tomllib.loads(example.read_text("utf-8"))
+    region = parse_region(data)
+    assert (region.public_url, region.publish_statistics) == ("http://127.0.0.1:8400", "aggregates")
+    data["registry"] = {"public_url": "https://kp.example.org/", "publish_statistics": "none"}
+    closed = parse_region(data)
+    assert (closed.public_url, closed.publish_statistics) == ("https://kp.example.org", "none")
+    data["registry"] = {"publish_statistics": "certificates"}
+    with pytest.raises(ConfigError, match="publish_statistics"):
+        parse_region(data)
