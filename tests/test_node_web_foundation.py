@@ -258,3 +258,29 @@ def test_amounts_are_written_as_each_language_writes_them() -> None:
     assert _number_formatter("fr")("1234567.5") == "1\u202f234\u202f567,50"
     assert _number_formatter("en")(None) == ""
     assert _number_formatter("en")("not a number") == "not a number"
+
+
+def test_a_session_the_app_no_longer_honours_is_emptied_before_any_page(
+    live_server: Any,
+) -> None:
+    honoured: list[bool] = [True]
+
+    async def check(session: dict[str, Any]) -> bool:
+        return honoured[0]
+
+    async def whoami(request: Request) -> Response:
+        return PlainTextResponse(str(request.scope["session"].get("username")))
+
+    app = build_app(
+        [Route("/", home), Route("/login", login, methods=["POST"]), Route("/whoami", whoami)],
+        title="t",
+        secret=SECRET,
+        session_check=check,
+    )
+    with live_server(app) as url, httpx.Client(base_url=url) as client:
+        token = csrf_of(client.get("/").text)
+        form = {"username": "ana", "password": "correct horse", "csrf_token": token}
+        assert client.post("/login", data=form).text == "welcome"
+        assert client.get("/whoami").text == "ana"
+        honoured[0] = False
+        assert client.get("/whoami").text == "None"

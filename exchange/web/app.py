@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -31,12 +31,23 @@ from exchange.web.sessions import SessionMiddleware
 log = logging.getLogger(__name__)
 
 
-class RequestContext:
-    """Sets ``request.state.translator`` and ``csrf_token``; ``?lang=xx`` switches language."""
+SessionCheck = Callable[[dict[str, Any]], Awaitable[bool]]
 
-    def __init__(self, app: ASGIApp, catalogues: dict[str, Any]) -> None:
+
+class RequestContext:
+    """Sets ``request.state.translator`` and ``csrf_token``; ``?lang=xx`` switches language.
+
+    With ``session_check``, a signed-in session the app no longer honours (signed out
+    elsewhere, user disabled, password reset) is emptied before any page sees it: a cookie
+    is signed, not stored, so only the app's own record can revoke it.
+    """
+
+    def __init__(
+        self, app: ASGIApp, catalogues: dict[str, Any], session_check: SessionCheck | None
+    ) -> None:
         self.app = app
         self.catalogues = catalogues
+        self.session_check = session_check
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +55,16 @@ class RequestContext:
             return
         request = Request(scope)
         session = scope["session"]
+        revoked = (
+            self.session_check is not None
+            and bool(session.get("username"))
+            and not await self.session_check(dict(session))
+        )
+        if revoked:
+            lang = session.get("lang")
+            session.clear()
+            if lang:
+                session["lang"] = lang
         chosen = request.query_params.get("lang")
         if chosen in i18n.LANGUAGES and session.get("lang") != chosen:
             session["lang"] = chosen
@@ -68,11 +89,13 @@ def build_app(
     nav: Sequence[tuple[str, str]] = (),
     security: WebSecurity | None = None,
     state: dict[str, Any] | None = None,
+    session_check: SessionCheck | None = None,
 ) -> Starlette:
     """A web face: ``routes`` plus ``/static`` (the shared CSS), with templates and catalogues
     taken from each of ``packages`` (``templates/`` and ``locale/`` beside the code).
 
     ``nav`` is the menu of the base layout: (path, untranslated label) pairs.
+    ``session_check(session)`` says whether a signed-in session is still honoured.
     """
     security = security or WebSecurity()
     catalogues = i18n.load_catalogues(packages)
@@ -83,7 +106,7 @@ def build_app(
             Middleware(SecurityHeaders, headers=security.headers),
             Middleware(BodyLimit, limit=security.max_body_bytes),
             Middleware(SessionMiddleware, secret=secret, security=security),
-            Middleware(RequestContext, catalogues=catalogues),
+            Middleware(RequestContext, catalogues=catalogues, session_check=session_check),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

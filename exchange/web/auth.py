@@ -7,6 +7,7 @@ name is over the limit — even for the right password, so a guesser learns noth
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -38,11 +39,15 @@ def check_password(request: Request, username: str, password: str, stored: str |
 
 
 def begin_session(request: Request, **identity: Any) -> None:
-    """Replace the session by one for ``identity`` (a new CSRF token; the language is kept)."""
+    """Replace the session by one for ``identity`` (a new CSRF token; the language is kept).
+
+    ``signed_at`` (seconds since the epoch) lets a session check refuse sessions older than
+    a sign-out or a password reset.
+    """
     session = request.scope["session"]
     lang = session.get("lang")
     session.clear()
-    session.update(identity, csrf=new_csrf_token())
+    session.update(identity, csrf=new_csrf_token(), signed_at=time.time())
     if lang:
         session["lang"] = lang
     request.state.csrf_token = session["csrf"]
