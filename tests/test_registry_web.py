@@ -40,10 +40,16 @@ NODES = ("BW", "ZA", "AE")
 PASSWORD = "correct horse battery staple"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while choosing, so none is handed out twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass
@@ -115,12 +121,12 @@ def portal_region(
         env = dict(os.environ, KPX_REGION=str(rt.settings.region_path),
                    KPX_AMQP_URL=amqp_admin_url, KPX_DATABASE_URL=database_server_url,
                    KPX_STATE_DIR=str(rt.settings.state_dir))  # fmt: skip
-        port = free_port()
+        port, registry, reconciler, *nodes = free_ports(3 + len(NODES))
         argvs = {
-            "registry": ["registry", "run", "--metrics-port", str(free_port())],
-            "reconciler": ["reconciler", "run", "--metrics-port", str(free_port())],
-            **{f"node-{c}": ["node", "run", "--member", c, "--metrics-port", str(free_port())]
-               for c in NODES},
+            "registry": ["registry", "run", "--metrics-port", str(registry)],
+            "reconciler": ["reconciler", "run", "--metrics-port", str(reconciler)],
+            **{f"node-{c}": ["node", "run", "--member", c, "--metrics-port", str(p)]
+               for c, p in zip(NODES, nodes, strict=True)},
             "portal": ["registry", "serve", "--port", str(port), "--verify-rate", "1000"],
         }  # fmt: skip
         services = [Service(n, [*KPX, *a], env, tmp / f"{n}.log") for n, a in argvs.items()]
@@ -190,6 +196,20 @@ def test_a_console_form_without_its_csrf_token_is_refused(portal_region: Region)
         refused = client.post("/console/participants", data={"code": "ZA", "action": "suspend",
                                                              "reason": "x"})  # fmt: skip
         assert refused.status_code == 403
+
+
+def test_signing_out_ends_every_session_of_the_user(portal_region: Region) -> None:
+    with (
+        console_client(portal_region, "ana") as first,
+        console_client(portal_region, "ana") as other,
+    ):
+        copied = dict(first.cookies)
+        assert first.get("/console/audit").status_code == 200
+        page = first.get("/console/audit").text
+        assert first.post("/logout", data={"csrf_token": csrf_of(page)}).status_code == 303
+        with httpx.Client(base_url=portal_region.url, cookies=copied) as thief:
+            assert thief.get("/console/audit").status_code == 303  # to the login page
+        assert other.get("/console/audit").status_code == 303  # the other session ended too
 
 
 def test_console_users_are_stored_with_argon2_and_every_login_is_audited(
@@ -498,6 +518,7 @@ def test_a_script_in_a_certificate_field_stays_text_everywhere(
         page.goto(portal_region.url + path)
         assert page.title() != "owned" and page.locator("main script").count() == 0
     page.goto(f"{portal_region.url}/console/discrepancies/{item['id']}")
+    assert page.locator("main").count() == 1, page.content()[:2000]
     assert HOSTILE in page.locator("main").inner_text()
     page.fill("#note", HOSTILE)
     page.click("button[value=resolve]")

@@ -6,7 +6,10 @@ CREATE TABLE IF NOT EXISTS console_users (
     role          text NOT NULL CHECK (role IN ('analyst', 'admin')),
     password_hash text NOT NULL,            -- argon2id, never the password
     created_at    timestamptz NOT NULL DEFAULT now(),
-    disabled_at   timestamptz
+    disabled_at   timestamptz,
+    -- Sessions signed before this are no longer honoured: set by a sign-out (every session of
+    -- the user ends) and by a password or role reset. A signed cookie cannot be revoked else.
+    sessions_after timestamptz
 );
 
 -- Every console act: who, when, what, on what, and the words they gave.

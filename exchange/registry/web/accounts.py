@@ -3,7 +3,8 @@
 Roles: ``analyst`` reads and resolves discrepancies; ``admin`` also suspends and reinstates
 participants and re-injects dead letters. The session itself is the foundation's signed
 cookie (exchange/web/sessions.py); every console request looks the user up again, so a
-disabled user or a changed role takes effect at once.
+disabled user or a changed role takes effect at once, and a sign-out or a reset ends every
+session signed before it (``sessions_after``, checked through the foundation's session_check).
 
 Errors: ConfigError for a bad username, role or a too-short password (names the field).
 """
@@ -54,7 +55,8 @@ def add_user(conn: Connection, username: str, role: str, password: str) -> None:
         cur.execute(
             "INSERT INTO console_users (username, role, password_hash) VALUES (%s, %s, %s)"
             " ON CONFLICT (username) DO UPDATE SET role = EXCLUDED.role,"
-            " password_hash = EXCLUDED.password_hash, disabled_at = NULL",
+            " password_hash = EXCLUDED.password_hash, disabled_at = NULL,"
+            " sessions_after = now()",
             (username, chosen.value, hash_password(password)),
         )
         record(cur, "cli", "users add", username, f"role {chosen.value}")
@@ -78,6 +80,27 @@ def user(conn: Connection, username: str) -> User | None:
         (username,),
     )
     return User(rows[0]["username"], Role(rows[0]["role"])) if rows else None
+
+
+def session_valid(conn: Connection, username: str, signed_at: float) -> bool:
+    """Whether a session signed at ``signed_at`` (epoch seconds) is still honoured: the user
+    is enabled and neither signed out nor was reset since."""
+    rows = fetch_all(
+        conn,
+        "SELECT 1 FROM console_users WHERE username = %s AND disabled_at IS NULL"
+        " AND (sessions_after IS NULL OR extract(epoch FROM sessions_after) < %s)",
+        (username, signed_at),
+    )
+    return bool(rows)
+
+
+def sign_out(conn: Connection, username: str) -> None:
+    """End every session of ``username`` (audited)."""
+    with transaction(conn) as cur:
+        cur.execute(
+            "UPDATE console_users SET sessions_after = now() WHERE username = %s", (username,)
+        )
+        record(cur, username, "logout", "", "every session ended")
 
 
 def audited(conn: Connection, actor: str, action: str, target: str = "", detail: str = "") -> None:

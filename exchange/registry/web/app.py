@@ -58,6 +58,7 @@ def build(portal: Portal, secret: bytes) -> Starlette:
         nav=NAV,
         security=SECURITY,
         state={"portal": portal, "log_served": True},
+        session_check=lambda session: console.session_check(portal, session),
     )
     app.add_exception_handler(DatabaseUnavailable, _busy)
     return app

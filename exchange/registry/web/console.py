@@ -94,9 +94,17 @@ async def logout(request: Request) -> Response:
     await checked_form(request)
     name = request.scope["session"].get("username")
     if name:
-        await _portal(request).db(accounts.audited, name, "logout")
+        await _portal(request).db(accounts.sign_out, name)
     auth.end_session(request)
     return RedirectResponse("/", 303)
+
+
+async def session_check(portal: Portal, session: dict[str, Any]) -> bool:
+    """The foundation's hook: is this signed-in session still honoured?"""
+    signed_at = session.get("signed_at")
+    if not isinstance(signed_at, int | float):
+        return False
+    return await portal.db(accounts.session_valid, str(session["username"]), float(signed_at))
 
 
 async def home(request: Request) -> Response:

@@ -90,12 +90,16 @@ class PublicPool:
             broken = False
             try:
                 yield conn
-                if not conn.autocommit:
-                    conn.rollback()
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 broken = True
                 raise
             finally:
+                # Whatever happened, the next user gets a connection outside any transaction.
+                if not broken and not conn.closed and not conn.autocommit:
+                    try:
+                        conn.rollback()
+                    except psycopg2.Error:
+                        broken = True
                 self._pool.putconn(conn, close=broken or bool(conn.closed))
         finally:
             self._slots.release()
