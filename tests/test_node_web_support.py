@@ -27,7 +27,8 @@ from support.services import unique_name
 from exchange.adapters import postgres
 from exchange.app.runtime import Runtime
 from nodes.web import access
-from nodes.web.app import create_app, node_web
+from nodes.web.app import create_app
+from nodes.web.commands import node_web
 from nodes.web.context import NodeWeb
 
 KPX = Path(sys.executable).with_name("kpx")

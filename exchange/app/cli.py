@@ -48,6 +48,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("node", "nodes.web.commands:users"),  # kpx node users add
     ("node", "nodes.web.commands:tokens"),  # kpx node tokens create|revoke
     ("registry", "exchange.reconciler.commands:discrepancies"),  # kpx registry discrepancies
+    ("registry", "exchange.registry.web.commands:serve"),  # kpx registry serve (DESIGN §13)
+    ("registry", "exchange.registry.web.commands:users"),  # kpx registry users add (§13)
     ("", "exchange.reconciler.commands:reconciler"),  # kpx reconciler run
     ("", "exchange.reconciler.commands:reconcile"),  # kpx reconcile --as-of
     ("", "exchange.reconciler.commands:stats"),  # kpx stats --period

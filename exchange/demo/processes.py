@@ -22,6 +22,7 @@ from pathlib import Path
 
 REGISTRY_PORT, RECONCILER_PORT, FIRST_NODE_PORT = 9501, 9502, 9510
 FIRST_WEB_PORT = 8410  # the node web apps (DESIGN §13's default ports)
+PORTAL_PORT = 8400  # the region file's default public_url, so the QR codes' URLs open
 
 
 def kpx_command() -> list[str]:
@@ -62,6 +63,8 @@ def services(region_file: Path, node_codes: list[str]) -> list[Service]:
             RECONCILER_PORT,
         ),
     ]
+    portal = [*kpx, "registry", "serve", "--port", str(PORTAL_PORT)]
+    out.append(Service("portal", portal, PORTAL_PORT))  # serves /healthz like the others
     for i, code in enumerate(node_codes):
         port = FIRST_NODE_PORT + i
         argv = [*kpx, "node", "run", "--member", code, "--metrics-port", str(port)]

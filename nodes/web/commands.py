@@ -9,8 +9,12 @@ import click
 from exchange.adapters import postgres
 from exchange.app.runtime import Runtime, current_runtime
 from exchange.errors import ConfigError
+from exchange.messaging.outbox import OutboxWriter
+from nodes.operations import Node
 from nodes.service import migrate
 from nodes.web import access
+from nodes.web.context import NodeWeb
+from nodes.web.db import Pool
 
 DEFAULT_PORT = 8410  # + the node's position in the region file
 
@@ -33,6 +37,15 @@ def _in_node(code: str, work: object) -> object:
             return work(cur)  # type: ignore[operator]
     finally:
         conn.close()
+
+
+def node_web(rt: Runtime, code: str, *, allow_self_authorise: bool = False) -> NodeWeb:
+    """The node's context for the web app (migrates its database first)."""
+    dsn = rt.node_dsn(code)
+    migrate(dsn)
+    node = Node(code, rt.region, OutboxWriter(rt.store, rt.signer(code)))
+    # The QR code's base URL is the registry's public one (`[registry] public_url`, DESIGN §13).
+    return NodeWeb(code, rt.region, node, Pool(dsn), rt.region.public_url, allow_self_authorise)
 
 
 @click.command("serve")
@@ -63,7 +76,7 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     from exchange.web.app import serve as serve_app  # the web stack loads only to serve
-    from nodes.web.app import create_app, node_web
+    from nodes.web.app import create_app
 
     rt = _rt()
     code = member.upper()
