@@ -21,10 +21,16 @@ should do about it::
         │   ├── UnknownKey          no registered key for that key id / producer
         │   └── BadSignature        the signature does not verify
         ├── KeyFileError            a key file that cannot be read
+        ├── LogError                the registry's transparency log (DESIGN §12)
+        │   ├── MalformedNote       a signed note, checkpoint or key string that does not parse
+        │   ├── BadProof            an inclusion or consistency proof that does not verify
+        │   └── LogInconsistent     storage or a checkpoint that contradicts a signed checkpoint
         ├── BrokerRefused           the broker refused an operation (access, precondition)
         ├── Refusal                 a business rule refuses an operation or event (carries a
         │                           DESIGN §7 reason code and a sentence)
-        └── NotFound                a certificate, discrepancy or dead letter that does not exist
+        ├── NotFound                a certificate, discrepancy or dead letter that does not exist
+        ├── ServiceFailed           a service or command kpx started crashed or failed
+        └── MalformedTradeFile      an external trade file with a bad row (names line, column)
 
 Adapters translate driver exceptions (pika, psycopg2) into this tree in one place each
 (``exchange/adapters/rabbitmq.py``, ``exchange/adapters/postgres.py``), always
@@ -110,12 +116,32 @@ class KeyFileError(PermanentError):
     """A key file is missing, unreadable or not a kpx key."""
 
 
+class LogError(PermanentError):
+    """The registry's transparency log (DESIGN §12)."""
+
+
+class MalformedNote(LogError):
+    """A signed note, checkpoint, cosignature or key string that does not parse."""
+
+
+class BadProof(LogError):
+    """An inclusion or consistency proof that does not verify against its tree hashes."""
+
+
+class LogInconsistent(LogError):
+    """Storage or a checkpoint that contradicts a checkpoint the log signed (a fork, a rewrite)."""
+
+
 class BrokerRefused(PermanentError):
     """The broker refused an operation: access refused, or a precondition failed."""
 
 
 class NotFound(PermanentError):
     """The thing asked for does not exist."""
+
+
+class ServiceFailed(PermanentError):
+    """A service or command that kpx started (e.g. the demo's fleet) crashed or failed."""
 
 
 class Refusal(PermanentError):
@@ -129,3 +155,21 @@ class Refusal(PermanentError):
         super().__init__(f"{code}: {sentence}")
         self.code = code
         self.sentence = sentence
+
+
+class MalformedTradeFile(PermanentError):
+    """An external trade file (``kpx registry import-trade``) with a row that cannot be read.
+
+    ``line`` is the 1-based line of the file (the header is line 1), ``column`` the column's
+    name; nothing of the file is kept.
+    """
+
+    def __init__(self, message: str, *, line: int = 0, column: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+
+    @classmethod
+    def at(cls, line: int, column: str, problem: str) -> MalformedTradeFile:
+        """The error for ``column`` of ``line``: ``line 7, column qty: must be a number``."""
+        return cls(f"line {line}, column {column}: {problem}", line=line, column=column)

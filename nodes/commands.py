@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
@@ -12,13 +13,17 @@ import click
 
 from exchange.adapters import postgres
 from exchange.adapters.signals import stop_on_signals
-from exchange.app.runtime import Runtime
-from exchange.errors import TransientError
+from exchange.app.exits import ExitCode
+from exchange.app.runtime import Runtime, current_runtime
+from exchange.errors import KeyFileError, TransientError
 from exchange.messaging.outbox import OutboxWriter
 from exchange.wire import topology
 from nodes import store
 from nodes.operations import Node, Result
 from nodes.service import NodeService, migrate
+from nodes.witness import Witness, load_log_key
+
+log = logging.getLogger(__name__)
 
 member_option = click.option(
     "--member",
@@ -30,8 +35,7 @@ member_option = click.option(
 
 
 def _rt() -> Runtime:
-    rt: Runtime = click.get_current_context().obj
-    return rt
+    return current_runtime()
 
 
 def _node(rt: Runtime, code: str) -> Node:
@@ -59,6 +63,7 @@ def run(member: str, metrics_port: int | None) -> None:
         schemas=rt.store,
         keyring=rt.keyring(),
         senders=frozenset({rt.region.code, rt.reconciler_producer}),
+        witness=_witness(rt, member),
     )
     stop = stop_on_signals()
     try:
@@ -67,6 +72,17 @@ def run(member: str, metrics_port: int | None) -> None:
         if not stop.is_set():
             raise
         # Stopped while reconnecting: every unsent event stays in the outbox; a clean stop.
+
+
+def _witness(rt: Runtime, code: str) -> Witness | None:
+    """The node's witness of the registry's log (DESIGN §12); None without the log key."""
+    try:
+        log_key = load_log_key(rt.keys_dir)
+    except KeyFileError as exc:  # a node set up before the log: it runs, but cannot witness
+        log.warning("node %s: not witnessing the registry's log: %s", code, exc)
+        return None
+    signer = rt.signer(code)
+    return Witness(code, rt.region.code, log_key, signer, OutboxWriter(rt.store, signer))
 
 
 @node.command("submit")
@@ -79,7 +95,7 @@ def submit(member: str, source: IO[str]) -> None:
     exits 1 if any line was refused. Works while the broker is down.
     """
     refused = _print_results(_submit(_rt(), member.upper(), source))
-    sys.exit(1 if refused else 0)
+    sys.exit(ExitCode.FAILED if refused else ExitCode.OK)
 
 
 def _submit(rt: Runtime, code: str, lines: Iterator[str] | IO[str]) -> Iterator[Result]:
@@ -129,7 +145,7 @@ def submit_all(source: IO[str]) -> None:
     for number in sorted(results):
         refused += " refused " in results[number]
         click.echo(results[number])
-    sys.exit(1 if refused else 0)
+    sys.exit(ExitCode.FAILED if refused else ExitCode.OK)
 
 
 def _member_of(line: str) -> str | None:

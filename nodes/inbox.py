@@ -1,19 +1,21 @@
 """The node's inbox: decisions, expected shipments, discrepancies and status changes.
 
-Consumes ``kpx.node.<CODE>``: decode and verify (only the registry and the reconciler may
-write here), record the message's id as a tracking row and apply it in the same transaction,
-ack after the commit. A duplicate finds its tracking row and is skipped; an unreadable or
-unverifiable message is set aside on ``kpx.dead.nodes`` with its reason, never retried.
+Consumed by :class:`~exchange.messaging.consumer.Consumer` from ``kpx.node.<CODE>``: decode
+and verify (only the registry and the reconciler may write here) before the transaction,
+record the message's id as a tracking row and apply it in one transaction, ack after the
+commit. A duplicate finds its tracking row and is skipped; an unreadable or
+unverifiable message is set aside on ``kpx.dead.nodes`` with its reason (the node service's
+Spec names it: a node may not publish into ``kpx.dead``), never retried.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from exchange.adapters import metrics
-from exchange.adapters.postgres import Connection, Cursor, transaction
-from exchange.adapters.rabbitmq import BatchConsumer, Delivery
+from exchange.adapters.postgres import Cursor
+from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import (
     Decision,
     DiscrepancyNotice,
@@ -22,72 +24,68 @@ from exchange.domain.events import (
     StatusChange,
 )
 from exchange.errors import PermanentError
-from exchange.wire import topology
+from exchange.messaging.consumer import Database, Decoded
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
 from nodes import store
+from nodes.witness import Witness
 
 log = logging.getLogger(__name__)
 
 
 class Inbox:
-    """Applies the messages of one node's queue to its store."""
+    """The inbox's :class:`~exchange.messaging.consumer.Handler`: one node's queue to its store."""
 
     def __init__(
         self,
         code: str,
-        conn: Connection,
         schemas: SchemaStore,
         keyring: VerifiesEvents,
         senders: frozenset[str],
-        reconnect: Callable[[], Connection] | None = None,
+        witness: Witness | None = None,
     ) -> None:
         self.code = code
-        self.conn = conn
-        # A fresh connection once the database restarted: the consumer retries the batch,
-        # and without one every retry would meet the same closed connection.
-        self.reconnect = reconnect
+        self.witness = witness  # checks and cosigns the registry's log checkpoints
         self.schemas = schemas
         self.keyring = keyring
         self.senders = senders  # the registry's and the reconciler's producer identities
-        self.consumer: BatchConsumer | None = None
 
-    def handle(self, batch: list[Delivery]) -> None:
-        """Apply one batch in one transaction (the consumer acks it afterwards)."""
-        if self.conn.closed and self.reconnect is not None:
-            self.conn = self.reconnect()
-        with transaction(self.conn) as cur:
-            for delivery in batch:
-                envelope = self._open(delivery)
-                if envelope is not None and store.inbox_record(
-                    cur,
-                    envelope.event_id,
-                    envelope.producer,
-                    envelope.sequence,
-                    envelope.event_type,
-                    delivery.body,
-                ):
-                    self._apply(cur, envelope)
-                    metrics.INBOX_RECEIVED.labels(self.code, envelope.event_type).inc()
-
-    def _open(self, delivery: Delivery) -> Envelope | None:
+    def decode(self, delivery: Delivery) -> Decoded[tuple[Envelope, bytes]]:
+        """Open and verify; a message that is unreadable or from anyone else is set aside."""
         try:
             envelope = open_envelope(self.schemas, self.keyring, delivery.body)
             if envelope.producer not in self.senders:
                 raise PermanentError(f"producer {envelope.producer!r} may not write to a node")
-            return envelope
         except PermanentError as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning(
-                "node %s: setting aside message %r: %s",
-                self.code,
-                delivery.properties.message_id,
-                reason,
-            )
-            assert self.consumer is not None
-            self.consumer.dead_letter(delivery, topology.NODE_DEAD, reason)
-            metrics.DEAD_LETTERS.labels(f"node-{self.code}", type(exc).__name__).inc()
-            return None
+            return Decoded(None, f"{type(exc).__name__}: {exc}")
+        return Decoded((envelope, delivery.body))
+
+    def record(self, cur: Cursor, items: Sequence[tuple[Envelope, bytes]]) -> list[str]:
+        """Track and apply each message (a duplicate finds its tracking row and is skipped)."""
+        applied: list[str] = []
+        for envelope, body in items:
+            if store.inbox_record(
+                cur,
+                envelope.event_id,
+                envelope.producer,
+                envelope.sequence,
+                envelope.event_type,
+                body,
+            ):
+                self._apply(cur, envelope)
+                applied.append(envelope.event_type)
+        return applied
+
+    def committed(
+        self,
+        db: Database,
+        results: Sequence[list[str]],
+        culprits: Sequence[tuple[Envelope, bytes]],
+    ) -> None:
+        """Count the messages applied."""
+        for event_types in results:
+            for event_type in event_types:
+                metrics.INBOX_RECEIVED.labels(self.code, event_type).inc()
 
     def _apply(self, cur: Cursor, envelope: Envelope) -> None:
         payload = envelope.payload
@@ -106,5 +104,7 @@ class Inbox:
         elif envelope.event_type == "ParticipantStatusChanged":
             s = StatusChange.from_record(payload)
             store.record_status(cur, s.participant, s.status.value, s.effective_on, s.reason)
+        elif envelope.event_type == "LogCheckpoint" and self.witness is not None:
+            self.witness.receive(cur, payload)  # DESIGN §12
         else:
             log.warning("node %s: ignoring a %s event", self.code, envelope.event_type)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exchange.adapters import metrics, postgres
-from exchange.adapters.rabbitmq import BatchConsumer
-from exchange.adapters.retry import until_stopped
-from exchange.messaging.outbox import OutboxRelay
+from exchange.messaging.consumer import Consumer, Database, Health, RelayThread, Spec, run_consumer
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import VerifiesEvents
 from nodes.inbox import Inbox
+from nodes.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +24,12 @@ class NodeService:
     """What a running node needs: its identity, database, broker URL and keys."""
 
     code: str
-    dsn: str
-    amqp_url: str
+    dsn: str = field(repr=False)  # the URLs may carry passwords: never in a repr
+    amqp_url: str = field(repr=False)
     schemas: SchemaStore
     keyring: VerifiesEvents
     senders: frozenset[str]
+    witness: Witness | None = None  # the log's witness (DESIGN §12)
 
     def run(self, stop: threading.Event, metrics_port: int | None = None) -> None:
         """Relay the outbox and consume the inbox until ``stop`` is set; then drain and return."""
@@ -41,48 +41,22 @@ class NodeService:
 
     def _run(self, stop: threading.Event, metrics_port: int | None) -> None:
         migrate(self.dsn)
-        relay = OutboxRelay(self.dsn, self.amqp_url, self.code)
-        relay_thread = threading.Thread(target=relay.run, args=(stop,), name=f"relay-{self.code}")
-        consuming = threading.Event()
-        if metrics_port is not None:  # first: a taken port stops the node before it starts
-            metrics.serve(metrics_port, lambda: _health(relay_thread, consuming))
-        relay_thread.start()
-        try:
-            self._consume(stop, consuming)
-        finally:
-            stop.set()
-            relay_thread.join(timeout=30)
-        log.info("node %s: stopped", self.code)
-
-    def _consume(self, stop: threading.Event, consuming: threading.Event) -> None:
-        for attempt in until_stopped(stop, log):
-            with attempt:
-                self._consume_once(stop, consuming)
-
-    def _consume_once(self, stop: threading.Event, consuming: threading.Event) -> None:
-        def connect() -> postgres.Connection:
-            return postgres.connect(self.dsn, application_name=f"kpx-inbox-{self.code}")
-
-        conn = connect()
-        consumer = BatchConsumer(
-            self.amqp_url,
+        health = Health()
+        relay = RelayThread(self.dsn, self.amqp_url, self.code, health)
+        if metrics_port is not None:
+            metrics.serve(metrics_port, health.check)
+        spec = Spec(
             topology.node_queue(self.code),
-            name=f"inbox-{self.code}",
+            f"inbox-{self.code}",
+            f"node-{self.code}",
             prefetch=200,
             batch_size=100,
+            dead_letters=topology.NODE_DEAD,
         )
-        inbox = Inbox(self.code, conn, self.schemas, self.keyring, self.senders, connect)
-        inbox.consumer = consumer
-        try:
-            consumer.connect()
-            consuming.set()
-            metrics.BROKER_CONNECTED.labels(f"inbox-{self.code}").set(1)
-            consumer.run(inbox.handle, stop)
-        finally:
-            consuming.clear()
-            metrics.BROKER_CONNECTED.labels(f"inbox-{self.code}").set(0)
-            consumer.close()
-            inbox.conn.close()
+        inbox = Inbox(self.code, self.schemas, self.keyring, self.senders, self.witness)
+        db = Database(self.dsn, f"kpx-inbox-{self.code}")
+        run_consumer(Consumer(self.amqp_url, spec, inbox, db, health), stop, relay)
+        log.info("node %s: stopped", self.code)
 
 
 def migrate(dsn: str) -> None:
@@ -93,12 +67,3 @@ def migrate(dsn: str) -> None:
             postgres.migrate(conn, package)
     finally:
         conn.close()
-
-
-def _health(relay: threading.Thread, consuming: threading.Event) -> tuple[bool, str]:
-    ok = relay.is_alive() and consuming.is_set()
-    return (
-        ok,
-        f"relay {'up' if relay.is_alive() else 'down'}, inbox "
-        f"{'consuming' if consuming.is_set() else 'not consuming'}\n",
-    )

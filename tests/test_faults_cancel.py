@@ -9,10 +9,10 @@ from typing import Any
 
 import pika
 import pytest
+from support.registry import Env, as_user, certificate, issuance, running_env, voiding
 from support.services import Database
-from test_registry_support import Env, as_user, certificate, issuance, running_env, voiding
 
-from exchange.adapters.postgres import connect, transaction
+from exchange.adapters.postgres import Connection, connect, transaction
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import Outcome
 from exchange.wire import topology
@@ -64,13 +64,21 @@ def test_a_void_withdraws_the_shipment_the_destination_expects(
     conn = connect(database.url)
     try:
         keyring = Keyring([env.registry_signer.verify_key])
-        inbox = Inbox("ZA", conn, env.producers.store, keyring, frozenset({"XS"}))
-        inbox.handle(notices[:1])
+        inbox = Inbox("ZA", env.producers.store, keyring, frozenset({"XS"}))
+        _apply(inbox, conn, notices[:1])
         with transaction(conn) as cur:
             expected = [s["certificate_id"] for s in store.expected_shipments(cur)]
         assert expected == [cert.certificate_id]
-        inbox.handle(notices[1:])
+        _apply(inbox, conn, notices[1:])
         with transaction(conn) as cur:
             assert store.expected_shipments(cur) == []
     finally:
         conn.close()
+
+
+def _apply(inbox: Inbox, conn: Connection, deliveries: list[Delivery]) -> None:
+    """What the consumer does with a batch: decode each delivery, record them in one go."""
+    items = [item for d in deliveries if (item := inbox.decode(d).item) is not None]
+    assert len(items) == len(deliveries)
+    with transaction(conn) as cur:
+        inbox.record(cur, items)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from test_registry_support import REGION_DATA
+from support.registry import REGION_DATA
 
 from exchange.domain.region import parse_region
 from exchange.domain.rules import check_issue_day

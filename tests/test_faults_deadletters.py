@@ -16,7 +16,7 @@ import pika
 import pika.exceptions
 import pytest
 from pika.spec import BasicProperties
-from test_registry_support import Env, as_user, make_env, wait_until
+from support.registry import Env, as_user, make_env, wait_until
 
 from exchange.adapters.management import Admin
 from exchange.app.quiescence import dead_letter_problems

@@ -3,7 +3,7 @@
 - an IPv6 broker URL (``[::1]``) gives a valid management URL (it raised httpx.InvalidURL);
 - "connection refused" on the management API says to enable ``rabbitmq_management``;
 - ``kpx region drain`` says what is still moving when it times out; the management API URL
-  is a setting (``KPX_MANAGEMENT_URL``);
+  is a setting (``KPX_AMQP_MANAGEMENT_URL``);
 - a broker outage logs one line per reconnect attempt, naming host and port;
 - item 11: a second node for the same member, or a taken metrics port, is one clear line and
   a non-zero exit.
@@ -22,8 +22,8 @@ from pathlib import Path
 import pika
 import pytest
 from support.region import provisioned_region
+from support.registry import wait_until
 from support.services import unique_name
-from test_registry_support import wait_until
 
 from exchange.adapters.management import Admin, management_url
 from exchange.adapters.postgres import single_instance
@@ -150,7 +150,7 @@ def test_kpx_check_member_probes_the_nodes_own_site(rt: Runtime) -> None:
 def test_the_management_api_url_is_a_setting(tmp_path: Path) -> None:
     region = tmp_path / "region.toml"
     region.write_text('[region]\ncode = "XS"\n', encoding="utf-8")
-    env = {"KPX_MANAGEMENT_URL": "http://127.0.0.1:9"}
+    env = {"KPX_AMQP_MANAGEMENT_URL": "http://127.0.0.1:9"}
     settings = Settings.from_env(env, region=str(region))
     admin = settings.admin()
     try:
@@ -158,5 +158,5 @@ def test_the_management_api_url_is_a_setting(tmp_path: Path) -> None:
             admin.queues("/")
     finally:
         admin.close()
-    with pytest.raises(ConfigError, match="KPX_MANAGEMENT_URL"):
-        Settings.from_env({"KPX_MANAGEMENT_URL": "ftp://x"}, region=str(region))
+    with pytest.raises(ConfigError, match="KPX_AMQP_MANAGEMENT_URL"):
+        Settings.from_env({"KPX_AMQP_MANAGEMENT_URL": "ftp://x"}, region=str(region))

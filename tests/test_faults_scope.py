@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_registry_support import Env, certificate, confirmation, issuance, running_env
+from support.registry import Env, certificate, confirmation, issuance, running_env
 
 from exchange.domain import rules
 from exchange.domain.certificate import CertificateDraft, Scope

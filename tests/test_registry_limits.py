@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_registry_support import Env, certificate, issuance, make_env, voiding, wait_until
+from support.registry import Env, certificate, issuance, make_env, voiding, wait_until
 
 from exchange.domain.events import Outcome
 from exchange.registry.opening import Opener

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tenacity import (
     RetryCallState,
@@ -44,3 +46,17 @@ def _one_line(log: logging.Logger, state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
     log.warning("%s; retrying in %.1f s (attempt %d)", exc, wait, state.attempt_number)
+
+
+@contextmanager
+def stopped_quietly(stop: threading.Event, log: logging.Logger, what: str) -> Iterator[None]:
+    """Swallow a TransientError that ends the block after ``stop`` was set; re-raise otherwise.
+
+    A service told to stop while it was reconnecting has nothing in flight: a clean stop.
+    """
+    try:
+        yield
+    except TransientError as exc:
+        if not stop.is_set():
+            raise
+        log.info("%s: stopped while reconnecting (%s)", what, exc)

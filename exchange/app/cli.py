@@ -1,11 +1,24 @@
-"""The ``kpx`` command line: the composition root, the one module that imports ``nodes``.
+"""The ``kpx`` command line: the composition root (the demo has its own), which imports ``nodes``.
 
-Settings and the region file are read once here, into a :class:`Runtime` handed to every
-command as click's context object. Logging is configured here and nowhere else.
+Three things happen here and nowhere else:
+
+- **Settings and the region file** are read once, when the first command asks for the
+  runtime (:func:`exchange.app.runtime.pass_runtime` / ``current_runtime``).
+- **Logging** is configured.
+- **The error boundary**: commands raise kpx errors and let them go; :func:`main` prints one
+  line on stderr and exits with the code of the table in ``exchange/app/exits.py`` (0 ok,
+  1 refused or failed check, 2 usage or configuration, 3 service unavailable).
+
+Adding a command group: write it in its own module (a ``click.Group`` or ``click.Command``
+whose commands take the runtime with ``@pass_runtime``), then add one line to
+:data:`COMMANDS` below: ``("parent", "package.module:attribute")``, parent ``""`` for a
+top-level command or the name of an existing group (e.g. ``"registry"``). The modules are
+imported when ``kpx`` starts, not when this module is imported.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -15,35 +28,55 @@ from pathlib import Path
 import click
 
 from exchange.app import provision
-from exchange.app.runtime import Runtime
-from exchange.app.settings import Settings
-from exchange.errors import KpxError
+from exchange.app.exits import ExitCode, exit_code, message
+from exchange.app.runtime import REGION_OPTION, Runtime, pass_runtime
+from exchange.errors import ConfigError, KpxError
 from exchange.wire import topology
 from exchange.wire.signing import generate_key, save_key
-from nodes.commands import node, submit_all
 from nodes.service import migrate as prepare_node_database
 
 log = logging.getLogger("kpx")
+
+# (parent group, "module:attribute" of a click command or group). One line per command group.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("", "nodes.commands:node"),  # kpx node run|submit|certificates|shipments
+    ("", "nodes.commands:submit_all"),  # kpx submit
+    ("", "exchange.registry.commands:registry"),  # kpx registry …
+    ("registry", "exchange.registry.logcommands:log_group"),  # kpx registry log … (DESIGN §12)
+    ("node", "exchange.app.logaudit:audit"),  # kpx node audit (DESIGN §12)
+    ("node", "nodes.web.commands:serve"),  # kpx node serve (DESIGN §13)
+    ("node", "nodes.web.commands:users"),  # kpx node users add
+    ("node", "nodes.web.commands:tokens"),  # kpx node tokens create|revoke
+    ("registry", "exchange.reconciler.commands:discrepancies"),  # kpx registry discrepancies
+    ("registry", "exchange.registry.web.commands:serve"),  # kpx registry serve (DESIGN §13)
+    ("registry", "exchange.registry.web.commands:users"),  # kpx registry users add (§13)
+    ("", "exchange.reconciler.commands:reconciler"),  # kpx reconciler run
+    ("", "exchange.reconciler.commands:reconcile"),  # kpx reconcile --as-of
+    ("", "exchange.reconciler.commands:stats"),  # kpx stats --period
+    ("", "exchange.demo.commands:demo"),  # kpx demo
+)
 
 
 @click.group()
 @click.option(
     "--region",
     "region",
-    envvar="KPX_REGION",
-    default=None,
+    default=None,  # KPX_REGION is read by the settings, with every other variable
     metavar="FILE",
-    help="The region file (TOML). Default: $KPX_REGION or deploy/region.example.toml.",
+    help="The region file (TOML). Default: $KPX_REGION, else the example region XS "
+    "shipped with kpx (deploy/region.example.toml).",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
 def cli(ctx: click.Context, region: str | None, verbose: int) -> None:
-    """kpx — the regional exchange for Kimberley Process certificates."""
+    """kpx — the regional exchange for Kimberley Process certificates.
+
+    Exit codes: 0 ok, 1 refused or failed check, 2 usage or configuration, 3 service
+    unavailable (broker or database).
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if ctx.invoked_subcommand in ("schemas", "demo"):
-        return  # they need no region (the demo writes its own)
-    ctx.obj = Runtime.load(Settings.from_env(region=region))
+    ctx.meta[REGION_OPTION] = region  # read by current_runtime() when a command needs it
 
 
 @cli.group()
@@ -52,7 +85,7 @@ def region() -> None:
 
 
 @region.command("init")
-@click.pass_obj
+@pass_runtime
 def region_init(rt: Runtime) -> None:
     """Create databases, migrations, broker vhost/users/permissions/topology and keys."""
     provision.init_region(rt, prepare_node_database)
@@ -64,7 +97,7 @@ def region_init(rt: Runtime) -> None:
 
 @region.command("drain")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds.")
-@click.pass_obj
+@pass_runtime
 def region_drain(rt: Runtime, timeout: float) -> None:
     """Exit 0 once every outbox and queue is empty and the reconciler has caught up."""
     from exchange.app.quiescence import drain
@@ -74,7 +107,7 @@ def region_drain(rt: Runtime, timeout: float) -> None:
         click.echo(
             f"not drained after {timeout:.0f} s; still moving: {'; '.join(moving)}", err=True
         )
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
     click.echo("drained")
 
 
@@ -94,22 +127,22 @@ def topology_() -> None:
     "--admin-user",
     default="kpx-admin",
     show_default=True,
-    help="Administrator created at boot (a broker loading definitions makes no guest).",
+    help="Administrator created at boot (a broker loading definitions makes no guest); "
+    "its password comes from $KPX_BROKER_ADMIN_PASSWORD.",
 )
-@click.option(
-    "--admin-password",
-    envvar="KPX_BROKER_ADMIN_PASSWORD",
-    default="kpx-admin",
-    show_default=True,
-    help="Its password ($KPX_BROKER_ADMIN_PASSWORD); change it.",
-)
-@click.pass_obj
-def topology_export(rt: Runtime, output: Path, admin_user: str, admin_password: str) -> None:
+@pass_runtime
+def topology_export(rt: Runtime, output: Path, admin_user: str) -> None:
     """Write the topology as RabbitMQ definitions (service users without passwords:
     `kpx region init` sets them)."""
-    admin = (admin_user, topology.password_hash(admin_password, os.urandom(4)))
+    # The password is read from the settings, never from an option: an option's value is
+    # visible to every user of the machine (ps) and a default would be printed by --help.
+    password = rt.settings.admin_password()
+    admin = (admin_user, topology.password_hash(password, os.urandom(4)))
     definitions = topology.definitions(rt.region.vhost, rt.region.node_codes, admin)
-    output.write_text(json.dumps(definitions, indent=2) + "\n", encoding="utf-8")
+    try:
+        output.write_text(json.dumps(definitions, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:  # e.g. the default path outside a checkout: a usage error
+        raise ConfigError(f"--output {str(output)!r} cannot be written: {exc.strerror}") from exc
     click.echo(f"wrote {output}")
 
 
@@ -125,7 +158,7 @@ def keys() -> None:
     metavar="XX",
     help="Producer: a node code, the region code, or <REGION>-RECONCILER.",
 )
-@click.pass_obj
+@pass_runtime
 def keys_generate(rt: Runtime, member: str) -> None:
     """Generate a new Ed25519 key; register it with `kpx region init` (key rotation)."""
     private, public = save_key(generate_key(member.upper()), rt.keys_dir)
@@ -142,12 +175,12 @@ def schemas_check() -> None:
     """Fail when a schema change breaks FULL_TRANSITIVE compatibility."""
     from exchange.wire import compat
 
-    sys.exit(compat.main())
+    sys.exit(ExitCode.FAILED if compat.main() else ExitCode.OK)
 
 
 @cli.command("check")
 @click.option("--member", help="Check only this node's own site, with its own credentials.")
-@click.pass_obj
+@pass_runtime
 def check(rt: Runtime, member: str | None) -> None:
     """Probe: broker, databases and queue consumers; exit 0 when all are fine."""
     from exchange.app.quiescence import probe, probe_member
@@ -156,34 +189,48 @@ def check(rt: Runtime, member: str | None) -> None:
     for problem in problems:
         click.echo(problem, err=True)
     click.echo("ok" if not problems else f"{len(problems)} problem(s)")
-    sys.exit(1 if problems else 0)
+    sys.exit(ExitCode.FAILED if problems else ExitCode.OK)
 
 
-cli.add_command(node)
-cli.add_command(submit_all, "submit")
+def attach_commands(root: click.Group = cli) -> None:
+    """Attach every entry of :data:`COMMANDS` to ``root`` (imported now: they are heavier)."""
+    for parent, target in COMMANDS:
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"COMMANDS entry {target!r} is not a click command")
+        group = root if not parent else root.commands[parent]
+        if not isinstance(group, click.Group):
+            raise TypeError(f"COMMANDS parent {parent!r} is not a click group")
+        if group.commands.get(command.name or "") is not command:  # run() may be called again
+            group.add_command(command)
 
 
-def _attach_parts() -> None:
-    """Attach the registry, reconciler and demo commands (imported late: they are heavier)."""
-    from exchange.demo.commands import demo
-    from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
-    from exchange.registry.commands import registry
-
-    registry.add_command(discrepancies)
-    for command in (registry, reconciler, reconcile, stats, demo):
-        cli.add_command(command)
+def run(args: list[str] | None = None) -> int:
+    """Run ``kpx`` with ``args`` (default: sys.argv) inside the error boundary; the exit code."""
+    attach_commands()
+    try:
+        result = cli.main(args, prog_name="kpx", standalone_mode=False)
+    except SystemExit as exc:  # a command that ends with a failed check exits by itself
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or ExitCode.OK
+        raise
+    except click.exceptions.Abort:
+        return ExitCode.INTERRUPTED
+    except click.UsageError as exc:  # includes BadParameter: always exit 2
+        exc.show()
+        return ExitCode.USAGE
+    except click.ClickException as exc:  # click's own, e.g. a file argument that cannot open
+        exc.show()
+        return exc.exit_code
+    except KpxError as exc:
+        click.echo(message(exc), err=True)
+        log.debug("kpx: %s", type(exc).__name__, exc_info=exc)
+        return exit_code(exc)
+    # standalone_mode=False returns an Exit's code (e.g. --help: 0) or the command's value.
+    return result if isinstance(result, int) else ExitCode.OK
 
 
 def main() -> None:
-    """Entry point of the ``kpx`` console script; KpxErrors become one clear line, exit 2."""
-    _attach_parts()
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KpxError as exc:
-        click.echo(f"kpx: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(2)
+    """Entry point of the ``kpx`` console script."""
+    sys.exit(run())

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from exchange.adapters import postgres
 from exchange.app.runtime import Runtime
 from exchange.errors import KeyFileError
+from exchange.registry import log as registry_log
 from exchange.registry import service as registry_service
 from exchange.registry import store as registry_store
 from exchange.wire import topology
@@ -49,6 +50,8 @@ def ensure_keys(rt: Runtime) -> None:
         except KeyFileError:
             save_key(generate_key(producer), rt.keys_dir)
             log.info("generated a key for %s", producer)
+    if registry_log.ensure_key(rt.keys_dir, rt.region.code):  # the log's key (DESIGN §12)
+        log.info("generated the log key of %s", rt.region.code)
 
 
 def init_broker(rt: Runtime) -> None:

@@ -1,13 +1,23 @@
 """The runtime context every command receives: settings, region, codec and key access.
 
-Built once by the composition root (``exchange/app/cli.py``) from the settings and the region
-file, and handed to commands as ``click``'s context object.
+Built by the composition root (``exchange/app/cli.py``) from the settings and the region
+file when the first command asks for it, and kept as ``click``'s root context object. A
+command takes it typed, with :func:`pass_runtime`::
+
+    @node.command("certificates")
+    @pass_runtime
+    def certificates(rt: Runtime, member: str) -> None: ...
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar, cast
+
+import click
 
 from exchange.app.settings import Settings
 from exchange.domain.region import Region, load_region
@@ -65,3 +75,33 @@ class Runtime:
     def amqp_url(self, user: str | None) -> str:
         """The broker URL of the region's vhost as ``user`` (None: the administrator)."""
         return self.settings.amqp_url_for(self.region.vhost, user)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# The root context's meta key under which the composition root leaves the --region option.
+REGION_OPTION = "kpx.region"
+
+
+def current_runtime() -> Runtime:
+    """The runtime of the running command, loaded on first use; raises ConfigError.
+
+    Loading lazily keeps ``--help`` and the commands that need no region (``schemas``,
+    ``demo``) free of the region file, and makes a bad setting fail inside the error boundary.
+    """
+    root = click.get_current_context().find_root()
+    if root.obj is None:
+        region = root.meta.get(REGION_OPTION)
+        root.obj = Runtime.load(Settings.from_env(region=region))
+    # Tests may hand the commands a stand-in with the same attributes (click's obj=...).
+    return cast(Runtime, root.obj)
+
+
+def pass_runtime(command: Callable[Concatenate[Runtime, _P], _R]) -> Callable[_P, _R]:
+    """Decorate a click command so that it receives the runtime as its first argument."""
+
+    @functools.wraps(command)
+    def with_runtime(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return command(current_runtime(), *args, **kwargs)
+
+    return with_runtime

@@ -13,11 +13,13 @@ does), and it hands plain callables to the driver.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,23 +33,28 @@ from rich.console import Console
 from rich.live import Live
 
 from exchange.adapters import postgres
+from exchange.app.exits import ExitCode
 from exchange.app.quiescence import wait_drained
 from exchange.app.runtime import Runtime
 from exchange.app.settings import Settings
+from exchange.errors import ServiceFailed
 from exchange.messaging.outbox import OutboxWriter
 
-from . import setup
+from . import portal, setup
 from .anomalies import KINDS, make_plan
 from .driver import Driver, Submit
 from .monitor import Monitor
-from .processes import Fleet, kept_alive, kpx_command, services
+from .processes import PORTAL_PORT, Fleet, kept_alive, kpx_command, services
 from .report import print_final, progress
 from .score import Score, score
 from .traffic import Plan, load_profiles
 
 TICK = 0.5
+PORTAL_URL = f"http://127.0.0.1:{PORTAL_PORT}"
 DRAIN_TIMEOUT = 90.0
 DEFER_TIMEOUT = 30.0  # how long an operation may wait for the registry after the traffic
+# A ready officer on every node web app: the demo region is private and lives minutes.
+DEMO_USER, DEMO_PASSWORD = "officer", "kpx-demo-officer"
 
 
 @click.command("demo")
@@ -79,18 +86,10 @@ def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> N
     still = kept_alive(folder / "pids")
     if still:
         pids = " ".join(map(str, still))
-        raise click.ClickException(f"a kept demo still runs; stop it first: kill -TERM {pids}")
+        click.echo(f"kpx demo: a kept demo still runs; stop it first: kill -TERM {pids}", err=True)
+        sys.exit(ExitCode.FAILED)
     with console.status("setting up the private region kpx_demo …"):
-        rt = setup.prepare(
-            Settings(
-                base.region_path,
-                base.amqp_url,
-                base.database_url,
-                base.state_dir.resolve(),
-                base.management_url,
-            ),
-            chosen,
-        )
+        rt = setup.prepare(dataclasses.replace(base, state_dir=base.state_dir.resolve()), chosen)
     plan = make_plan(
         seed=seed,
         duration=duration,
@@ -113,7 +112,7 @@ def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> N
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping every service …")
             _stop(console, fleet)
-            code = 130
+            code = ExitCode.INTERRUPTED
         except Exception:
             _stop(console, fleet)  # never leave services behind on an error
             raise
@@ -160,6 +159,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, folder: Path) -> int:
+    _demo_users(rt)
     fleet.start()
     fleet.write_pids(folder / "pids")
     with console.status(
@@ -170,12 +170,19 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         console.print(f"[red]services did not start: {'; '.join(problems)} (logs in {fleet.logs})")
         _stop(console, fleet)
         return 1
+    webs = ", ".join(s.metrics_url for s in fleet.services if s.name.startswith("web "))
+    console.print(f"node web apps (user {DEMO_USER}, password {DEMO_PASSWORD}): {webs}")
+    kpx = [*kpx_command(), "--region", str(rt.settings.region_path)]
+    user = portal.ready_user(kpx, _service_env(rt))
+    console.print("\n".join(portal.lines(PORTAL_URL, user, None)))
     monitor = Monitor(rt)
     try:
         driver = _drive(console, rt, plan, fleet, monitor)
         drained = _drain(console, rt)
         result, stats = _reconcile(console, rt, plan)
         print_final(console, plan, driver, monitor.read(), stats, result, fleet.services)
+        sample = portal.sample_certificate(rt.registry_dsn)
+        console.print("\n".join(portal.lines(PORTAL_URL, user, sample)))
     finally:
         monitor.close()
     problems = _problems(result, drained, fleet, driver)
@@ -189,6 +196,19 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
     )
     console.print(verdict)
     return 0 if not problems else 1
+
+
+def _demo_users(rt: Runtime) -> None:
+    """A ready officer on every node web app, so a first-time user can click through."""
+    from nodes.web import access  # the demo's composition root: see the module notes
+
+    for code in rt.region.node_codes:
+        conn = postgres.connect(rt.node_dsn(code), application_name="kpx-demo")
+        try:
+            with postgres.transaction(conn) as cur:
+                access.add_user(cur, DEMO_USER, "officer", DEMO_PASSWORD, "Demo Officer")
+        finally:
+            conn.close()
 
 
 def _problems(result: Score, drained: bool, fleet: Fleet, driver: Driver) -> list[str]:
@@ -216,7 +236,7 @@ def _drive(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, monitor: Mon
                     before, now = now, monitor.read()
                 live.update(progress(plan, driver, now, before, elapsed, "trading"))
                 if fleet.crashed():
-                    raise click.ClickException(f"a service crashed: {fleet.crashed()}")
+                    raise ServiceFailed(f"a service crashed: {fleet.crashed()}")
                 late = elapsed > plan_duration(plan) + DEFER_TIMEOUT
                 if driver.finished or late:
                     break
@@ -279,19 +299,24 @@ def _drain(console: Console, rt: Runtime) -> bool:
 
 
 def _kpx(rt: Runtime, *args: str) -> str:
-    """Run a kpx command on the demo region; its stdout (ClickException on failure)."""
+    """Run a kpx command on the demo region; its stdout (ServiceFailed on failure)."""
     argv = [*kpx_command(), "--region", str(rt.settings.region_path), *args]
     done = subprocess.run(
         argv, capture_output=True, text=True, env=_service_env(rt), timeout=120, check=False
     )
     if done.returncode != 0:
-        raise click.ClickException(f"kpx {' '.join(args)} failed: {done.stderr.strip()}")
+        raise ServiceFailed(f"kpx {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
 
 
 def _reconcile(console: Console, rt: Runtime, plan: Plan) -> tuple[Score, dict[str, Any] | None]:
     as_of = plan.timeline.as_of.isoformat()
     with console.status(f"kpx reconcile --as-of {as_of} …"):
+        if plan.trade_csv:  # the external trade figures (§14), imported before reconciling
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp, "external-trade.csv")
+                path.write_text(plan.trade_csv, encoding="utf-8")
+                _kpx(rt, "registry", "import-trade", str(path), "--source", "demo-external")
         _kpx(rt, "reconcile", "--as-of", as_of)
         found = json.loads(_kpx(rt, "registry", "discrepancies", "--json"))
         stats = json.loads(

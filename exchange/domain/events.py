@@ -24,6 +24,10 @@ from enum import Enum
 from typing import Any, ClassVar, Self, TypeVar
 
 from exchange.domain.certificate import Certificate, JsonObject, from_symbol, record_of, to_amount
+from exchange.domain.codes import Decision as _Decision
+from exchange.domain.codes import DiscrepancyKind as DiscrepancyKind
+from exchange.domain.codes import Reason
+from exchange.domain.register import RegisterEntry, Revocation
 from exchange.errors import Refusal
 
 EVENT_TYPES: tuple[str, ...] = (
@@ -35,27 +39,15 @@ EVENT_TYPES: tuple[str, ...] = (
     "RegistryDecision",
     "ShipmentExpected",
     "DiscrepancyRaised",
+    "RegisterEntryRecorded",
+    "RegisterEntryRevoked",
+    "LogCheckpoint",
+    "LogCosigned",
     "ShipmentCancelled",
 )
 
 # kpx.ReasonCode without its reader default UNKNOWN (DESIGN §7).
-REASON_CODES: tuple[str, ...] = (
-    "SCHEMA_UNKNOWN",
-    "SCHEMA_INVALID",
-    "BAD_SIGNATURE",
-    "UNKNOWN_PRODUCER",
-    "ISSUER_MISMATCH",
-    "BAD_CERTIFICATE_NUMBER",
-    "DUPLICATE_CERTIFICATE",
-    "NOT_A_PARTICIPANT",
-    "PARTICIPANT_SUSPENDED",
-    "INVALID_HS_CODE",
-    "TOTALS_MISMATCH",
-    "INVALID_DATES",
-    "NON_POSITIVE_QUANTITY",
-    "UNKNOWN_CERTIFICATE",
-    "NOT_ALLOWED",
-)
+REASON_CODES: tuple[str, ...] = tuple(r.value for r in Reason if r is not Reason.UNKNOWN)
 
 # A half-year, the period of a production declaration (KP Annex III).
 HALF_YEAR = re.compile(r"\d{4}-H[12]")
@@ -91,32 +83,8 @@ class ParticipantStatus(Enum):
     WITHDRAWN = "WITHDRAWN"
 
 
-class Outcome(Enum):
-    """The registry's business answer (the kpx.Decision enum)."""
-
-    UNKNOWN = "UNKNOWN"
-    ACCEPTED = "ACCEPTED"
-    REJECTED = "REJECTED"
-
-
-class DiscrepancyKind(Enum):
-    """A smuggling or fraud signal raised by the reconciler (DESIGN §8)."""
-
-    UNKNOWN = "UNKNOWN"
-    UNCONFIRMED_EXPIRED = "UNCONFIRMED_EXPIRED"
-    UNKNOWN_CERTIFICATE = "UNKNOWN_CERTIFICATE"
-    DUPLICATE_IMPORT = "DUPLICATE_IMPORT"
-    WRONG_DESTINATION = "WRONG_DESTINATION"
-    CARAT_MISMATCH = "CARAT_MISMATCH"
-    VALUE_MISMATCH = "VALUE_MISMATCH"
-    PARCEL_MISMATCH = "PARCEL_MISMATCH"
-    SEAL_BROKEN = "SEAL_BROKEN"
-    IMPORTED_AFTER_EXPIRY = "IMPORTED_AFTER_EXPIRY"
-    VOIDED_BUT_IMPORTED = "VOIDED_BUT_IMPORTED"
-    VALUATION_OUTLIER = "VALUATION_OUTLIER"
-    EXPORTS_EXCEED_SUPPLY = "EXPORTS_EXCEED_SUPPLY"
-    MIRROR_MISMATCH = "MIRROR_MISMATCH"
-    SEQUENCE_GAP = "SEQUENCE_GAP"
+# The registry's answer (kpx.Decision) and the reconciler's kinds are defined once, in codes.
+Outcome = _Decision
 
 
 def _build(cls: type[_T], record: Mapping[str, Any], **converted: Any) -> _T:
@@ -375,6 +343,49 @@ class DiscrepancyNotice(_Payload):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointNotice(_Payload):
+    """LogCheckpoint: a new checkpoint of the registry's log, for the nodes to witness."""
+
+    EVENT_TYPE: ClassVar[str] = "LogCheckpoint"
+    checkpoint: str
+    previous_size: int
+    consistency: tuple[bytes, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "previous_size": self.previous_size,
+            "consistency": list(self.consistency),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        proof = tuple(bytes(h) for h in record["consistency"])
+        return cls(record["checkpoint"], int(record["previous_size"]), proof)
+
+
+@dataclass(frozen=True, slots=True)
+class Cosignature(_Payload):
+    """LogCosigned: a node's cosignature of a checkpoint it verified and stored."""
+
+    EVENT_TYPE: ClassVar[str] = "LogCosigned"
+    tree_size: int
+    root_hash: bytes
+    cosignature: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "tree_size": self.tree_size,
+            "root_hash": self.root_hash,
+            "cosignature": self.cosignature,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(int(record["tree_size"]), bytes(record["root_hash"]), record["cosignature"])
+
+
 Payload = (
     Issuance
     | Voiding
@@ -385,6 +396,10 @@ Payload = (
     | ShipmentNotice
     | ShipmentCancellation
     | DiscrepancyNotice
+    | RegisterEntry
+    | Revocation
+    | CheckpointNotice
+    | Cosignature
 )
 
 PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
@@ -398,6 +413,10 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         Decision,
         ShipmentNotice,
         DiscrepancyNotice,
+        RegisterEntry,
+        Revocation,
+        CheckpointNotice,
+        Cosignature,
         ShipmentCancellation,
     )
 }

@@ -4,13 +4,19 @@ Layout (``deploy/region.example.toml`` is the annotated example)::
 
     [region]            code, name
     [broker]            vhost                       (default "kpx")
-    [registry]          database                    (default "kpx_registry")
+    [registry]          database                    (default "kpx_registry"),
+                        public_url                  (default "http://127.0.0.1:8400": the base
+                                                    of the verify URL in QR codes),
+                        publish_statistics          "aggregates" (default: the Annex III
+                                                    figures of `kpx stats` on /statistics)
+                                                    or "none" (console only)
     [members.BW]        name, authority, database?, broker_user?
     [partners.EU]       name, authority, database?, broker_user?, status?
     [participants]      RU = { name?, status }      other KP participants, no node
     [policy]            grace_days, max_validity_days, gap_timeout_hours, outlier_mad_k,
-                        outlier_min_sample, supply_carry_over, max_sequence_jump,
-                        max_held_events, max_held_bytes, max_backdate_days
+                        outlier_min_sample, supply_carry_over, registers,
+                        max_sequence_jump, max_held_events, max_held_bytes,
+                        max_backdate_days
     [policy.tolerances] carats_pct, value_pct, parcels, mirror_pct
 
 Members issue regional certificates; partners are KP participants outside the region that run
@@ -44,6 +50,9 @@ _CODE = re.compile(r"[A-Z]{2}")
 # Unquoted PostgreSQL identifier: nothing to escape when `region init` creates the database.
 _DATABASE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _BROKER_NAME = re.compile(r"[A-Za-z0-9._/-]{1,64}")
+_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?")
+_PUBLISH = re.compile(r"aggregates|none")
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8400"
 _SECRET_WORDS = ("password", "secret", "private")
 
 
@@ -97,6 +106,9 @@ class Policy:
     # INVALID_DATES for a date of issue more than this many days before the day the node
     # applies the operation (DESIGN §7); None: no bound (the example loads historical data).
     max_backdate_days: int | None = None
+    # DESIGN §14: "enforce" refuses UNLICENSED_EXPORTER / UNREGISTERED_PRODUCER at the node and
+    # the registry; "record" accepts and leaves them to `kpx reconcile`.
+    registers: str = "record"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +123,8 @@ class Region:
     partners: tuple[NodeSettings, ...]
     participants: tuple[Participant, ...]
     policy: Policy
+    public_url: str = DEFAULT_PUBLIC_URL
+    publish_statistics: str = "aggregates"
 
     @property
     def node_codes(self) -> tuple[str, ...]:
@@ -249,7 +263,7 @@ def parse_region(data: Mapping[str, Any]) -> Region:
     head.only("code", "name")
     broker, registry = root.table("broker"), root.table("registry")
     broker.only("vhost")
-    registry.only("database")
+    registry.only("database", "public_url", "publish_statistics")
     region = Region(
         code=head.string("code", pattern=_CODE),
         name=head.string("name"),
@@ -259,6 +273,8 @@ def parse_region(data: Mapping[str, Any]) -> Region:
         partners=_nodes(root.table("partners"), "partner"),
         participants=_participants(root.table("participants")),
         policy=_policy(root.table("policy")),
+        public_url=registry.string("public_url", DEFAULT_PUBLIC_URL, _URL).rstrip("/"),
+        publish_statistics=registry.string("publish_statistics", "aggregates", _PUBLISH),
     )
     if not region.members:
         raise ConfigError("members must list at least one member")
@@ -312,6 +328,7 @@ def _policy(table: _Table) -> Policy:
         "outlier_min_sample",
         "supply_carry_over",
         "tolerances",
+        "registers",
         "max_sequence_jump",
         "max_held_events",
         "max_held_bytes",
@@ -339,7 +356,15 @@ def _policy(table: _Table) -> Policy:
             parcels=tol.integer("parcels", t.parcels, 0),
             mirror_pct=tol.number("mirror_pct", t.mirror_pct, 0),
         ),
+        registers=_registers(table),
     )
+
+
+def _registers(table: _Table) -> str:
+    mode = table.string("registers", Policy().registers)
+    if mode not in ("enforce", "record"):
+        raise table.fail("registers", f'must be "enforce" or "record", got {mode!r}')
+    return mode
 
 
 def _check_unique(region: Region) -> None:

@@ -45,6 +45,7 @@ from exchange.domain.certificate import (
     sum_of,
 )
 from exchange.domain.certnumber import check_foreign, parse_regional
+from exchange.domain.codes import CertificateState
 from exchange.domain.events import HALF_YEAR, ImportConfirmation, ProductionDeclaration, Voiding
 from exchange.domain.region import Policy
 from exchange.errors import Refusal
@@ -57,7 +58,7 @@ GOOD_STANDING = frozenset({"ADMITTED", "REINSTATED"})
 # 10^11 USD is no real figure, and such figures would swamp every statistic they enter.
 EARLIEST_DAY, LATEST_DAY = date(2000, 1, 1), date(2099, 12, 31)
 MAX_CARATS, MAX_VALUE_USD, MAX_PARCELS = Decimal(10**8), Decimal(10**11), 10_000
-VOIDABLE_STATES = frozenset({"ISSUED"})
+VOIDABLE_STATES = frozenset({CertificateState.ISSUED})
 Book = Mapping[str, str]
 AnyCertificate = Certificate | CertificateDraft
 
@@ -401,7 +402,7 @@ def check_void_against(
         )
     if existing_state in VOIDABLE_STATES:
         return None
-    if existing_state == "IMPORT_CONFIRMED":
+    if existing_state == CertificateState.IMPORT_CONFIRMED:
         why = "was already confirmed at import"
     else:
         why = f"is already {existing_state}"

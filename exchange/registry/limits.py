@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from exchange.adapters.postgres import Cursor
+from exchange.domain.codes import Decision, Reason
 from exchange.domain.region import Policy
 from exchange.errors import Refusal
-from exchange.registry.policy import HELD, REJECTED, Event, Verdict
+from exchange.registry.policy import Event, Verdict
 
 
 def sequence_refusal(
@@ -31,12 +32,12 @@ def sequence_refusal(
     """
     if sequence < 1:
         return Refusal(
-            "SCHEMA_INVALID", f"sequence {sequence}: a producer numbers its events from 1"
+            Reason.SCHEMA_INVALID, f"sequence {sequence}: a producer numbers its events from 1"
         )
     jump = sequence - high_water
     if jump > policy.max_sequence_jump:
         return Refusal(
-            "NOT_ALLOWED",
+            Reason.NOT_ALLOWED,
             f"sequence {sequence} of {producer} is {jump:,} above its last ({high_water}); "
             f"the region allows a jump of at most {policy.max_sequence_jump:,}",
         )
@@ -52,14 +53,14 @@ class HeldBudget:
 
     def admit(self, event: Event, verdict: Verdict) -> Verdict:
         """``verdict``, or a rejection when holding ``event`` would exceed the bounds."""
-        if verdict.outcome != HELD:
+        if verdict.outcome != Decision.HELD:
             return verdict
         used = self.usage.setdefault(event.producer, [0, 0])
         count, size = used[0] + 1, used[1] + len(event.raw)
         if count > self.policy.max_held_events or size > self.policy.max_held_bytes:
             return Verdict(
-                REJECTED,
-                "UNKNOWN_CERTIFICATE",
+                Decision.REJECTED,
+                Reason.UNKNOWN_CERTIFICATE,
                 f"certificate {event.certificate_id} is not known, and {event.producer} already "
                 f"has {used[0]} events ({used[1]:,} bytes) waiting for its missing events; the "
                 f"region holds at most {self.policy.max_held_events} "
