@@ -102,23 +102,26 @@ def load_view(
     _load_certificates(cur, view, certificate_ids)
     _load_sequences(cur, view, producers, sequences)
     cur.execute(
-        "SELECT certificate_id, event_id::text FROM import_confirmations "
+        "SELECT certificate_id, event_id::text, importing_participant FROM import_confirmations "
         "WHERE certificate_id = ANY(%s) AND NOT matched",
         (list(certificate_ids),),
     )
-    for cert_id, event_id in cur.fetchall():
-        view.waiting.setdefault(cert_id, []).append(event_id)
+    for cert_id, event_id, importer in cur.fetchall():
+        view.waiting.setdefault(cert_id, []).append((event_id, importer))
     return view
 
 
 def _load_certificates(cur: Cursor, view: View, certificate_ids: Sequence[str]) -> None:
     cur.execute(
         "SELECT certificate_id, COALESCE(issuing_member, issuing_participant), state, "
-        "event_id::text, content_hash, body FROM certificates WHERE certificate_id = ANY(%s)",
+        "event_id::text, content_hash, body, destination FROM certificates "
+        "WHERE certificate_id = ANY(%s)",
         (list(certificate_ids),),
     )
-    for cert_id, issuer, state, event_id, digest, body in cur.fetchall():
-        view.certs[cert_id] = CertRecord(cert_id, issuer, state, event_id, bytes(digest), body)
+    for cert_id, issuer, state, event_id, digest, body, dest in cur.fetchall():
+        view.certs[cert_id] = CertRecord(
+            cert_id, issuer, state, event_id, bytes(digest), body, destination=dest
+        )
 
 
 def _load_sequences(
