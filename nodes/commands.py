@@ -16,6 +16,7 @@ from exchange.app.runtime import Runtime
 from exchange.errors import TransientError
 from exchange.messaging.outbox import OutboxWriter
 from exchange.wire import topology
+from nodes import keys as node_keys
 from nodes import store
 from nodes.operations import Node, Result
 from nodes.service import NodeService, migrate
@@ -35,12 +36,16 @@ def _rt() -> Runtime:
 
 
 def _node(rt: Runtime, code: str) -> Node:
-    return Node(code, rt.region, OutboxWriter(rt.store, rt.signer(code)))
+    return Node(code, rt.region, OutboxWriter(rt.store, node_keys.current_signer(rt, code)))
 
 
 @click.group()
 def node() -> None:
     """A national node: run it, submit operations, read its certificates and shipments."""
+
+
+node.add_command(node_keys.node_init)
+node.add_command(node_keys.node_keys)
 
 
 @node.command("run")
@@ -57,7 +62,7 @@ def run(member: str, metrics_port: int | None) -> None:
         dsn=rt.node_dsn(member),
         amqp_url=rt.amqp_url(topology.node_user(member, rt.region.vhost)),
         schemas=rt.store,
-        keyring=rt.keyring(),
+        keyring=node_keys.node_keyring(rt, member),
         senders=frozenset({rt.region.code, rt.reconciler_producer}),
     )
     stop = stop_on_signals()

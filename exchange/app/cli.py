@@ -124,8 +124,14 @@ def keys() -> None:
 )
 @click.pass_obj
 def keys_generate(rt: Runtime, member: str) -> None:
-    """Generate a new Ed25519 key; register it with `kpx region init` (key rotation)."""
-    private, public = save_key(generate_key(member.upper()), rt.keys_dir)
+    """A new key of the registry or the reconciler (a node rotates with `kpx node keys rotate`)."""
+    producer = member.upper()
+    if producer in rt.region.node_codes:
+        raise click.UsageError(
+            f"{producer} is a node: its key is made and kept at its site; rotate it with "
+            f"`kpx node keys rotate --member {producer}` (DESIGN §15)"
+        )
+    private, public = save_key(generate_key(producer), rt.keys_dir)
     click.echo(f"private key {private}\npublic key {public}")
 
 
@@ -164,8 +170,10 @@ def _attach_parts() -> None:
     from exchange.demo.commands import demo
     from exchange.reconciler.commands import discrepancies, reconcile, reconciler, stats
     from exchange.registry.commands import registry
+    from exchange.registry.keycommands import keys as registry_keys
 
     registry.add_command(discrepancies)
+    registry.add_command(registry_keys)
     for command in (registry, reconciler, reconcile, stats, demo):
         cli.add_command(command)
 

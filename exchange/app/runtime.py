@@ -44,8 +44,18 @@ class Runtime:
 
     @property
     def keys_dir(self) -> Path:
-        """Where the authority keys of this region live."""
+        """The registry's and the reconciler's keys (never a member's: DESIGN §15)."""
         return self.settings.keys_dir(self.region.vhost)
+
+    def node_keys_dir(self, code: str) -> Path:
+        """A node's own key folder (at the member's site)."""
+        return self.settings.node_keys_dir(self.region.vhost, code)
+
+    def key_folder(self, producer: str) -> Path:
+        """Where ``producer``'s private keys live: its node folder, or the registry's."""
+        if producer in self.region.node_codes:
+            return self.node_keys_dir(producer)
+        return self.keys_dir
 
     @property
     def reconciler_producer(self) -> str:
@@ -53,14 +63,20 @@ class Runtime:
         return topology.reconciler_producer(self.region.code)
 
     def keyring(self) -> Keyring:
-        """Every public key in the keys directory."""
+        """Every public key in this machine's key folders (the registry's and each node's)."""
         ring = Keyring()
-        ring.load_dir(self.keys_dir)
+        for folder in (self.keys_dir, *map(self.node_keys_dir, self.region.node_codes)):
+            if folder.is_dir():
+                ring.load_dir(folder)
         return ring
 
     def signer(self, producer: str) -> Signer:
-        """The newest private key of ``producer``; raises KeyFileError when there is none."""
-        return latest_signer(self.keys_dir, producer)
+        """The newest private key of ``producer`` in its own folder; KeyFileError if none.
+
+        A node's rotated key waits in ``pending/`` until the registry accepted it
+        (nodes/keys.py), so it is not picked here before.
+        """
+        return latest_signer(self.key_folder(producer), producer)
 
     def amqp_url(self, user: str | None) -> str:
         """The broker URL of the region's vhost as ``user`` (None: the administrator)."""

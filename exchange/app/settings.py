@@ -5,6 +5,12 @@ administrator's URL (``region init`` uses it; services connect as their own user
 generated passwords live in the state directory); ``KPX_DATABASE_URL`` names the PostgreSQL
 server (each database name comes from the region file); ``KPX_STATE_DIR`` holds authority
 keys and broker passwords, per vhost. Passwords never appear in a repr or a log line.
+
+Key custody (DESIGN §15): under ``<state>/<vhost>/`` the registry's folder ``registry/``
+holds the registry's and the reconciler's keys only; each node has its own folder
+``nodes/<CODE>/`` (its key, and the registry's public keys it trusts). At a member's site only
+that member's folder exists; on one machine (demo, tests) they sit side by side, and no
+member's private key is ever written into the registry's folder. Every folder is 0700.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from exchange.adapters.postgres import dsn_for, redact
 from exchange.errors import ConfigError
+from exchange.wire.signing import private_dir
 
 DEFAULT_REGION = "deploy/region.example.toml"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -67,9 +74,21 @@ class Settings:
         """The state directory of one vhost (keys and broker passwords)."""
         return self.state_dir / vhost
 
+    def registry_dir(self, vhost: str) -> Path:
+        """The regional body's own state folder (its and the reconciler's keys)."""
+        return self.vhost_dir(vhost) / "registry"
+
     def keys_dir(self, vhost: str) -> Path:
-        """Where the authority keys of this region live."""
-        return self.vhost_dir(vhost) / "keys"
+        """The registry's and the reconciler's keys (never a member's)."""
+        return self.registry_dir(vhost) / "keys"
+
+    def node_dir(self, vhost: str, code: str) -> Path:
+        """A node's own state folder, at the member's site."""
+        return self.vhost_dir(vhost) / "nodes" / code
+
+    def node_keys_dir(self, vhost: str, code: str) -> Path:
+        """A node's signing keys (private 0600) and public halves."""
+        return self.node_dir(vhost, code) / "keys"
 
     def broker_password(self, vhost: str, user: str, *, create: bool = False) -> str:
         """The generated password of a broker user; created (mode 0600) when ``create``."""
@@ -81,7 +100,8 @@ class Settings:
                 f"no broker password for {user!r} in {str(path.parent)!r}: "
                 "run `kpx region init` first"
             )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in (self.state_dir, self.vhost_dir(vhost), path.parent):
+            private_dir(folder)  # 0700 whatever the umask
         password = secrets.token_urlsafe(24)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -23,6 +23,7 @@ from enum import Enum
 from typing import Any, ClassVar, Self, TypeVar
 
 from exchange.domain.certificate import Certificate, JsonObject, from_symbol, record_of, to_amount
+from exchange.domain.keyevents import KeyRevocation, KeyRotation
 from exchange.errors import Refusal
 
 EVENT_TYPES: tuple[str, ...] = (
@@ -34,6 +35,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "RegistryDecision",
     "ShipmentExpected",
     "DiscrepancyRaised",
+    "KeyRotated",
+    "KeyRevoked",
 )
 
 # kpx.ReasonCode without its reader default UNKNOWN (DESIGN §7).
@@ -336,6 +339,8 @@ Payload = (
     | Decision
     | ShipmentNotice
     | DiscrepancyNotice
+    | KeyRotation
+    | KeyRevocation
 )
 
 PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
@@ -349,6 +354,8 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         Decision,
         ShipmentNotice,
         DiscrepancyNotice,
+        KeyRotation,
+        KeyRevocation,
     )
 }
 

@@ -41,7 +41,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from exchange.domain import rules
+from exchange.domain import keyevents, rules
 from exchange.domain.certificate import Certificate, HsCode, certificate_json_text
 from exchange.domain.events import (
     ImportConfirmation,
@@ -50,12 +50,19 @@ from exchange.domain.events import (
     ProductionDeclaration,
     Voiding,
 )
+from exchange.domain.keyevents import KeyRotation
 from exchange.domain.region import Policy
 from exchange.errors import Refusal
 
 ACCEPTED, REJECTED, HELD = "ACCEPTED", "REJECTED", "HELD"
 NODE_EVENTS = frozenset(
-    {"CertificateIssued", "CertificateVoided", "ImportConfirmed", "ProductionDeclared"}
+    {
+        "CertificateIssued",
+        "CertificateVoided",
+        "ImportConfirmed",
+        "ProductionDeclared",
+        "KeyRotated",
+    }
 )
 
 
@@ -159,6 +166,7 @@ class Changes:
     gaps_opened: list[tuple[str, int]] = field(default_factory=list)
     gaps_filled: list[tuple[str, int]] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
+    keys: list[tuple[KeyRotation, str, datetime]] = field(default_factory=list)  # KeyRotated
 
 
 _HS_VALUES = {code.name: code.value for code in HsCode}
@@ -228,6 +236,9 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         return _confirmation_verdict(payload, view) if refusal is None else _rejected(refusal)
     if isinstance(payload, ProductionDeclaration):
         refusal = rules.check_production(payload, event.producer, members=ctx.members)
+        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+    if isinstance(payload, KeyRotation):
+        refusal = keyevents.check_rotation(payload, event.producer, node_codes=ctx.node_codes)
         return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
     return Verdict(
         REJECTED, "NOT_ALLOWED", f"a node may not publish {event.event_type}; only the registry"
@@ -342,6 +353,8 @@ def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
         _apply_confirmation(payload, event, view, out)
     elif isinstance(payload, ProductionDeclaration):
         out.production.append((payload, event.event_id))
+    elif isinstance(payload, KeyRotation):
+        out.keys.append((payload, event.event_id, event.produced_at))
 
 
 def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes) -> None:

@@ -164,7 +164,7 @@ def _consume(
     prefetch: int,
     batch_size: int,
 ) -> None:
-    keys = KeySource(lambda: store.load_keyring(db.get()))
+    keys = KeySource(lambda: store.load_keyring(db.get()), max_age=1.0)
     opener = Opener(
         schemas, keys, node_users(region), region.node_codes, topology.registry_user(region.vhost)
     )

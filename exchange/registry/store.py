@@ -16,9 +16,10 @@ import psycopg2
 import psycopg2.extras
 
 from exchange.adapters.pgcopy import copy_rows
-from exchange.adapters.postgres import Connection, Cursor, fetch_all
+from exchange.adapters.postgres import Connection, Cursor
 from exchange.domain.certificate import Certificate
 from exchange.domain.region import Region
+from exchange.registry import keys
 from exchange.registry.policy import CertRecord, Changes, Event, View
 from exchange.wire.signing import Keyring, VerifyKey
 
@@ -208,6 +209,7 @@ def write_log(
 def write_changes(cur: Cursor, out: Changes) -> None:
     """Write the sequence bookkeeping and the state rows the verdicts produced."""
     _write_sequences(cur, out)
+    keys.write_rotations(cur, out.keys)
     _write_certificates(cur, out)
     _values(
         cur,
@@ -397,11 +399,5 @@ def register_key(cur: Cursor, key: VerifyKey) -> bool:
 
 
 def load_keyring(conn: Connection) -> Keyring:
-    """Every registered authority key (retired keys still verify history)."""
-    rows = fetch_all(conn, "SELECT key_id, producer, public_key, registered_at FROM authority_keys")
-    return Keyring(
-        [
-            VerifyKey(r["key_id"], r["producer"], bytes(r["public_key"]), r["registered_at"])
-            for r in rows
-        ]
-    )
+    """Every registered authority key, with its revocation (see exchange/registry/keys.py)."""
+    return keys.load_keyring(conn)
