@@ -28,6 +28,7 @@ from exchange.domain.events import DiscrepancyKind
 from exchange.domain.kpstats import FORMATS, Period, render, summary_line
 from exchange.errors import KpxError, TransientError
 from exchange.reconciler import aggregation, deadline_checks, service, store
+from exchange.registry.keys import table_keyring
 from exchange.wire import topology
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def run(metrics_port: int) -> None:
             obj.amqp_url(topology.reconciler_user(obj.region.vhost)),
             obj.region,
             obj.store,
-            obj.keyring(),
+            table_keyring(obj.registry_dsn),  # refreshed from the key table (DESIGN §15)
             obj.signer(producer),
             stop,
             consuming,

@@ -25,13 +25,14 @@ from typing import Any
 
 import psycopg2
 
-from exchange.adapters.postgres import Connection, Cursor, fetch_all, transaction
+from exchange.adapters.postgres import Connection, Cursor, connect, fetch_all, transaction
 from exchange.domain.keyevents import KeyRevocation, KeyRotation
 from exchange.domain.region import Region
 from exchange.errors import NotFound, Refusal
 from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
+from exchange.wire.keyring import RefreshingKeyring
 from exchange.wire.signing import Keyring, Signer, VerifyKey, key_line
 
 
@@ -127,8 +128,10 @@ def _revoke_chain(cur: Cursor, key_id: str, revoked_from: date, reason: str) -> 
     while todo:
         current = todo.pop()
         cur.execute(
-            "UPDATE authority_keys SET revoked_from = LEAST(COALESCE(revoked_from, %s), %s), "
-            "revoked_reason = %s, revoked_at = now() WHERE key_id = %s",
+            "UPDATE authority_keys k SET revoked_from = LEAST(COALESCE(revoked_from, %s), %s), "
+            "revoked_reason = %s, revoked_at = now(), revoked_above_sequence = COALESCE("
+            "revoked_above_sequence, (SELECT high_water FROM producer_progress p "
+            "WHERE p.producer = k.producer), 0) WHERE key_id = %s",
             (revoked_from, revoked_from, reason, current),
         )
         revoked.append(current)
@@ -146,7 +149,8 @@ def list_keys(conn: Connection) -> list[dict[str, Any]]:
     rows = fetch_all(
         conn,
         "SELECT key_id, producer, public_key, valid_from, registered_at, revoked_from, "
-        "revoked_reason, announced_by::text FROM authority_keys ORDER BY producer, valid_from",
+        "revoked_above_sequence, revoked_reason, announced_by::text FROM authority_keys "
+        "ORDER BY producer, valid_from",
     )
     out = []
     for r in rows:
@@ -169,8 +173,8 @@ def load_keyring(conn: Connection) -> Keyring:
     """Every registered key with its revocation (retired keys still verify history)."""
     rows = fetch_all(
         conn,
-        "SELECT key_id, producer, public_key, valid_from, registered_at, revoked_from "
-        "FROM authority_keys",
+        "SELECT key_id, producer, public_key, valid_from, registered_at, revoked_from, "
+        "revoked_above_sequence FROM authority_keys",
     )
     return Keyring([_verify_key(r) for r in rows])
 
@@ -182,4 +186,24 @@ def _verify_key(r: dict[str, Any]) -> VerifyKey:
         bytes(r["public_key"]),
         r["valid_from"] or r["registered_at"],
         revoked_from=r["revoked_from"],
+        revoked_above=r["revoked_above_sequence"],
     )
+
+
+def table_keyring(dsn: str, *, transient_unknown: bool = True) -> RefreshingKeyring:
+    """A keyring over the registry's key table, for a verifier downstream of the registry.
+
+    The reconciler's: every event it gets was verified and accepted by the registry, whose
+    key row committed before any event signed with the key existed, so a key id it does not
+    hold is looked up here; still unknown means late (KeyNotYetKnown: the batch is retried),
+    never a dead letter (issue 11: a rotation lost accepted events that way).
+    """
+
+    def load() -> Keyring:
+        conn = connect(dsn, application_name="kpx-keyring")
+        try:
+            return load_keyring(conn)
+        finally:
+            conn.close()
+
+    return RefreshingKeyring(load, transient_unknown=transient_unknown, max_age=5.0)

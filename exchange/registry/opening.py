@@ -169,7 +169,7 @@ class Opener:
         body = delivery.body
         try:
             envelope = open_envelope(self.store, self.keys, body, decoded=env)
-            self.keys.check_in_force(envelope.key_id, envelope.produced_at)  # DESIGN §15
+            self.keys.check_in_force(envelope.key_id, envelope.produced_at, envelope.sequence)
             _check_announcement(envelope.event_type, envelope.payload, envelope.key_id)
         except SignatureError as exc:
             return self._refused(delivery, env, producer, Refusal("BAD_SIGNATURE", str(exc)))

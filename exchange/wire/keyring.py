@@ -93,13 +93,14 @@ class RefreshingKeyring:
                 raise KeyNotYetKnown(f"{exc}; not registered yet, retrying later") from exc
             raise
 
-    def check_in_force(self, key_id: str, produced_at: datetime) -> None:
-        """BadSignature when ``key_id`` was revoked on or before the event's day."""
+    def check_in_force(self, key_id: str, produced_at: datetime, sequence: int) -> None:
+        """BadSignature when ``key_id`` was revoked for this event (see VerifyKey)."""
         key = self._ring.get(key_id)
-        if key is not None and not key.signed_in_force(produced_at):
+        if key is not None and not key.signed_in_force(produced_at, sequence):
             raise BadSignature(
-                f"key id {key_id!r} of {key.producer} is revoked from {key.revoked_from}; "
-                f"an event produced at {produced_at.isoformat()} under it is not accepted"
+                f"key id {key_id!r} of {key.producer} is revoked from {key.revoked_from} "
+                f"(and above sequence {key.revoked_above}); event {sequence} produced at "
+                f"{produced_at.isoformat()} under it is not accepted"
             )
 
     def _refresh_for(self, key_id: str) -> None:

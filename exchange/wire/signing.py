@@ -94,15 +94,21 @@ class VerifyKey:
     created_at: datetime
     # Events it signed on or after this day are refused (a compromised key); None: in force.
     revoked_from: date | None = None
+    # ... and, once revoked, any event numbered above the producer's sequence at revocation.
+    revoked_above: int | None = None
     _verifier: nacl.signing.VerifyKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Parsing the point once here keeps it off the per-message verify path.
         object.__setattr__(self, "_verifier", nacl.signing.VerifyKey(self.public_key))
 
-    def signed_in_force(self, produced_at: datetime) -> bool:
-        """Whether an event produced at ``produced_at`` was signed before any revocation."""
-        return self.revoked_from is None or produced_at.astimezone(UTC).date() < self.revoked_from
+    def signed_in_force(self, produced_at: datetime, sequence: int | None = None) -> bool:
+        """Whether an event (``produced_at``, ``sequence``) was signed before any revocation."""
+        if self.revoked_from is None:
+            return True
+        if produced_at.astimezone(UTC).date() >= self.revoked_from:
+            return False
+        return self.revoked_above is None or sequence is None or sequence <= self.revoked_above
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Check ``signature`` over ``message``; raises BadSignature if it does not verify."""

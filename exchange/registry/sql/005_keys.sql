@@ -8,5 +8,8 @@ ALTER TABLE authority_keys ADD COLUMN IF NOT EXISTS announced_at timestamptz; --
 ALTER TABLE authority_keys ADD COLUMN IF NOT EXISTS revoked_from date;
 ALTER TABLE authority_keys ADD COLUMN IF NOT EXISTS revoked_reason text;
 ALTER TABLE authority_keys ADD COLUMN IF NOT EXISTS revoked_at timestamptz;
+-- The producer's high-water sequence when the revocation was recorded: a later event under the
+-- revoked key is refused whatever date it claims (a thief can write any produced_at).
+ALTER TABLE authority_keys ADD COLUMN IF NOT EXISTS revoked_above_sequence bigint;
 UPDATE authority_keys SET valid_from = registered_at WHERE valid_from IS NULL;
 CREATE INDEX IF NOT EXISTS authority_keys_producer ON authority_keys (producer);
