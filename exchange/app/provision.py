@@ -64,6 +64,10 @@ def ensure_registry_keys(rt: Runtime) -> None:
         _ensure_key(rt, producer)
 
 
+# The name tests/support/broker.py (and older callers) know it by.
+ensure_keys = ensure_registry_keys
+
+
 def _ensure_key(rt: Runtime, producer: str) -> VerifyKey:
     folder = private_dir(rt.key_folder(producer))
     try:
