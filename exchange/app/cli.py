@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from exchange.adapters import terminal
 from exchange.app import provision
 from exchange.app.runtime import Runtime
 from exchange.app.settings import Settings
@@ -39,6 +40,9 @@ log = logging.getLogger("kpx")
 @click.pass_context
 def cli(ctx: click.Context, region: str | None, verbose: int) -> None:
     """kpx — the regional exchange for Kimberley Process certificates."""
+    if ctx.invoked_subcommand != "demo":  # the demo's live display writes codes on purpose
+        # Stored text reaches the terminal escaped, whatever the command (and its logs).
+        ctx.call_on_close(terminal.install())
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ctx.invoked_subcommand in ("schemas", "demo"):

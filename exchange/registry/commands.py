@@ -181,7 +181,7 @@ def dead_letters(ctx: click.Context, as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Re-inject every dead letter.")
 @click.argument("message_ids", nargs=-1)
 def reinject(everything: bool, message_ids: tuple[str, ...]) -> None:
-    """Publish dead letters back to kpx.events so they are decided again after a fix."""
+    """Publish dead letters back where they failed, to be decided again after a fix."""
     if not everything and not message_ids:
         raise click.UsageError("name MESSAGE_ID… or --all")
     obj = _obj()
