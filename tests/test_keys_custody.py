@@ -14,14 +14,20 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import httpx
+import pika
 import pytest
 from support.region import provisioned_region
-from support.services import unique_name
+from support.services import management_url_from_env, unique_name
 
 from exchange.adapters import postgres
+from exchange.app import provision
 from exchange.app.runtime import Runtime
 from exchange.errors import KeyFileError
+from exchange.wire import topology
 from exchange.wire.signing import generate_key, key_line, load_signer, parse_key_line, save_key
 
 KPX = Path(sys.executable).with_name("kpx")
@@ -149,3 +155,36 @@ def test_save_key_makes_its_folder_0700_whatever_the_umask(tmp_path: Path) -> No
         os.umask(old)
     assert mode(private.parent) == 0o700 and mode(private) == 0o600
     assert load_signer(private).producer == "BW"
+
+
+def _api(rt: Runtime, path: str) -> Any:
+    url = management_url_from_env(rt.settings.amqp_url)
+    response = httpx.get(f"{url}/api{path}", auth=("guest", "guest"), timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_node_users_have_per_user_connection_and_channel_limits(rt: Runtime) -> None:
+    for code in ("BW", "EU"):
+        user = topology.node_user(code, rt.region.vhost)
+        limits = _api(rt, f"/user-limits/{quote(user, safe='')}")
+        assert limits[0]["value"] == {
+            "max-connections": provision.NODE_MAX_CONNECTIONS,
+            "max-channels": provision.NODE_MAX_CHANNELS,
+        }
+
+
+def test_a_node_user_can_still_read_another_queues_depth_by_passive_declare(
+    rt: Runtime,
+) -> None:
+    """RabbitMQ checks no permission on a passive queue.declare (3.10 through 3.13), so this
+    cannot be restricted at the broker; deploy/README.md says so. If this test starts failing,
+    the broker learnt to refuse it: update the README."""
+    conn = pika.BlockingConnection(
+        pika.URLParameters(rt.amqp_url(topology.node_user("BW", rt.region.vhost)))
+    )
+    try:
+        method = conn.channel().queue_declare(topology.REGISTRY_QUEUE, passive=True).method
+        assert method.message_count >= 0
+    finally:
+        conn.close()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
-from exchange.adapters import terminal
+from exchange.adapters import metrics, terminal
 from exchange.app import provision
 from exchange.app.runtime import Runtime
-from exchange.app.settings import Settings
+from exchange.app.settings import PUBLISHED_PASSWORDS, Settings
 from exchange.errors import KpxError
 from exchange.wire import topology
 from exchange.wire.signing import generate_key, save_key
@@ -47,7 +47,9 @@ def cli(ctx: click.Context, region: str | None, verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ctx.invoked_subcommand in ("schemas", "demo"):
         return  # they need no region (the demo writes its own)
-    ctx.obj = Runtime.load(Settings.from_env(region=region))
+    settings = Settings.from_env(region=region)
+    metrics.listen_on(settings.metrics_host)  # loopback unless KPX_METRICS_HOST opens it
+    ctx.obj = Runtime.load(settings)
 
 
 @cli.group()
@@ -100,18 +102,51 @@ def topology_() -> None:
 @click.option(
     "--admin-password",
     envvar="KPX_BROKER_ADMIN_PASSWORD",
-    default="kpx-admin",
+    default=None,
+    help="Its password ($KPX_BROKER_ADMIN_PASSWORD), generated at deploy time; required "
+    "unless --no-admin.",
+)
+@click.option(
+    "--no-admin", is_flag=True, help="No administrator: the template committed to the repository."
+)
+@click.option(
+    "--mode",
+    default="0600",
     show_default=True,
-    help="Its password ($KPX_BROKER_ADMIN_PASSWORD); change it.",
+    help="File mode with an administrator (0644 when the broker runs as another user).",
 )
 @click.pass_obj
-def topology_export(rt: Runtime, output: Path, admin_user: str, admin_password: str) -> None:
+def topology_export(
+    rt: Runtime,
+    output: Path,
+    admin_user: str,
+    admin_password: str | None,
+    no_admin: bool,
+    mode: str,
+) -> None:
     """Write the topology as RabbitMQ definitions (service users without passwords:
-    `kpx region init` sets them)."""
-    admin = (admin_user, topology.password_hash(admin_password, os.urandom(4)))
+    `kpx region init` sets them). Refuses a missing, short or published admin password."""
+    admin = None
+    if not no_admin:
+        admin = (admin_user, topology.password_hash(_admin_password(admin_password), os.urandom(4)))
     definitions = topology.definitions(rt.region.vhost, rt.region.node_codes, admin)
     output.write_text(json.dumps(definitions, indent=2) + "\n", encoding="utf-8")
+    if admin is not None:
+        output.chmod(int(mode, 8))  # it holds a salted password hash
     click.echo(f"wrote {output}")
+
+
+def _admin_password(password: str | None) -> str:
+    if not password:
+        raise click.UsageError(
+            "set KPX_BROKER_ADMIN_PASSWORD (e.g. `openssl rand -base64 24`) or pass --no-admin"
+        )
+    if password in PUBLISHED_PASSWORDS or len(password) < 16:
+        raise click.UsageError(
+            "the broker administrator's password is a published default or shorter than 16 "
+            "characters; generate one at deploy time (`openssl rand -base64 24`)"
+        )
+    return password
 
 
 @cli.group()

@@ -36,6 +36,11 @@ from exchange.wire.signing import (
 
 log = logging.getLogger(__name__)
 
+# A node runs one relay and one inbox connection (plus short-lived commands): a few suffice,
+# and the limit keeps one member's leaked password from exhausting the broker for everyone.
+NODE_MAX_CONNECTIONS = 8
+NODE_MAX_CHANNELS = 32
+
 
 def producers(rt: Runtime) -> list[str]:
     """Every producer identity of the region: the registry, the reconciler, each node."""
@@ -122,6 +127,10 @@ def init_broker(rt: Runtime) -> None:
         for user in (u["name"] for u in definitions["users"]):
             admin.put_user(user, settings.broker_password(region.vhost, user, create=True))
         admin.apply(definitions, admin_user=_admin_user(settings.amqp_url))
+        for code in region.node_codes:
+            user = topology.node_user(code, region.vhost)
+            admin.put_user_limit(user, "max-connections", NODE_MAX_CONNECTIONS)
+            admin.put_user_limit(user, "max-channels", NODE_MAX_CHANNELS)
     finally:
         admin.close()
 

@@ -29,6 +29,10 @@ from exchange.wire.signing import private_dir
 DEFAULT_REGION = "deploy/region.example.toml"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+# Passwords that were ever shipped as examples or are guessed first: refused at start.
+PUBLISHED_PASSWORDS = frozenset({"kpx-admin", "admin", "password", "changeme", "secret", "kpx"})
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,13 @@ class Settings:
     amqp_url: str = field(repr=False)
     database_url: str = field(repr=False)
     state_dir: Path
+    metrics_host: str = DEFAULT_METRICS_HOST
 
     def __repr__(self) -> str:
         return (
             f"Settings(region_path={str(self.region_path)!r}, amqp_url="
             f"{redact(self.amqp_url)!r}, database_url={redact(self.database_url)!r}, "
-            f"state_dir={str(self.state_dir)!r})"
+            f"state_dir={str(self.state_dir)!r}, metrics_host={self.metrics_host!r})"
         )
 
     @classmethod
@@ -61,10 +66,13 @@ class Settings:
             raise ConfigError(
                 f"KPX_DATABASE_URL must be a postgresql:// URL, got {redact(database_url)!r}"
             )
+        _refuse_default_credentials(amqp_url)
         region_path = Path(region or env.get("KPX_REGION", DEFAULT_REGION))
         if not region_path.is_file():
             raise ConfigError(f"KPX_REGION / --region: no region file at {str(region_path)!r}")
-        return cls(region_path, amqp_url, database_url, Path(env.get("KPX_STATE_DIR", "var")))
+        state_dir = Path(env.get("KPX_STATE_DIR", "var"))
+        metrics_host = env.get("KPX_METRICS_HOST", DEFAULT_METRICS_HOST)
+        return cls(region_path, amqp_url, database_url, state_dir, metrics_host)
 
     def database(self, name: str) -> str:
         """The DSN of database ``name`` on the configured server."""
@@ -118,3 +126,19 @@ class Settings:
             netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
         path = "/" + quote(vhost, safe="")
         return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
+
+
+def _refuse_default_credentials(amqp_url: str) -> None:
+    """ConfigError for a published password, or guest beyond loopback (the broker refuses
+    guest there anyway: better one clear line at start than a retry loop)."""
+    parts = urlsplit(amqp_url)
+    if parts.password is not None and parts.password in PUBLISHED_PASSWORDS:
+        raise ConfigError(
+            f"KPX_AMQP_URL: the broker password of {parts.username!r} is a published default; "
+            "generate one (e.g. `openssl rand -base64 24`) and set it at deploy time"
+        )
+    if parts.username in (None, "guest") and parts.hostname not in _LOOPBACK:
+        raise ConfigError(
+            f"KPX_AMQP_URL: guest may log in over loopback only, not on {parts.hostname!r}; "
+            "name the broker administrator created at deploy time"
+        )
