@@ -1,9 +1,11 @@
 """A keyring that learns: refreshed from its source of truth when it meets an unknown key id.
 
 Every verifier (registry, reconciler, node inbox) holds one. A key rotated in while it runs
-reaches it in two ways: :meth:`RefreshingKeyring.learn` when it sees the ``KeyRotated`` event,
-and a refresh from the source of truth (the registry's key table, or a node's key folder) when
-a message names a key id it does not hold yet — *before* it gives up. Downstream of the
+reaches it through its ``KeyRotated`` event: the registry writes the new key to its key table
+in the transaction that accepts the event, and the node signs with it only after that answer,
+so the first message under the new key finds the verifier without it, and the verifier
+refreshes from the source of truth (the registry's key table, or a node's key folder) —
+*before* it gives up. No restart, no ``region init``. Downstream of the
 registry (the reconciler) every event was verified already, so a key id still unknown after a
 refresh is only late: ``transient_unknown`` makes that a KeyNotYetKnown (a TransientError, the
 batch is retried), never a dead letter.
@@ -70,11 +72,6 @@ class RefreshingKeyring:
             self._ring = ring
             self._loaded_at = self._clock()
             self.refreshes += 1
-
-    def learn(self, key: VerifyKey) -> None:
-        """Hold ``key`` from now on (a KeyRotated event seen); KeyFileError on a conflict."""
-        with self._lock:
-            self._ring.add(key)
 
     def verify(self, key_id: str, producer: str, message: bytes, signature: bytes) -> None:
         """Keyring.verify, after a refresh when ``key_id`` is unknown.
