@@ -32,7 +32,6 @@ from typing import Any
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import EVENT_TYPES, Issuance, Payload, payload_from_record
 from exchange.errors import (
-    BadSignature,
     CodecError,
     MessageTooLarge,
     Refusal,
@@ -170,13 +169,13 @@ class Opener:
         try:
             envelope = open_envelope(self.store, self.keys, body, decoded=env)
             self.keys.check_in_force(envelope.key_id, envelope.produced_at, envelope.sequence)
-            _check_announcement(envelope.event_type, envelope.payload, envelope.key_id)
         except SignatureError as exc:
             return self._refused(delivery, env, producer, Refusal("BAD_SIGNATURE", str(exc)))
         except CodecError as exc:
             code = "SCHEMA_UNKNOWN" if isinstance(exc, UnknownFingerprint) else "SCHEMA_INVALID"
             return self._authentic(delivery, env, producer, Refusal(code, f"payload: {exc}"))
         try:
+            _check_announcement(envelope.event_type, envelope.payload, envelope.key_id)
             payload = payload_from_record(envelope.event_type, envelope.payload)
         except Refusal as refusal:
             return self._authentic(delivery, env, producer, refusal)
@@ -234,11 +233,16 @@ class Opener:
 
 
 def _check_announcement(event_type: str, record: Mapping[str, Any], key_id: str) -> None:
-    """A KeyRotated must be signed by the key it names as previous (BadSignature if not)."""
+    """A KeyRotated must be signed by the key it names as previous: Refusal(BAD_SIGNATURE).
+
+    The signature itself verified (the event is authentic and its sequence counts); it only
+    says the wrong thing about which key made it.
+    """
     if event_type == "KeyRotated" and record.get("previous_key_id") != key_id:
-        raise BadSignature(
+        raise Refusal(
+            "BAD_SIGNATURE",
             f"KeyRotated names previous_key_id {str(record.get('previous_key_id'))[:80]!r} "
-            f"but is signed with {key_id!r}"
+            f"but is signed with {key_id!r}",
         )
 
 
