@@ -13,6 +13,8 @@ from datetime import date
 from typing import Any
 
 import pytest
+from test_reconciliation import LIMITS, MEMBERS, conf
+from test_reconciliation import cert as facts
 from test_registry_support import (
     Env,
     certificate,
@@ -25,6 +27,7 @@ from test_registry_support import (
 from exchange.adapters.postgres import connect
 from exchange.domain import rules
 from exchange.domain.certificate import Container, Party
+from exchange.domain.discrepancy import certificate_findings
 from exchange.domain.events import Outcome
 from exchange.registry import queries
 
@@ -139,3 +142,12 @@ def test_the_text_field_rule_is_the_one_the_node_runs() -> None:
     blank = dataclasses.replace(cert, container=Container("C-1", ()))
     refusal = rules.check_text_fields(blank)
     assert refusal is not None and "seal_numbers" in refusal.sentence
+
+
+def test_a_third_partys_confirmation_is_wrong_destination_not_a_duplicate_import() -> None:
+    meddling = conf("e1", importing_participant="AE")
+    found = certificate_findings(facts(), [meddling, conf("e2")], LIMITS, "XS", MEMBERS)
+    assert {d.kind for d in found} == {"WRONG_DESTINATION"}
+    twice = certificate_findings(facts(), [meddling, conf("e2"), conf("e3")], LIMITS, "XS",
+                                 MEMBERS)  # fmt: skip
+    assert {d.kind for d in twice} == {"WRONG_DESTINATION", "DUPLICATE_IMPORT"}
