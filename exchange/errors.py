@@ -26,7 +26,8 @@ should do about it::
         ├── BrokerRefused           the broker refused an operation (access, precondition)
         ├── Refusal                 a business rule refuses an operation or event (carries a
         │                           DESIGN §7 reason code and a sentence)
-        └── NotFound                a certificate, discrepancy or dead letter that does not exist
+        ├── NotFound                a certificate, discrepancy or dead letter that does not exist
+        └── ServiceFailed           a service or command kpx started crashed or failed
 
 Adapters translate driver exceptions (pika, psycopg2) into this tree in one place each
 (``exchange/adapters/rabbitmq.py``, ``exchange/adapters/postgres.py``), always
@@ -118,6 +119,10 @@ class BrokerRefused(PermanentError):
 
 class NotFound(PermanentError):
     """The thing asked for does not exist."""
+
+
+class ServiceFailed(PermanentError):
+    """A service or command that kpx started (e.g. the demo's fleet) crashed or failed."""
 
 
 class Refusal(PermanentError):

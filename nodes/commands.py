@@ -12,7 +12,8 @@ import click
 
 from exchange.adapters import postgres
 from exchange.adapters.signals import stop_on_signals
-from exchange.app.runtime import Runtime
+from exchange.app.exits import ExitCode
+from exchange.app.runtime import Runtime, current_runtime
 from exchange.errors import TransientError
 from exchange.messaging.outbox import OutboxWriter
 from exchange.wire import topology
@@ -31,8 +32,7 @@ member_option = click.option(
 
 
 def _rt() -> Runtime:
-    rt: Runtime = click.get_current_context().obj
-    return rt
+    return current_runtime()
 
 
 def _node(rt: Runtime, code: str) -> Node:
@@ -84,7 +84,7 @@ def submit(member: str, source: IO[str]) -> None:
     exits 1 if any line was refused. Works while the broker is down.
     """
     refused = _print_results(_submit(_rt(), member.upper(), source))
-    sys.exit(1 if refused else 0)
+    sys.exit(ExitCode.FAILED if refused else ExitCode.OK)
 
 
 def _submit(rt: Runtime, code: str, lines: Iterator[str] | IO[str]) -> Iterator[Result]:
@@ -134,7 +134,7 @@ def submit_all(source: IO[str]) -> None:
     for number in sorted(results):
         refused += " refused " in results[number]
         click.echo(results[number])
-    sys.exit(1 if refused else 0)
+    sys.exit(ExitCode.FAILED if refused else ExitCode.OK)
 
 
 def _member_of(line: str) -> str | None:

@@ -21,7 +21,7 @@ import click
 
 from exchange.adapters import postgres
 from exchange.app import provision
-from exchange.app.runtime import Runtime
+from exchange.app.runtime import Runtime, current_runtime
 from exchange.domain.keyevents import KeyRotation
 from exchange.errors import KeyFileError
 from exchange.messaging.outbox import OutboxWriter, Pending
@@ -50,8 +50,7 @@ member_option = click.option(
 
 
 def _rt() -> Runtime:
-    rt: Runtime = click.get_current_context().obj
-    return rt
+    return current_runtime()
 
 
 def pending_dir(rt: Runtime, code: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exchange.adapters import metrics, postgres
 from exchange.adapters.rabbitmq import BatchConsumer
@@ -25,8 +25,8 @@ class NodeService:
     """What a running node needs: its identity, database, broker URL and keys."""
 
     code: str
-    dsn: str
-    amqp_url: str
+    dsn: str = field(repr=False)  # the URLs may carry passwords: never in a repr
+    amqp_url: str = field(repr=False)
     schemas: SchemaStore
     keyring: VerifiesEvents
     senders: frozenset[str]

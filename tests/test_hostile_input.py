@@ -41,8 +41,7 @@ import pika.exceptions
 import pytest
 from pika.spec import BasicProperties
 from support.region import provisioned_region
-from support.services import unique_name
-from test_registry_support import (
+from support.registry import (
     Producers,
     Sealed,
     certificate,
@@ -50,6 +49,7 @@ from test_registry_support import (
     issuance,
     voiding,
 )
+from support.services import unique_name
 
 from exchange.adapters.postgres import connect, fetch_all
 from exchange.app.runtime import Runtime

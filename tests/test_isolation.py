@@ -13,9 +13,7 @@ from datetime import date
 from typing import Any
 
 import pytest
-from test_reconciliation import LIMITS, MEMBERS, conf
-from test_reconciliation import cert as facts
-from test_registry_support import (
+from support.registry import (
     Env,
     certificate,
     confirmation,
@@ -23,6 +21,8 @@ from test_registry_support import (
     running_env,
     voiding,
 )
+from test_reconciliation import LIMITS, MEMBERS, conf
+from test_reconciliation import cert as facts
 
 from exchange.adapters.postgres import connect
 from exchange.domain import rules

@@ -1,7 +1,7 @@
 """KeyRotated at the registry (DESIGN §15): a running registry learns a member's next key.
 
 Every event is validly signed and published by its producer's own broker user; the registry
-runs in a thread (tests/test_registry_support.py).
+runs in a thread (tests/support/registry.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from test_registry_support import Env, Sealed, certificate, issuance, running_env
+from support.registry import Env, Sealed, certificate, issuance, running_env
 
 from exchange.adapters.postgres import connect
 from exchange.domain.events import Outcome

@@ -127,7 +127,7 @@ def test_a_mistyped_key_line_is_refused(rt: Runtime) -> None:
     line = key_line(generate_key("BW").verify_key)
     mistyped = line[:-3] + ("A" if line[-3] != "A" else "B") + line[-2:]
     refused = kpx(rt, "registry", "keys", "add", "--member", "BW", "--key", mistyped)
-    assert refused.returncode == 1 and "does not match" in refused.stderr
+    assert refused.returncode == 2 and "does not match" in refused.stderr  # usage: a bad line
 
 
 def test_keys_generate_refuses_to_make_a_members_key_at_the_registry(rt: Runtime) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pika
 import pytest
-from test_registry_support import Env, make_env
+from support.registry import Env, make_env
 
 from exchange.registry import deadletters
 from exchange.wire import topology

@@ -1,6 +1,6 @@
 """Revocation (DESIGN §15): a key lifted from a node's folder signs nothing after its date.
 
-The registry runs in a thread on a private vhost and database (tests/test_registry_support.py);
+The registry runs in a thread on a private vhost and database (tests/support/registry.py);
 BW's key is written to a node folder as ``kpx node init`` would, and the "thief" loads it from
 there. Events it signed before the revocation stay accepted and their certificates valid.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_registry_support import (
+from support.registry import (
     Env,
     Sealed,
     certificate,

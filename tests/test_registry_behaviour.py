@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 import pytest
-from test_registry_support import (
+from support.registry import (
     Env,
     certificate,
     confirmation,

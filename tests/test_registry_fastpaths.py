@@ -13,8 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg2.extras
+from support.registry import certificate
 from support.services import Database
-from test_registry_support import certificate
 
 from exchange.adapters.pgcopy import copy_rows
 from exchange.adapters.postgres import connect, transaction

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from test_registry_support import (
+from support.registry import (
     STRANGER,
     Env,
     certificate,

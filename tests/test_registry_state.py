@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_registry_support import (
+from support.registry import (
     Env,
     Producers,
     Sealed,

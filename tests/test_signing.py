@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import stat
@@ -55,8 +56,10 @@ def test_key_id_names_producer_date_and_public_key_hash() -> None:
     signer = generate_key("XS-RECONCILER", now=date(2026, 1, 2))
     prefix, day, digest = signer.key_id.rsplit("-", 2)
     assert (prefix, day) == ("XS-RECONCILER", "20260102")
-    assert len(digest) == 8
-    assert int(digest, 16) >= 0
+    # The hash is of this key's public half: another key of the same producer and day differs.
+    assert digest == hashlib.sha256(signer.verify_key.public_key).hexdigest()[:8]
+    other = generate_key("XS-RECONCILER", now=date(2026, 1, 2))
+    assert other.key_id != signer.key_id
 
 
 def test_a_producer_that_is_no_identity_is_refused() -> None:

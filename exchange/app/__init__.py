@@ -1,1 +1,1 @@
-"""The command line and composition root: settings, runtime, provisioning, quiescence."""
+"""The command line and composition root: settings, runtime, exit codes, provisioning."""

@@ -122,7 +122,7 @@ def init_broker(rt: Runtime) -> None:
     """Apply the topology and create the service users with their generated passwords."""
     region, settings = rt.region, rt.settings
     definitions = topology.definitions(region.vhost, region.node_codes)
-    admin = Admin(settings.amqp_url)
+    admin = Admin(settings.amqp_url, settings.management_url)
     try:
         for user in (u["name"] for u in definitions["users"]):
             admin.put_user(user, settings.broker_password(region.vhost, user, create=True))

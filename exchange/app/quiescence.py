@@ -47,7 +47,7 @@ def still_moving(rt: Runtime, admin: Admin) -> list[str]:
 
 def wait_drained(rt: Runtime, timeout: float) -> bool:
     """True once the region stays quiet for a statistics interval, False after ``timeout``."""
-    admin = Admin(rt.settings.amqp_url)
+    admin = Admin(rt.settings.amqp_url, rt.settings.management_url)
     deadline = time.monotonic() + timeout
     quiet_since: float | None = None
     try:
@@ -67,7 +67,7 @@ def wait_drained(rt: Runtime, timeout: float) -> bool:
 def probe(rt: Runtime) -> list[str]:
     """Problems a health probe reports: broker, databases, queues without a consumer."""
     problems: list[str] = []
-    admin = Admin(rt.settings.amqp_url)
+    admin = Admin(rt.settings.amqp_url, rt.settings.management_url)
     try:
         queues = admin.queues(rt.region.vhost)
         problems += [

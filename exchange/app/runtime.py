@@ -1,18 +1,31 @@
 """The runtime context every command receives: settings, region, codec and key access.
 
-Built once by the composition root (``exchange/app/cli.py``) from the settings and the region
-file, and handed to commands as ``click``'s context object.
+Built by the composition root (``exchange/app/cli.py``) from the settings and the region
+file when the first command asks for it, and kept as ``click``'s root context object. A
+command takes it typed, with :func:`pass_runtime`::
+
+    @node.command("certificates")
+    @pass_runtime
+    def certificates(rt: Runtime, member: str) -> None: ...
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
+import click
+
+from exchange.adapters import metrics, postgres
 from exchange.app.settings import Settings
 from exchange.domain.region import Region, load_region
+from exchange.registry import keys as registry_keys
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore, default_store
+from exchange.wire.keyring import RefreshingKeyring
 from exchange.wire.signing import Keyring, Signer, latest_signer
 
 
@@ -70,6 +83,25 @@ class Runtime:
                 ring.load_dir(folder)
         return ring
 
+    def registered_keys(self) -> RefreshingKeyring:
+        """The registry's key table as a verifier downstream of the registry sees it.
+
+        The reconciler's: every event it gets was accepted by the registry, whose key row
+        committed before any event signed with the key existed, so a key id it does not hold
+        is looked up in the table; still unknown means late (KeyNotYetKnown: the batch is
+        retried), never a dead letter (issue 11: a rotation lost accepted events that way).
+        """
+        dsn = self.registry_dsn
+
+        def load() -> Keyring:
+            conn = postgres.connect(dsn, application_name="kpx-keyring")
+            try:
+                return registry_keys.load_keyring(conn)
+            finally:
+                conn.close()
+
+        return RefreshingKeyring(load, transient_unknown=True, max_age=5.0)
+
     def signer(self, producer: str) -> Signer:
         """The newest private key of ``producer`` in its own folder; KeyFileError if none.
 
@@ -81,3 +113,35 @@ class Runtime:
     def amqp_url(self, user: str | None) -> str:
         """The broker URL of the region's vhost as ``user`` (None: the administrator)."""
         return self.settings.amqp_url_for(self.region.vhost, user)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# The root context's meta key under which the composition root leaves the --region option.
+REGION_OPTION = "kpx.region"
+
+
+def current_runtime() -> Runtime:
+    """The runtime of the running command, loaded on first use; raises ConfigError.
+
+    Loading lazily keeps ``--help`` and the commands that need no region (``schemas``,
+    ``demo``) free of the region file, and makes a bad setting fail inside the error boundary.
+    """
+    root = click.get_current_context().find_root()
+    if root.obj is None:
+        region = root.meta.get(REGION_OPTION)
+        settings = Settings.from_env(region=region)
+        metrics.listen_on(settings.metrics_host)  # loopback unless KPX_METRICS_HOST opens it
+        root.obj = Runtime.load(settings)
+    # Tests may hand the commands a stand-in with the same attributes (click's obj=...).
+    return cast(Runtime, root.obj)
+
+
+def pass_runtime(command: Callable[Concatenate[Runtime, _P], _R]) -> Callable[_P, _R]:
+    """Decorate a click command so that it receives the runtime as its first argument."""
+
+    @functools.wraps(command)
+    def with_runtime(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return command(current_runtime(), *args, **kwargs)
+
+    return with_runtime

@@ -1,16 +1,34 @@
-"""Process settings, read once at start into a frozen object (never at import time).
+"""Process settings, read once at start into one frozen object (never at import time).
 
-``--region FILE`` or ``KPX_REGION`` names the region file; ``KPX_AMQP_URL`` is the broker
-administrator's URL (``region init`` uses it; services connect as their own users, whose
-generated passwords live in the state directory); ``KPX_DATABASE_URL`` names the PostgreSQL
-server (each database name comes from the region file); ``KPX_STATE_DIR`` holds authority
-keys and broker passwords, per vhost. Passwords never appear in a repr or a log line.
+Every setting kpx reads from the environment is here and nowhere else:
+
+=============================  ==========================================================
+``--region`` / ``KPX_REGION``  the region file; default: the example region shipped in the
+                               package (``deploy/region.example.toml``, region XS)
+``KPX_AMQP_URL``               the broker administrator's URL (``region init`` uses it;
+                               services connect as their own users, whose generated
+                               passwords live in the state directory)
+``KPX_AMQP_MANAGEMENT_URL``    the management HTTP API; default ``http(s)://<broker host>:
+                               15672`` (https for amqps)
+``KPX_DATABASE_URL``           the PostgreSQL server (database names come from the region)
+``KPX_STATE_DIR``              authority keys and broker passwords, per vhost; default var
+``KPX_BROKER_ADMIN_PASSWORD``  the administrator ``kpx topology export`` writes into the
+                               broker definitions; no default
+``KPX_METRICS_HOST``           where /metrics and /healthz listen; default 127.0.0.1 (open
+                               it only to a scrape network)
+=============================  ==========================================================
 
 Key custody (DESIGN §15): under ``<state>/<vhost>/`` the registry's folder ``registry/``
 holds the registry's and the reconciler's keys only; each node has its own folder
 ``nodes/<CODE>/`` (its key, and the registry's public keys it trusts). At a member's site only
 that member's folder exists; on one machine (demo, tests) they sit side by side, and no
 member's private key is ever written into the registry's folder. Every folder is 0700.
+
+A published or guessed broker password (``kpx-admin`` …) in ``KPX_AMQP_URL``, or ``guest``
+beyond loopback, is refused at start: better one clear line than a broker opened by default.
+
+Secrets never appear in a repr, a log line or ``--help``: URLs are shown without their
+password and the administrator password as ``***``.
 """
 
 from __future__ import annotations
@@ -18,7 +36,8 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -26,13 +45,23 @@ from exchange.adapters.postgres import dsn_for, redact
 from exchange.errors import ConfigError
 from exchange.wire.signing import private_dir
 
-DEFAULT_REGION = "deploy/region.example.toml"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_STATE_DIR = "var"
 DEFAULT_METRICS_HOST = "127.0.0.1"
 # Passwords that were ever shipped as examples or are guessed first: refused at start.
 PUBLISHED_PASSWORDS = frozenset({"kpx-admin", "admin", "password", "changeme", "secret", "kpx"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+_URLS = frozenset({"amqp_url", "database_url", "management_url"})
+_PASSWORDS = frozenset({"broker_admin_password"})
+
+
+def example_region_path() -> Path:
+    """The example region file shipped in the package (a copy of deploy/region.example.toml)."""
+    path = resources.files("exchange").joinpath("data", "region.example.toml")
+    if not isinstance(path, Path) or not path.is_file():
+        raise ConfigError(f"the example region file is missing from the installed package: {path}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -43,36 +72,53 @@ class Settings:
     amqp_url: str = field(repr=False)
     database_url: str = field(repr=False)
     state_dir: Path
+    management_url: str | None = field(default=None, repr=False)
+    broker_admin_password: str | None = field(default=None, repr=False)
     metrics_host: str = DEFAULT_METRICS_HOST
 
     def __repr__(self) -> str:
-        return (
-            f"Settings(region_path={str(self.region_path)!r}, amqp_url="
-            f"{redact(self.amqp_url)!r}, database_url={redact(self.database_url)!r}, "
-            f"state_dir={str(self.state_dir)!r}, metrics_host={self.metrics_host!r})"
-        )
+        shown = ", ".join(f"{f.name}={self._shown(f.name)!r}" for f in fields(self))
+        return f"Settings({shown})"
+
+    def _shown(self, name: str) -> str | None:
+        value = getattr(self, name)
+        if value is None:
+            return None
+        if name in _PASSWORDS:
+            return "***"
+        return redact(value) if name in _URLS else str(value)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, region: str | None = None) -> Settings:
         """Read the settings from ``env`` (default: os.environ); raises ConfigError."""
         env = os.environ if env is None else env
-        amqp_url = env.get("KPX_AMQP_URL", DEFAULT_AMQP_URL)
-        if urlsplit(amqp_url).scheme not in ("amqp", "amqps"):
-            raise ConfigError(
-                f"KPX_AMQP_URL must be an amqp:// or amqps:// URL, got {redact(amqp_url)!r}"
-            )
-        database_url = env.get("KPX_DATABASE_URL", DEFAULT_DATABASE_URL)
-        if urlsplit(database_url).scheme not in ("postgresql", "postgres"):
-            raise ConfigError(
-                f"KPX_DATABASE_URL must be a postgresql:// URL, got {redact(database_url)!r}"
-            )
+        amqp_url = _url(env, "KPX_AMQP_URL", DEFAULT_AMQP_URL, ("amqp", "amqps"))
+        database_url = _url(
+            env, "KPX_DATABASE_URL", DEFAULT_DATABASE_URL, ("postgresql", "postgres")
+        )
+        management = env.get("KPX_AMQP_MANAGEMENT_URL") or None
+        if management is not None:
+            management = _url(env, "KPX_AMQP_MANAGEMENT_URL", "", ("http", "https"))
         _refuse_default_credentials(amqp_url)
-        region_path = Path(region or env.get("KPX_REGION", DEFAULT_REGION))
+        named = region or env.get("KPX_REGION")
+        region_path = Path(named) if named else example_region_path()
         if not region_path.is_file():
             raise ConfigError(f"KPX_REGION / --region: no region file at {str(region_path)!r}")
-        state_dir = Path(env.get("KPX_STATE_DIR", "var"))
-        metrics_host = env.get("KPX_METRICS_HOST", DEFAULT_METRICS_HOST)
-        return cls(region_path, amqp_url, database_url, state_dir, metrics_host)
+        return cls(
+            region_path,
+            amqp_url,
+            database_url,
+            Path(env.get("KPX_STATE_DIR") or DEFAULT_STATE_DIR),
+            management_url=management,
+            broker_admin_password=env.get("KPX_BROKER_ADMIN_PASSWORD") or None,
+            metrics_host=env.get("KPX_METRICS_HOST") or DEFAULT_METRICS_HOST,
+        )
+
+    def admin_password(self) -> str:
+        """The broker administrator's password for the definitions; ConfigError when unset."""
+        if not self.broker_admin_password:
+            raise ConfigError("KPX_BROKER_ADMIN_PASSWORD must be set (no default: choose one)")
+        return self.broker_admin_password
 
     def database(self, name: str) -> str:
         """The DSN of database ``name`` on the configured server."""
@@ -126,6 +172,15 @@ class Settings:
             netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
         path = "/" + quote(vhost, safe="")
         return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
+
+
+def _url(env: Mapping[str, str], key: str, default: str, schemes: tuple[str, ...]) -> str:
+    """The URL under ``key`` (or ``default``); ConfigError naming the key for a wrong scheme."""
+    url = env.get(key) or default
+    if urlsplit(url).scheme not in schemes:
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        raise ConfigError(f"{key} must be a URL starting {wanted}, got {redact(url)!r}")
+    return url
 
 
 def _refuse_default_credentials(amqp_url: str) -> None:

@@ -13,6 +13,7 @@ does), and it hands plain callables to the driver.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -31,9 +32,11 @@ from rich.console import Console
 from rich.live import Live
 
 from exchange.adapters import postgres
+from exchange.app.exits import ExitCode
 from exchange.app.quiescence import wait_drained
 from exchange.app.runtime import Runtime
 from exchange.app.settings import Settings
+from exchange.errors import ServiceFailed
 from exchange.messaging.outbox import OutboxWriter
 
 from . import setup
@@ -79,12 +82,10 @@ def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> N
     still = kept_alive(folder / "pids")
     if still:
         pids = " ".join(map(str, still))
-        raise click.ClickException(f"a kept demo still runs; stop it first: kill -TERM {pids}")
+        click.echo(f"kpx demo: a kept demo still runs; stop it first: kill -TERM {pids}", err=True)
+        sys.exit(ExitCode.FAILED)
     with console.status("setting up the private region kpx_demo …"):
-        rt = setup.prepare(
-            Settings(base.region_path, base.amqp_url, base.database_url, base.state_dir.resolve()),
-            chosen,
-        )
+        rt = setup.prepare(dataclasses.replace(base, state_dir=base.state_dir.resolve()), chosen)
     plan = make_plan(
         seed=seed,
         duration=duration,
@@ -107,7 +108,7 @@ def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> N
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping every service …")
             _stop(console, fleet)
-            code = 130
+            code = ExitCode.INTERRUPTED
         except Exception:
             _stop(console, fleet)  # never leave services behind on an error
             raise
@@ -210,7 +211,7 @@ def _drive(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, monitor: Mon
                     before, now = now, monitor.read()
                 live.update(progress(plan, driver, now, before, elapsed, "trading"))
                 if fleet.crashed():
-                    raise click.ClickException(f"a service crashed: {fleet.crashed()}")
+                    raise ServiceFailed(f"a service crashed: {fleet.crashed()}")
                 late = elapsed > plan_duration(plan) + DEFER_TIMEOUT
                 if driver.finished or late:
                     break
@@ -273,13 +274,13 @@ def _drain(console: Console, rt: Runtime) -> bool:
 
 
 def _kpx(rt: Runtime, *args: str) -> str:
-    """Run a kpx command on the demo region; its stdout (ClickException on failure)."""
+    """Run a kpx command on the demo region; its stdout (ServiceFailed on failure)."""
     argv = [*kpx_command(), "--region", str(rt.settings.region_path), *args]
     done = subprocess.run(
         argv, capture_output=True, text=True, env=_service_env(rt), timeout=120, check=False
     )
     if done.returncode != 0:
-        raise click.ClickException(f"kpx {' '.join(args)} failed: {done.stderr.strip()}")
+        raise ServiceFailed(f"kpx {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
 
 

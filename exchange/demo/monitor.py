@@ -49,7 +49,7 @@ class Monitor:
         self.rt = rt
         dsns = [rt.registry_dsn, *(rt.node_dsn(c) for c in rt.region.node_codes)]
         self.conns = [postgres.connect(d, application_name="kpx-demo-monitor") for d in dsns]
-        self.admin = Admin(rt.settings.amqp_url)
+        self.admin = Admin(rt.settings.amqp_url, rt.settings.management_url)
         self.last = Snapshot(time.monotonic())
 
     def read(self) -> Snapshot:

@@ -12,6 +12,7 @@ Errors: ConfigError (no example region file), Broker*/Database* errors from init
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -22,12 +23,12 @@ from exchange.adapters import postgres
 from exchange.adapters.management import Admin
 from exchange.app import provision
 from exchange.app.runtime import Runtime
-from exchange.app.settings import Settings
+from exchange.app.settings import Settings, example_region_path
 from exchange.errors import ConfigError
 from nodes.service import migrate as prepare_node_database
 
 PREFIX = "kpx_demo"
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "region.example.toml"
+EXAMPLE = example_region_path()  # package data: the demo runs from an installed wheel too
 
 
 def example_region() -> dict[str, Any]:
@@ -36,7 +37,7 @@ def example_region() -> dict[str, Any]:
         with EXAMPLE.open("rb") as fh:
             return tomllib.load(fh)
     except OSError as exc:
-        raise ConfigError(f"kpx demo needs {EXAMPLE} (run it from a kpx checkout)") from exc
+        raise ConfigError(f"kpx demo needs {EXAMPLE} (reinstall kpx)") from exc
 
 
 def demo_region(example: Mapping[str, Any], members: Sequence[str]) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def demo_dir(state_dir: Path) -> Path:
 
 def clean_slate(settings: Settings, example: Mapping[str, Any]) -> None:
     """Drop the demo vhost and every demo database (of any member the example lists)."""
-    admin = Admin(settings.amqp_url)
+    admin = Admin(settings.amqp_url, settings.management_url)
     try:
         admin.delete_vhost(PREFIX)
     finally:
@@ -102,7 +103,7 @@ def clean_slate(settings: Settings, example: Mapping[str, Any]) -> None:
 def prepare(settings: Settings, members: Sequence[str]) -> Runtime:
     """Write the region file, wipe the previous demo and run ``region init``."""
     path = write_region(settings.state_dir, members)
-    rt = Runtime.load(Settings(path, settings.amqp_url, settings.database_url, settings.state_dir))
+    rt = Runtime.load(dataclasses.replace(settings, region_path=path))
     clean_slate(rt.settings, example_region())
     provision.init_region(rt, prepare_node_database)
     return rt

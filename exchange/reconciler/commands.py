@@ -6,8 +6,8 @@
 - ``kpx registry discrepancies [--json] [--kind K] [--participant XX] [--period P]
   [--status OPEN|RESOLVED]`` and ``... discrepancies resolve N --note TEXT``.
 
-The context object (``click.get_current_context().obj``) provides ``settings``, ``region``,
-``store``, ``registry_dsn``, ``keyring()``, ``signer(producer)`` and ``amqp_url(user)``.
+Commands take the runtime with ``@pass_runtime`` (exchange/app/runtime.py) and let kpx errors
+go to the error boundary of exchange/app/cli.py (exit codes in exchange/app/exits.py).
 """
 
 from __future__ import annotations
@@ -24,23 +24,15 @@ import click
 from exchange.adapters import metrics
 from exchange.adapters.postgres import connect, transaction
 from exchange.adapters.signals import stop_on_signals
+from exchange.app.runtime import Runtime, current_runtime, pass_runtime
 from exchange.domain.events import DiscrepancyKind
 from exchange.domain.kpstats import FORMATS, Period, render, summary_line
-from exchange.errors import KpxError, TransientError
+from exchange.errors import TransientError
 from exchange.reconciler import aggregation, deadline_checks, service, store
-from exchange.registry.keys import table_keyring
 from exchange.wire import topology
 
 log = logging.getLogger(__name__)
 KINDS = tuple(k.value for k in DiscrepancyKind if k is not DiscrepancyKind.UNKNOWN)
-
-
-def _obj() -> Any:
-    return click.get_current_context().obj
-
-
-def _fail(exc: KpxError) -> click.ClickException:
-    return click.ClickException(str(exc))
 
 
 @click.group("reconciler")
@@ -50,9 +42,9 @@ def reconciler() -> None:
 
 @reconciler.command("run")
 @click.option("--metrics-port", type=int, default=9402, show_default=True)
-def run(metrics_port: int) -> None:
+@pass_runtime
+def run(obj: Runtime, metrics_port: int) -> None:
     """Consume accepted events, raise discrepancies, relay notices; SIGTERM drains, exits 0."""
-    obj = _obj()
     stop = stop_on_signals()
     consuming = threading.Event()
     metrics.serve(metrics_port, lambda: _health(stop, consuming))
@@ -63,18 +55,16 @@ def run(metrics_port: int) -> None:
             obj.amqp_url(topology.reconciler_user(obj.region.vhost)),
             obj.region,
             obj.store,
-            table_keyring(obj.registry_dsn),  # refreshed from the key table (DESIGN §15)
+            obj.registered_keys(),  # the registry's key table, refreshed (DESIGN §15)
             obj.signer(producer),
             stop,
             consuming,
         )
     except TransientError as exc:
         if not stop.is_set():
-            raise _fail(exc) from exc
+            raise
         # Stopped while reconnecting: nothing was in flight, so this is a clean stop.
         log.info("reconciler: stopped while reconnecting (%s)", exc)
-    except KpxError as exc:
-        raise _fail(exc) from exc
 
 
 def _health(stop: threading.Event, consuming: threading.Event) -> tuple[bool, str]:
@@ -85,24 +75,21 @@ def _health(stop: threading.Event, consuming: threading.Event) -> tuple[bool, st
 @click.command("reconcile")
 @click.option("--as-of", "as_of", required=True, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def reconcile(as_of: Any, as_json: bool) -> None:
+@pass_runtime
+def reconcile(obj: Runtime, as_of: Any, as_json: bool) -> None:
     """Run the deadline and period checks as of DATE; print what was raised."""
-    obj = _obj()
     day: date = as_of.date()
     started = time.monotonic()
+    service.prepare(obj.registry_dsn)
+    ctx = service.context(
+        obj.region, obj.store, obj.signer(topology.reconciler_producer(obj.region.code))
+    )
+    conn = connect(obj.registry_dsn, application_name="kpx-reconcile")
     try:
-        service.prepare(obj.registry_dsn)
-        ctx = service.context(
-            obj.region, obj.store, obj.signer(topology.reconciler_producer(obj.region.code))
-        )
-        conn = connect(obj.registry_dsn, application_name="kpx-reconcile")
-        try:
-            summary = deadline_checks.reconcile(conn, ctx, day)
-            service.refresh_open_gauge(conn)
-        finally:
-            conn.close()
-    except KpxError as exc:
-        raise _fail(exc) from exc
+        summary = deadline_checks.reconcile(conn, ctx, day)
+        service.refresh_open_gauge(conn)
+    finally:
+        conn.close()
     metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
     if as_json:
         click.echo(json.dumps({"as_of": day.isoformat(), "run": summary.run_id,
@@ -116,20 +103,17 @@ def reconcile(as_of: Any, as_json: bool) -> None:
 @click.command("stats")
 @click.option("--period", required=True, help="2026-Q1, 2026-H1 or 2026.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def stats(period: str, fmt: str) -> None:
+@pass_runtime
+def stats(obj: Runtime, period: str, fmt: str) -> None:
     """KP Annex III statistics of a period, versioned; says what changed since last version."""
-    obj = _obj()
+    service.prepare(obj.registry_dsn)
+    conn = connect(obj.registry_dsn, application_name="kpx-stats")
     try:
-        service.prepare(obj.registry_dsn)
-        conn = connect(obj.registry_dsn, application_name="kpx-stats")
-        try:
-            report = aggregation.publish(
-                conn, Period.parse(period), obj.region.code, list(obj.region.node_codes)
-            )
-        finally:
-            conn.close()
-    except KpxError as exc:
-        raise _fail(exc) from exc
+        report = aggregation.publish(
+            conn, Period.parse(period), obj.region.code, list(obj.region.node_codes)
+        )
+    finally:
+        conn.close()
     click.echo(render(report, fmt), nl=False)
     if fmt == "csv":
         click.echo(summary_line(report), err=True)
@@ -153,19 +137,16 @@ def discrepancies(
     """List discrepancies (kind, certificate_id, participants, period, detail, status)."""
     if ctx.invoked_subcommand is not None:
         return
-    obj = ctx.obj
+    obj = current_runtime()
+    service.prepare(obj.registry_dsn)
+    conn = connect(obj.registry_dsn, application_name="kpx-discrepancies")
     try:
-        service.prepare(obj.registry_dsn)
-        conn = connect(obj.registry_dsn, application_name="kpx-discrepancies")
-        try:
-            with transaction(conn) as cur:
-                items = store.list_discrepancies(
-                    cur, kind=kind, participant=participant, period=period, status=status
-                )
-        finally:
-            conn.close()
-    except KpxError as exc:
-        raise _fail(exc) from exc
+        with transaction(conn) as cur:
+            items = store.list_discrepancies(
+                cur, kind=kind, participant=participant, period=period, status=status
+            )
+    finally:
+        conn.close()
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
@@ -180,17 +161,14 @@ def discrepancies(
 @discrepancies.command("resolve")
 @click.argument("discrepancy_id", type=int)
 @click.option("--note", required=True, help="How it was resolved.")
-def resolve(discrepancy_id: int, note: str) -> None:
+@pass_runtime
+def resolve(obj: Runtime, discrepancy_id: int, note: str) -> None:
     """Mark discrepancy N resolved with a note."""
-    obj = _obj()
+    conn = connect(obj.registry_dsn, application_name="kpx-discrepancies")
     try:
-        conn = connect(obj.registry_dsn, application_name="kpx-discrepancies")
-        try:
-            with transaction(conn) as cur:
-                kind = store.resolve(cur, discrepancy_id, note)
-            service.refresh_open_gauge(conn)
-        finally:
-            conn.close()
-    except KpxError as exc:
-        raise _fail(exc) from exc
+        with transaction(conn) as cur:
+            kind = store.resolve(cur, discrepancy_id, note)
+        service.refresh_open_gauge(conn)
+    finally:
+        conn.close()
     click.echo(f"discrepancy {discrepancy_id} ({kind}) resolved")

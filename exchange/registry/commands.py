@@ -1,9 +1,9 @@
 """``kpx registry …``: run, show, verify, rejections, participant, dead-letters.
 
-The composition root attaches :data:`registry` to ``kpx`` and passes, as click's context
-object, a runtime with ``settings``, ``region``, ``store``, ``registry_dsn``, ``keyring()``,
-``signer(producer)`` and ``amqp_url(user)`` (see exchange/app/runtime.py). SIGTERM handling is the
-same as every service's: SIGTERM or SIGINT sets the ``stop`` event (exchange/adapters/signals.py).
+The composition root attaches :data:`registry` to ``kpx``; commands take the runtime with
+``@pass_runtime`` (exchange/app/runtime.py) and let kpx errors go to the error boundary of
+exchange/app/cli.py (exit codes in exchange/app/exits.py). SIGTERM handling is the same as
+every service's: SIGTERM or SIGINT sets the ``stop`` event (exchange/adapters/signals.py).
 """
 
 from __future__ import annotations
@@ -14,27 +14,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
 
 import click
 
 from exchange.adapters.postgres import Connection, connect
 from exchange.adapters.signals import stop_on_signals
-from exchange.errors import KpxError, NotFound, Refusal
+from exchange.app.exits import ExitCode
+from exchange.app.runtime import Runtime, current_runtime, pass_runtime
 from exchange.registry import deadletters, participant, queries, service
 from exchange.wire import topology
 
 DEFAULT_METRICS_PORT = 9401
-_T = TypeVar("_T")
-
-
-def _obj() -> Any:
-    return click.get_current_context().obj
 
 
 @contextmanager
-def _registry_db() -> Iterator[Connection]:
-    conn = connect(_obj().registry_dsn, application_name="kpx-registry-cli")
+def _registry_db(rt: Runtime) -> Iterator[Connection]:
+    conn = connect(rt.registry_dsn, application_name="kpx-registry-cli")
     try:
         yield conn
     finally:
@@ -55,15 +50,6 @@ def _print_json(value: object) -> None:
     click.echo(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False))
 
 
-def _guarded(action: Callable[[], _T]) -> _T:
-    """Run ``action``; a kpx error becomes a one-line message and exit status 1."""
-    try:
-        return action()
-    except KpxError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
 @click.group("registry")
 def registry() -> None:
     """The regional registry: ingest, queries, participants, dead letters."""
@@ -71,9 +57,9 @@ def registry() -> None:
 
 @registry.command("run")
 @click.option("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, show_default=True)
-def run(metrics_port: int) -> None:
+@pass_runtime
+def run(obj: Runtime, metrics_port: int) -> None:
     """Consume kpx.registry until SIGTERM; decide, record and answer every event."""
-    obj = _obj()
     region = obj.region
     stop = stop_on_signals()
     service.run_registry(
@@ -90,35 +76,34 @@ def run(metrics_port: int) -> None:
 @registry.command("show")
 @click.argument("certificate_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the only format for now).")
-def show(certificate_id: str, as_json: bool) -> None:
+@pass_runtime
+def show(rt: Runtime, certificate_id: str, as_json: bool) -> None:
     """State, certificate, history, confirmations and decisions of one certificate."""
-    with _registry_db() as conn:
-        try:
-            found = queries.show(conn, certificate_id)
-        except NotFound as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+    with _registry_db(rt) as conn:
+        found = queries.show(conn, certificate_id)
     _print_json(found)
 
 
 @registry.command("verify")
 @click.argument("certificate_id")
 @click.option("--on", "on", type=click.DateTime(["%Y-%m-%d"]), help="Date to check (today).")
-def verify(certificate_id: str, on: datetime | None) -> None:
+@pass_runtime
+def verify(rt: Runtime, certificate_id: str, on: datetime | None) -> None:
     """Exit 0 only for an accepted, unexpired, not voided or replaced certificate."""
     day = on.date() if on is not None else datetime.now(UTC).date()
-    with _registry_db() as conn:
-        ok, sentence = queries.verify(conn, certificate_id, _obj().region.code, day)
+    with _registry_db(rt) as conn:
+        ok, sentence = queries.verify(conn, certificate_id, rt.region.code, day)
     click.echo(sentence)
-    sys.exit(0 if ok else 1)
+    sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
 @registry.command("rejections")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the only format for now).")
 @click.option("--limit", type=int, default=None)
-def rejections(as_json: bool, limit: int | None) -> None:
+@pass_runtime
+def rejections(rt: Runtime, as_json: bool, limit: int | None) -> None:
     """Every rejected event with its reason code and sentence."""
-    with _registry_db() as conn:
+    with _registry_db(rt) as conn:
         _print_json(queries.rejections(conn, limit))
 
 
@@ -131,24 +116,20 @@ def _status_command(action: str) -> Callable[..., None]:
     @click.argument("code")
     @click.option("--reason", required=True, help="Why (sent to every node).")
     @click.option("--effective", type=click.DateTime(["%Y-%m-%d"]), help="Date (today).")
-    def command(code: str, reason: str, effective: datetime | None) -> None:
-        obj = _obj()
+    @pass_runtime
+    def command(obj: Runtime, code: str, reason: str, effective: datetime | None) -> None:
         day = effective.date() if effective is not None else datetime.now(UTC).date()
-        with _registry_db() as conn:
-            try:
-                status = participant.change_status(
-                    conn,
-                    obj.store,
-                    obj.signer(obj.region.code),
-                    obj.region,
-                    action,
-                    code.upper(),
-                    reason,
-                    day,
-                )
-            except Refusal as refusal:
-                click.echo(f"refused {refusal.code} {refusal.sentence}", err=True)
-                sys.exit(1)
+        with _registry_db(obj) as conn:
+            status = participant.change_status(
+                conn,
+                obj.store,
+                obj.signer(obj.region.code),
+                obj.region,
+                action,
+                code.upper(),
+                reason,
+                day,
+            )
         click.echo(f"{code.upper()} {status} from {day:%Y-%m-%d}")
 
     command.__doc__ = f"{action.capitalize()} a participant and tell every node."
@@ -166,9 +147,9 @@ def dead_letters(ctx: click.Context, as_json: bool) -> None:
     """List kpx.registry.dead without consuming it (see `reinject`)."""
     if ctx.invoked_subcommand is not None:
         return
-    obj = _obj()
+    obj = current_runtime()
     url = obj.amqp_url(topology.registry_user(obj.region.vhost))
-    found = _guarded(lambda: deadletters.list_dead(url))
+    found = deadletters.list_dead(url)
     if as_json:
         _print_json(found)
         return
@@ -180,13 +161,13 @@ def dead_letters(ctx: click.Context, as_json: bool) -> None:
 @dead_letters.command("reinject")
 @click.option("--all", "everything", is_flag=True, help="Re-inject every dead letter.")
 @click.argument("message_ids", nargs=-1)
-def reinject(everything: bool, message_ids: tuple[str, ...]) -> None:
+@pass_runtime
+def reinject(obj: Runtime, everything: bool, message_ids: tuple[str, ...]) -> None:
     """Publish dead letters back where they failed, to be decided again after a fix."""
     if not everything and not message_ids:
         raise click.UsageError("name MESSAGE_ID… or --all")
-    obj = _obj()
     user = topology.registry_user(obj.region.vhost)
     url = obj.amqp_url(user)
     chosen = None if everything else set(message_ids)
-    count = _guarded(lambda: deadletters.reinject(url, user, chosen))
+    count = deadletters.reinject(url, user, chosen)
     click.echo(f"re-injected {count} message(s)")

@@ -25,14 +25,13 @@ from typing import Any
 
 import psycopg2
 
-from exchange.adapters.postgres import Connection, Cursor, connect, fetch_all, transaction
+from exchange.adapters.postgres import Connection, Cursor, fetch_all, transaction
 from exchange.domain.keyevents import KeyRevocation, KeyRotation
 from exchange.domain.region import Region
 from exchange.errors import NotFound, Refusal
 from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
-from exchange.wire.keyring import RefreshingKeyring
 from exchange.wire.signing import Keyring, Signer, VerifyKey, key_line
 
 
@@ -188,22 +187,3 @@ def _verify_key(r: dict[str, Any]) -> VerifyKey:
         revoked_from=r["revoked_from"],
         revoked_above=r["revoked_above_sequence"],
     )
-
-
-def table_keyring(dsn: str, *, transient_unknown: bool = True) -> RefreshingKeyring:
-    """A keyring over the registry's key table, for a verifier downstream of the registry.
-
-    The reconciler's: every event it gets was verified and accepted by the registry, whose
-    key row committed before any event signed with the key existed, so a key id it does not
-    hold is looked up here; still unknown means late (KeyNotYetKnown: the batch is retried),
-    never a dead letter (issue 11: a rotation lost accepted events that way).
-    """
-
-    def load() -> Keyring:
-        conn = connect(dsn, application_name="kpx-keyring")
-        try:
-            return load_keyring(conn)
-        finally:
-            conn.close()
-
-    return RefreshingKeyring(load, transient_unknown=transient_unknown, max_age=5.0)

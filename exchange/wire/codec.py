@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 
-import exchange
 from exchange.errors import (
     BadMagic,
     CodecError,
@@ -59,8 +59,20 @@ Checker = Callable[[Any], None]
 
 
 def default_schemas_dir() -> Path:
-    """The ``schemas/`` folder beside the ``exchange`` package."""
-    return Path(exchange.__file__).resolve().parent.parent / "schemas"
+    """The schemas shipped with the package (``exchange/wire/schemas``); ConfigError if absent.
+
+    In a checkout that folder is a symlink to the top-level ``schemas/`` (the contract, kept
+    where any Avro implementation finds it); a wheel carries copies of the files as package
+    data. fastavro resolves named types from sibling files, so the folder must be a real
+    directory on disk: a zipped install is refused by name.
+    """
+    root = resources.files("exchange.wire").joinpath("schemas")
+    if not isinstance(root, Path) or not root.joinpath("kpx.Envelope.avsc").is_file():
+        raise ConfigError(
+            f"the Avro schemas are missing from the installed package (looked in {root}); "
+            "reinstall kpx from a wheel or a checkout"
+        )
+    return root
 
 
 def schema_fingerprint(schema: Any) -> bytes:
@@ -184,7 +196,7 @@ def _violation(name: str, entry: _Current, record: Any, exc: Exception) -> Schem
 
 @functools.cache
 def default_store() -> SchemaStore:
-    """The store loaded from the repository's ``schemas/`` folder, once per process."""
+    """The store loaded from the package's schemas (:func:`default_schemas_dir`), once."""
     return SchemaStore.load()
 
 

@@ -1,9 +1,9 @@
 """Helpers for the registry tests: a region, signed events, a running registry, node queues.
 
-Imported by the test_registry_* modules (no tests here). Everything runs on the real
-RabbitMQ and PostgreSQL: the topology is applied to a fresh vhost, node users publish AS
-themselves (``user_id`` = connection user, enforced by the broker), and the registry runs in
-a thread with its own connections.
+Imported by the test_registry_* modules and test_hostile_input (no tests here). Everything
+runs on the real RabbitMQ and PostgreSQL: the topology is applied to a fresh vhost, node
+users publish AS themselves (``user_id`` = connection user, enforced by the broker), and the
+registry runs in a thread with its own connections.
 """
 
 from __future__ import annotations
