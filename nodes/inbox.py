@@ -15,11 +15,12 @@ from exchange.adapters import metrics
 from exchange.adapters.postgres import Connection, Cursor, transaction
 from exchange.adapters.rabbitmq import BatchConsumer, Delivery
 from exchange.domain.events import Decision, DiscrepancyNotice, ShipmentNotice, StatusChange
+from exchange.domain.keyevents import KeyRevocation
 from exchange.errors import PermanentError
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
-from nodes import store
+from nodes import keystore, store
 
 log = logging.getLogger(__name__)
 
@@ -98,5 +99,7 @@ class Inbox:
         elif envelope.event_type == "ParticipantStatusChanged":
             s = StatusChange.from_record(payload)
             store.record_status(cur, s.participant, s.status.value, s.effective_on, s.reason)
+        elif envelope.event_type == "KeyRevoked":  # DESIGN §15: one of this node's keys
+            keystore.record_revocation(cur, KeyRevocation.from_record(payload))
         else:
             log.warning("node %s: ignoring a %s event", self.code, envelope.event_type)

@@ -39,7 +39,7 @@ from exchange.wire.signing import (
     private_dir,
     save_key,
 )
-from nodes import store
+from nodes import keystore, store
 from nodes.service import migrate
 
 log = logging.getLogger(__name__)
@@ -171,3 +171,11 @@ def keys_show(member: str) -> None:
             click.echo(f"pending {key_line(load_signer(path).verify_key)}")
         except KeyFileError as exc:
             click.echo(f"pending (unreadable) {exc}", err=True)
+    conn = postgres.connect(rt.node_dsn(code), application_name=f"kpx-keys-{code}")
+    try:
+        with postgres.transaction(conn) as cur:
+            revoked = keystore.revocations(cur)
+    finally:
+        conn.close()
+    for r in revoked:  # the registry's KeyRevoked notices
+        click.echo(f"revoked {r['key_id']} from {r['revoked_from']}: {r['reason']}")

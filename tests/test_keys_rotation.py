@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -174,3 +175,30 @@ def test_a_key_rotated_under_load_loses_nothing_and_the_figures_agree(
     assert verdict.lost == 0 and verdict.duplicates == 0 and not verdict.problems, verdict.problems
     assert signed.get(old.key_id, 0) > 0 and signed.get(new_id, 0) > 0, signed
     assert (recon["n"], recon["ct"]) == (registry["n"], registry["ct"])
+
+
+def test_a_revocation_reaches_the_running_node_as_a_notice(
+    rt: Runtime, running: list[Service]
+) -> None:
+    old = sorted(key_ids_of(rt, "BW"))[0]  # either of BW's keys: revoked from tomorrow only
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    done = subprocess.run(
+        [str(KPX), "registry", "keys", "revoke", "--member", "BW", "--key-id", old,
+         "--from", tomorrow, "--reason", "drill"],
+        env=env_of(rt), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"revoked {old} from {tomorrow}" in done.stdout
+    wait_for(
+        lambda: bool(
+            query(rt.node_dsn("BW"), "SELECT 1 FROM key_revocations WHERE key_id = %s", (old,))
+        ),
+        "the KeyRevoked notice recorded at BW",
+        running,
+    )
+    shown = subprocess.run(
+        [str(KPX), "node", "keys", "show", "--member", "BW"],
+        env=env_of(rt), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"revoked {old} from {tomorrow}: drill" in shown.stdout
