@@ -1,23 +1,24 @@
 """The node's inbox: decisions, expected shipments, discrepancies and status changes.
 
-Consumes ``kpx.node.<CODE>``: decode and verify (only the registry and the reconciler may
-write here), record the message's id as a tracking row and apply it in the same transaction,
-ack after the commit. A duplicate finds its tracking row and is skipped; an unreadable or
+Consumed by :class:`~exchange.messaging.consumer.Consumer` from ``kpx.node.<CODE>``: decode
+and verify (only the registry and the reconciler may write here) before the transaction,
+record the message's id as a tracking row and apply it in one transaction, ack after the
+commit. A duplicate finds its tracking row and is skipped; an unreadable or
 unverifiable message is set aside on ``kpx.dead`` with its reason, never retried.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from exchange.adapters import metrics
-from exchange.adapters.postgres import Connection, Cursor, transaction
-from exchange.adapters.rabbitmq import BatchConsumer, Delivery
+from exchange.adapters.postgres import Cursor
+from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import Decision, DiscrepancyNotice, ShipmentNotice, StatusChange
 from exchange.domain.keyevents import KeyRevocation
 from exchange.errors import PermanentError
-from exchange.wire import topology
+from exchange.messaging.consumer import Database, Decoded
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
 from nodes import keystore, store
@@ -26,63 +27,52 @@ log = logging.getLogger(__name__)
 
 
 class Inbox:
-    """Applies the messages of one node's queue to its store."""
+    """The inbox's :class:`~exchange.messaging.consumer.Handler`: one node's queue to its store."""
 
     def __init__(
-        self,
-        code: str,
-        conn: Connection,
-        schemas: SchemaStore,
-        keyring: VerifiesEvents,
-        senders: frozenset[str],
-        reconnect: Callable[[], Connection] | None = None,
+        self, code: str, schemas: SchemaStore, keyring: VerifiesEvents, senders: frozenset[str]
     ) -> None:
         self.code = code
-        self.conn = conn
-        # A fresh connection once the database restarted: the consumer retries the batch,
-        # and without one every retry would meet the same closed connection.
-        self.reconnect = reconnect
         self.schemas = schemas
         self.keyring = keyring
         self.senders = senders  # the registry's and the reconciler's producer identities
-        self.consumer: BatchConsumer | None = None
 
-    def handle(self, batch: list[Delivery]) -> None:
-        """Apply one batch in one transaction (the consumer acks it afterwards)."""
-        if self.conn.closed and self.reconnect is not None:
-            self.conn = self.reconnect()
-        with transaction(self.conn) as cur:
-            for delivery in batch:
-                envelope = self._open(delivery)
-                if envelope is not None and store.inbox_record(
-                    cur,
-                    envelope.event_id,
-                    envelope.producer,
-                    envelope.sequence,
-                    envelope.event_type,
-                    delivery.body,
-                ):
-                    self._apply(cur, envelope)
-                    metrics.INBOX_RECEIVED.labels(self.code, envelope.event_type).inc()
-
-    def _open(self, delivery: Delivery) -> Envelope | None:
+    def decode(self, delivery: Delivery) -> Decoded[tuple[Envelope, bytes]]:
+        """Open and verify; a message that is unreadable or from anyone else is set aside."""
         try:
             envelope = open_envelope(self.schemas, self.keyring, delivery.body)
             if envelope.producer not in self.senders:
                 raise PermanentError(f"producer {envelope.producer!r} may not write to a node")
-            return envelope
         except PermanentError as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning(
-                "node %s: setting aside message %r: %s",
-                self.code,
-                delivery.properties.message_id,
-                reason,
-            )
-            assert self.consumer is not None
-            self.consumer.dead_letter(delivery, topology.DEAD, reason)
-            metrics.DEAD_LETTERS.labels(f"node-{self.code}", type(exc).__name__).inc()
-            return None
+            return Decoded(None, f"{type(exc).__name__}: {exc}")
+        return Decoded((envelope, delivery.body))
+
+    def record(self, cur: Cursor, items: Sequence[tuple[Envelope, bytes]]) -> list[str]:
+        """Track and apply each message (a duplicate finds its tracking row and is skipped)."""
+        applied: list[str] = []
+        for envelope, body in items:
+            if store.inbox_record(
+                cur,
+                envelope.event_id,
+                envelope.producer,
+                envelope.sequence,
+                envelope.event_type,
+                body,
+            ):
+                self._apply(cur, envelope)
+                applied.append(envelope.event_type)
+        return applied
+
+    def committed(
+        self,
+        db: Database,
+        results: Sequence[list[str]],
+        culprits: Sequence[tuple[Envelope, bytes]],
+    ) -> None:
+        """Count the messages applied."""
+        for event_types in results:
+            for event_type in event_types:
+                metrics.INBOX_RECEIVED.labels(self.code, event_type).inc()
 
     def _apply(self, cur: Cursor, envelope: Envelope) -> None:
         payload = envelope.payload

@@ -14,6 +14,7 @@ import psycopg2.extras
 
 from exchange.adapters.postgres import Cursor
 from exchange.domain.certificate import Certificate, certificate_json_text
+from exchange.domain.codes import CertificateState
 from exchange.domain.events import ImportConfirmation, ProductionDeclaration, Voiding
 
 
@@ -83,7 +84,7 @@ def insert_certificates(
 
 def void_certificate(cur: Cursor, voiding: Voiding) -> None:
     """Mark a certificate voided, or replaced when the voiding names a replacement."""
-    state = "REPLACED" if voiding.replaced_by else "VOIDED"
+    state = CertificateState.REPLACED if voiding.replaced_by else CertificateState.VOIDED
     cur.execute(
         "UPDATE certificates SET state = %s, replaced_by = %s WHERE certificate_id = %s",
         (state, voiding.replaced_by, voiding.certificate_id),

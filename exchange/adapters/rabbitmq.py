@@ -28,6 +28,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from exchange.domain.codes import PublishOutcome
 from exchange.errors import BrokerRefused, BrokerUnavailable, TransientError
 
 log = logging.getLogger(__name__)
@@ -91,26 +92,17 @@ class Outgoing:
     event_type: str
 
 
-class Outcome:
-    """What became of a published message."""
-
-    CONFIRMED = "confirmed"
-    NACKED = "nacked"
-    RETURNED = "returned"  # unroutable: the broker had no queue for it
-    FAILED = "failed"  # connection lost before the broker answered
-
-
 @dataclass
 class Confirms:
     """The broker's answers for one published batch, filled in by the IO thread."""
 
     messages: Sequence[Outgoing]
-    outcomes: list[str | None]
+    outcomes: list[PublishOutcome | None]
     remaining: int
     publisher: str = ""
     done: threading.Event = field(default_factory=threading.Event)
 
-    def settle(self, index: int, outcome: str) -> None:
+    def settle(self, index: int, outcome: PublishOutcome) -> None:
         """Record one message's outcome (a returned message keeps "returned")."""
         if self.outcomes[index] is None:
             self.outcomes[index] = outcome
@@ -121,9 +113,9 @@ class Confirms:
     def fail_all(self) -> None:
         """Nothing of the batch reached the broker."""
         for index in range(len(self.outcomes)):
-            self.settle(index, Outcome.FAILED)
+            self.settle(index, PublishOutcome.FAILED)
 
-    def wait(self, timeout: float) -> list[str]:
+    def wait(self, timeout: float) -> list[PublishOutcome]:
         """Block until every message is answered (or ``timeout``); unanswered count as FAILED."""
         if not self.done.wait(timeout):
             log.warning(
@@ -132,7 +124,7 @@ class Confirms:
                 self.remaining,
                 timeout,
             )
-        return [o if o is not None else Outcome.FAILED for o in self.outcomes]
+        return [o if o is not None else PublishOutcome.FAILED for o in self.outcomes]
 
 
 class AsyncPublisher:
@@ -205,8 +197,10 @@ class AsyncPublisher:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
-    def publish_many(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> list[str]:
-        """Publish ``messages`` in order; return one Outcome per message, in order."""
+    def publish_many(
+        self, messages: Sequence[Outgoing], timeout: float = 30.0
+    ) -> list[PublishOutcome]:
+        """Publish ``messages`` in order; return one PublishOutcome per message, in order."""
         return self.publish_async(messages).wait(timeout)
 
     def publish_async(self, messages: Sequence[Outgoing]) -> Confirms:
@@ -297,7 +291,7 @@ class AsyncPublisher:
         channel = self._channel
         for index, msg in enumerate(batch.messages):
             if channel is None or not channel.is_open:
-                batch.settle(index, Outcome.FAILED)
+                batch.settle(index, PublishOutcome.FAILED)
                 continue
             props = BasicProperties(
                 message_id=msg.message_id,
@@ -315,14 +309,16 @@ class AsyncPublisher:
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        outcome = Outcome.CONFIRMED if isinstance(method, Basic.Ack) else Outcome.NACKED
+        outcome = (
+            PublishOutcome.CONFIRMED if isinstance(method, Basic.Ack) else PublishOutcome.NACKED
+        )
         if method.multiple:
             while self._pending and next(iter(self._pending)) <= method.delivery_tag:
                 self._resolve(next(iter(self._pending)), outcome)
         elif method.delivery_tag in self._pending:
             self._resolve(method.delivery_tag, outcome)
 
-    def _resolve(self, tag: int, outcome: str) -> None:
+    def _resolve(self, tag: int, outcome: PublishOutcome) -> None:
         batch, index = self._pending.pop(tag)
         self._by_id.pop(batch.messages[index].message_id, None)
         batch.settle(index, outcome)
@@ -338,11 +334,11 @@ class AsyncPublisher:
         )
         if entry is not None:
             batch, index = entry
-            batch.settle(index, Outcome.RETURNED)
+            batch.settle(index, PublishOutcome.RETURNED)
 
     def _fail_pending(self) -> None:
         for batch, index in list(self._pending.values()):
-            batch.settle(index, Outcome.FAILED)
+            batch.settle(index, PublishOutcome.FAILED)
         self._pending.clear()
         self._by_id.clear()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tenacity import (
     Retrying,
@@ -37,3 +39,17 @@ def until_stopped(stop: threading.Event, log: logging.Logger) -> Retrying:
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     )
+
+
+@contextmanager
+def stopped_quietly(stop: threading.Event, log: logging.Logger, what: str) -> Iterator[None]:
+    """Swallow a TransientError that ends the block after ``stop`` was set; re-raise otherwise.
+
+    A service told to stop while it was reconnecting has nothing in flight: a clean stop.
+    """
+    try:
+        yield
+    except TransientError as exc:
+        if not stop.is_set():
+            raise
+        log.info("%s: stopped while reconnecting (%s)", what, exc)

@@ -23,6 +23,9 @@ from enum import Enum
 from typing import Any, ClassVar, Self, TypeVar
 
 from exchange.domain.certificate import Certificate, JsonObject, from_symbol, record_of, to_amount
+from exchange.domain.codes import Decision as _Decision
+from exchange.domain.codes import DiscrepancyKind as DiscrepancyKind
+from exchange.domain.codes import Reason
 from exchange.domain.keyevents import KeyRevocation, KeyRotation
 from exchange.errors import Refusal
 
@@ -40,23 +43,7 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 
 # kpx.ReasonCode without its reader default UNKNOWN (DESIGN §7).
-REASON_CODES: tuple[str, ...] = (
-    "SCHEMA_UNKNOWN",
-    "SCHEMA_INVALID",
-    "BAD_SIGNATURE",
-    "UNKNOWN_PRODUCER",
-    "ISSUER_MISMATCH",
-    "BAD_CERTIFICATE_NUMBER",
-    "DUPLICATE_CERTIFICATE",
-    "NOT_A_PARTICIPANT",
-    "PARTICIPANT_SUSPENDED",
-    "INVALID_HS_CODE",
-    "TOTALS_MISMATCH",
-    "INVALID_DATES",
-    "NON_POSITIVE_QUANTITY",
-    "UNKNOWN_CERTIFICATE",
-    "NOT_ALLOWED",
-)
+REASON_CODES: tuple[str, ...] = tuple(r.value for r in Reason if r is not Reason.UNKNOWN)
 
 # A half-year, the period of a production declaration (KP Annex III).
 HALF_YEAR = re.compile(r"\d{4}-H[12]")
@@ -75,32 +62,8 @@ class ParticipantStatus(Enum):
     WITHDRAWN = "WITHDRAWN"
 
 
-class Outcome(Enum):
-    """The registry's business answer (the kpx.Decision enum)."""
-
-    UNKNOWN = "UNKNOWN"
-    ACCEPTED = "ACCEPTED"
-    REJECTED = "REJECTED"
-
-
-class DiscrepancyKind(Enum):
-    """A smuggling or fraud signal raised by the reconciler (DESIGN §8)."""
-
-    UNKNOWN = "UNKNOWN"
-    UNCONFIRMED_EXPIRED = "UNCONFIRMED_EXPIRED"
-    UNKNOWN_CERTIFICATE = "UNKNOWN_CERTIFICATE"
-    DUPLICATE_IMPORT = "DUPLICATE_IMPORT"
-    WRONG_DESTINATION = "WRONG_DESTINATION"
-    CARAT_MISMATCH = "CARAT_MISMATCH"
-    VALUE_MISMATCH = "VALUE_MISMATCH"
-    PARCEL_MISMATCH = "PARCEL_MISMATCH"
-    SEAL_BROKEN = "SEAL_BROKEN"
-    IMPORTED_AFTER_EXPIRY = "IMPORTED_AFTER_EXPIRY"
-    VOIDED_BUT_IMPORTED = "VOIDED_BUT_IMPORTED"
-    VALUATION_OUTLIER = "VALUATION_OUTLIER"
-    EXPORTS_EXCEED_SUPPLY = "EXPORTS_EXCEED_SUPPLY"
-    MIRROR_MISMATCH = "MIRROR_MISMATCH"
-    SEQUENCE_GAP = "SEQUENCE_GAP"
+# The registry's answer (kpx.Decision) and the reconciler's kinds are defined once, in codes.
+Outcome = _Decision
 
 
 def _build(cls: type[_T], record: Mapping[str, Any], **converted: Any) -> _T:

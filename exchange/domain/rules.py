@@ -51,12 +51,13 @@ from exchange.domain.certificate import (
     sum_of,
 )
 from exchange.domain.certnumber import check_foreign, parse_regional
+from exchange.domain.codes import CertificateState
 from exchange.domain.events import HALF_YEAR, ImportConfirmation, ProductionDeclaration, Voiding
 from exchange.domain.region import Policy
 from exchange.errors import Refusal
 
 GOOD_STANDING = frozenset({"ADMITTED", "REINSTATED"})
-VOIDABLE_STATES = frozenset({"ISSUED"})
+VOIDABLE_STATES = frozenset({CertificateState.ISSUED})
 Book = Mapping[str, str]
 AnyCertificate = Certificate | CertificateDraft
 
@@ -352,7 +353,7 @@ def check_void_against(
         )
     if existing_state in VOIDABLE_STATES:
         return None
-    if existing_state == "IMPORT_CONFIRMED":
+    if existing_state == CertificateState.IMPORT_CONFIRMED:
         why = "was already confirmed at import"
     else:
         why = f"is already {existing_state}"

@@ -28,8 +28,9 @@ import psycopg2.extras
 from exchange.adapters import metrics
 from exchange.adapters.pgcopy import copy_rows
 from exchange.adapters.postgres import Connection, Cursor, connect, translated
-from exchange.adapters.rabbitmq import AsyncPublisher, Confirms, Outcome, Outgoing
-from exchange.adapters.retry import until_stopped
+from exchange.adapters.rabbitmq import AsyncPublisher, Confirms, Outgoing
+from exchange.adapters.retry import stopped_quietly, until_stopped
+from exchange.domain.codes import PublishOutcome
 from exchange.errors import BrokerUnavailable, DatabaseUnavailable, TransientError
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import SignsEvents, seal
@@ -60,6 +61,33 @@ class Pending:
     exchange: str
     routing_key: str
     event_id: str | None = None  # given when business rows must name the event beforehand
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """Already-sealed bytes to queue as they are (the registry forwards accepted events)."""
+
+    event_id: str
+    event_type: str
+    exchange: str
+    routing_key: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unsent:
+    """One unsent outbox row as the relay reads it, in id order."""
+
+    id: int
+    event_id: str
+    event_type: str
+    exchange: str
+    routing_key: str
+    body: bytes
+
+    def outgoing(self) -> Outgoing:
+        """The message to publish."""
+        return Outgoing(self.exchange, self.routing_key, self.body, self.event_id, self.event_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +152,14 @@ class OutboxWriter:
             _notify(cur, self.relay)
         return appended
 
-    def append_raw(self, cur: Cursor, rows: Sequence[tuple[str, str, str, str, bytes]]) -> None:
-        """Queue already-sealed bytes (event_id, event_type, exchange, routing_key, body)."""
+    def append_raw(self, cur: Cursor, rows: Sequence[Sealed]) -> None:
+        """Queue already-sealed bytes."""
         if rows:
-            insert_rows(cur, [(self.relay, *r) for r in rows])
+            insert_rows(
+                cur,
+                [(self.relay, r.event_id, r.event_type, r.exchange, r.routing_key, r.body)
+                 for r in rows],
+            )  # fmt: skip
 
 
 def insert_rows(cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -181,17 +213,14 @@ class OutboxRelay:
         for the next start.
         """
         try:
-            for attempt in until_stopped(stop, log):
-                with attempt:
-                    try:
-                        self._loop(stop)
-                    except TransientError:
-                        self._disconnect()
-                        raise
-        except TransientError as exc:
-            if not stop.is_set():
-                raise
-            log.info("relay %s: stopped while disconnected (%s)", self.relay, exc)
+            with stopped_quietly(stop, log, f"relay {self.relay}"):
+                for attempt in until_stopped(stop, log):
+                    with attempt:
+                        try:
+                            self._loop(stop)
+                        except TransientError:
+                            self._disconnect()
+                            raise
         finally:
             self._disconnect()
 
@@ -206,7 +235,7 @@ class OutboxRelay:
             if len(window) < _PIPELINE:
                 rows = self._read(after)
                 if rows:
-                    after = rows[-1][0]
+                    after = rows[-1].id
                     window.append(self._send(rows))
                     continue
             if window:
@@ -221,7 +250,7 @@ class OutboxRelay:
             self._wait_for_work(stop)
         self._settle_all(window)
 
-    def _read(self, after: int) -> list[tuple[Any, ...]]:
+    def _read(self, after: int) -> list[Unsent]:
         assert self._db is not None
         with translated("reading the outbox"), self._db.cursor() as cur:
             cur.execute(
@@ -229,22 +258,23 @@ class OutboxRelay:
                 "WHERE relay = %s AND sent_at IS NULL AND id > %s ORDER BY id LIMIT %s",
                 (self.relay, after, self.batch_size),
             )
-            rows = cur.fetchall()
+            rows = [Unsent(i, e, t, x, k, bytes(b)) for i, e, t, x, k, b in cur.fetchall()]
         self._db.commit()
         return rows
 
-    def _send(self, rows: list[tuple[Any, ...]]) -> _InFlight:
+    def _send(self, rows: list[Unsent]) -> _InFlight:
         assert self._publisher is not None
-        messages = [Outgoing(r[3], r[4], bytes(r[5]), r[1], r[2]) for r in rows]
+        messages = [r.outgoing() for r in rows]
         return _InFlight(
-            [r[0] for r in rows], self._publisher.publish_async(messages), time.monotonic()
+            [r.id for r in rows], self._publisher.publish_async(messages), time.monotonic()
         )
 
     def _settle(self, batch: _InFlight) -> bool:
         """Wait for a batch's confirms, mark the confirmed rows; True when all were confirmed."""
         outcomes = batch.confirms.wait(self.confirm_timeout)
         metrics.PUBLISH_CONFIRM.labels(self.relay).observe(time.monotonic() - batch.started)
-        confirmed = [i for i, o in zip(batch.ids, outcomes, strict=True) if o == Outcome.CONFIRMED]
+        ok = PublishOutcome.CONFIRMED
+        confirmed = [i for i, o in zip(batch.ids, outcomes, strict=True) if o == ok]
         self._mark_sent(confirmed)
         self._count(outcomes)
         self.published += len(confirmed)
@@ -266,21 +296,21 @@ class OutboxRelay:
             cur.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", (ids,))
         self._db.commit()
 
-    def _count(self, outcomes: list[str]) -> None:
+    def _count(self, outcomes: list[PublishOutcome]) -> None:
         label = self.relay
         metrics.OUTBOX_PUBLISHED.labels(label).inc(len(outcomes))
         for outcome, counter in (
-            (Outcome.CONFIRMED, metrics.OUTBOX_CONFIRMED),
-            (Outcome.NACKED, metrics.OUTBOX_NACKED),
-            (Outcome.RETURNED, metrics.OUTBOX_RETURNED),
+            (PublishOutcome.CONFIRMED, metrics.OUTBOX_CONFIRMED),
+            (PublishOutcome.NACKED, metrics.OUTBOX_NACKED),
+            (PublishOutcome.RETURNED, metrics.OUTBOX_RETURNED),
         ):
             n = outcomes.count(outcome)
             if n:
                 counter.labels(label).inc(n)
 
-    def _after_partial(self, outcomes: list[str]) -> None:
+    def _after_partial(self, outcomes: list[PublishOutcome]) -> None:
         assert self._publisher is not None
-        if Outcome.FAILED in outcomes or self._publisher.closed.is_set():
+        if PublishOutcome.FAILED in outcomes or self._publisher.closed.is_set():
             raise BrokerUnavailable(f"relay {self.relay}: connection lost, publishes unconfirmed")
         # Nacked or unroutable: the broker is overloaded, a queue is missing, or (in a
         # cluster) the channel still points at a queue leader that died. Back off and retry
@@ -290,8 +320,8 @@ class OutboxRelay:
         log.warning(
             "relay %s: %d nacked, %d returned; retrying (%d in a row)",
             self.relay,
-            outcomes.count(Outcome.NACKED),
-            outcomes.count(Outcome.RETURNED),
+            outcomes.count(PublishOutcome.NACKED),
+            outcomes.count(PublishOutcome.RETURNED),
             self._refusals,
         )
         if self._refusals >= _REFUSALS_BEFORE_RECONNECT:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from datetime import date
 from typing import Any
@@ -23,11 +22,12 @@ import click
 
 from exchange.adapters import metrics
 from exchange.adapters.postgres import connect, transaction
+from exchange.adapters.retry import stopped_quietly
 from exchange.adapters.signals import stop_on_signals
 from exchange.app.runtime import Runtime, current_runtime, pass_runtime
 from exchange.domain.events import DiscrepancyKind
 from exchange.domain.kpstats import FORMATS, Period, render, summary_line
-from exchange.errors import TransientError
+from exchange.messaging.consumer import Health
 from exchange.reconciler import aggregation, deadline_checks, service, store
 from exchange.wire import topology
 
@@ -46,10 +46,10 @@ def reconciler() -> None:
 def run(obj: Runtime, metrics_port: int) -> None:
     """Consume accepted events, raise discrepancies, relay notices; SIGTERM drains, exits 0."""
     stop = stop_on_signals()
-    consuming = threading.Event()
-    metrics.serve(metrics_port, lambda: _health(stop, consuming))
+    health = Health()
+    metrics.serve(metrics_port, health.check)
     producer = topology.reconciler_producer(obj.region.code)
-    try:
+    with stopped_quietly(stop, log, "reconciler"):
         service.run_service(
             obj.registry_dsn,
             obj.amqp_url(topology.reconciler_user(obj.region.vhost)),
@@ -58,18 +58,8 @@ def run(obj: Runtime, metrics_port: int) -> None:
             obj.registered_keys(),  # the registry's key table, refreshed (DESIGN §15)
             obj.signer(producer),
             stop,
-            consuming,
+            health,
         )
-    except TransientError as exc:
-        if not stop.is_set():
-            raise
-        # Stopped while reconnecting: nothing was in flight, so this is a clean stop.
-        log.info("reconciler: stopped while reconnecting (%s)", exc)
-
-
-def _health(stop: threading.Event, consuming: threading.Event) -> tuple[bool, str]:
-    ok = consuming.is_set() and not stop.is_set()
-    return ok, "consuming\n" if ok else "not consuming\n"
 
 
 @click.command("reconcile")

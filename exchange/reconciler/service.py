@@ -7,6 +7,9 @@ is recorded in ONE transaction (store.apply_batch: tracking rows, projection, ev
 findings and their outbox rows), and the consumer acks after the commit. An
 :class:`~exchange.messaging.outbox.OutboxRelay` thread publishes the ``DiscrepancyRaised`` notices.
 
+The consuming itself — reconnecting, dead-lettering once, ack after commit, health, drain —
+is :mod:`exchange.messaging.consumer`'s; this module supplies decode, record and committed.
+
 Errors: ``run`` retries TransientError (broker or database gone) with jittered backoff until
 ``stop`` is set; BrokerRefused and programming errors propagate.
 """
@@ -15,18 +18,27 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from exchange.adapters import metrics
-from exchange.adapters.postgres import Connection, connect, migrate, transaction
-from exchange.adapters.rabbitmq import BatchConsumer, Delivery
-from exchange.adapters.retry import until_stopped
+from exchange.adapters.postgres import Connection, Cursor, connect, migrate, transaction
+from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.discrepancy import Limits
 from exchange.domain.events import DiscrepancyKind
 from exchange.domain.region import Region
 from exchange.errors import CodecError, SignatureError
-from exchange.messaging.outbox import OutboxRelay, OutboxWriter
+from exchange.messaging.consumer import (
+    Consumer,
+    Database,
+    Decoded,
+    Health,
+    RelayThread,
+    Spec,
+    run_consumer,
+)
+from exchange.messaging.outbox import OutboxWriter
 from exchange.reconciler.store import Context, Raised, apply_batch, open_counts
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
@@ -75,6 +87,63 @@ def refresh_open_gauge(conn: Connection) -> None:
             metrics.DISCREPANCIES_OPEN.labels(kind.value).set(counts.get(kind.value, 0))
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one committed transaction recorded: the event types and the new discrepancies."""
+
+    event_types: list[str]
+    raised: list[Raised]
+
+
+class Recording:
+    """The reconciler's :class:`~exchange.messaging.consumer.Handler`."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        store: SchemaStore,
+        keyring: VerifiesEvents,
+        today: Callable[[], date] = lambda: datetime.now(UTC).date(),
+    ) -> None:
+        self.ctx, self.store, self.keyring, self.today = ctx, store, keyring, today
+        self.recorded = 0
+
+    def decode(self, delivery: Delivery) -> Decoded[Envelope]:
+        """Open and verify; what is no verifiable kpx envelope is dead-lettered, never retried."""
+        try:
+            return Decoded(open_envelope(self.store, self.keyring, delivery.body))
+        except (CodecError, SignatureError) as exc:
+            return Decoded(None, f"{type(exc).__name__}: {exc}")
+
+    def record(self, cur: Cursor, items: Sequence[Envelope]) -> Batch:
+        """Tracking rows, projection, findings and their notices: store.apply_batch."""
+        raised = apply_batch(cur, self.ctx, items, self.today())
+        return Batch([env.event_type for env in items], raised)
+
+    def committed(
+        self, db: Database, results: Sequence[Batch], culprits: Sequence[Envelope]
+    ) -> None:
+        """Count the events and the discrepancies raised; refresh the open gauge."""
+        for batch in results:
+            for event_type in batch.event_types:
+                metrics.RECONCILER_EVENTS.labels(event_type).inc()
+            self.recorded += len(batch.event_types)
+        raised = [r for batch in results for r in batch.raised]
+        if raised:  # the gauge needs the database; a batch of dead letters does not
+            count_raised(raised, db.get())
+
+
+def spec(batch_size: int = 250) -> Spec:
+    """Where and how the reconciler consumes."""
+    return Spec(
+        topology.RECONCILER_QUEUE,
+        "kpx-reconciler",
+        SERVICE,
+        batch_size=batch_size,
+        max_wait=0.05,
+    )
+
+
 class Reconciler:
     """The consumer of ``kpx.reconciler``: one transaction per batch, ack after commit."""
 
@@ -88,67 +157,23 @@ class Reconciler:
         *,
         batch_size: int = 250,
         today: Callable[[], date] = lambda: datetime.now(UTC).date(),
-        consuming: threading.Event | None = None,
+        health: Health | None = None,
     ) -> None:
-        self.dsn, self.amqp_url, self.ctx = dsn, amqp_url, ctx
-        # Set while the consumer is connected: what the service's /healthz reports.
-        self.consuming = consuming if consuming is not None else threading.Event()
-        self.store, self.keyring, self.today = store, keyring, today
-        self.batch_size = batch_size
-        self.recorded = 0
-        self._conn: Connection | None = None
-        self._consumer: BatchConsumer | None = None
+        self.recording = Recording(ctx, store, keyring, today)
+        db = Database(dsn, "kpx-reconciler")
+        self.consumer = Consumer(amqp_url, spec(batch_size), self.recording, db, health)
 
-    def handle(self, batch: list[Delivery]) -> None:
-        """Open, record and check one batch; dead-letter what cannot be opened."""
-        assert self._conn is not None and self._consumer is not None
-        if self._conn.closed:  # the database restarted: the consumer is retrying this batch
-            self._conn = connect(self.dsn, application_name="kpx-reconciler")
-        envelopes: list[Envelope] = []
-        for d in batch:
-            try:
-                envelopes.append(open_envelope(self.store, self.keyring, d.body))
-            except (CodecError, SignatureError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                log.error("reconciler: dead-lettering %r: %s", d.properties.message_id, reason)
-                self._consumer.dead_letter(d, topology.DEAD, reason)
-                metrics.DEAD_LETTERS.labels(SERVICE, type(exc).__name__).inc()
-        with transaction(self._conn) as cur:
-            raised = apply_batch(cur, self.ctx, envelopes, self.today())
-        for env in envelopes:
-            metrics.RECONCILER_EVENTS.labels(env.event_type).inc()
-        self.recorded += len(envelopes)
-        count_raised(raised, self._conn)
+    @property
+    def recorded(self) -> int:
+        """Events recorded since the start (redeliveries included)."""
+        return self.recording.recorded
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, reconnecting on transient failures."""
-        for attempt in until_stopped(stop, log):
-            with attempt:
-                try:
-                    self._consume(stop)
-                finally:
-                    self._close()
-
-    def _consume(self, stop: threading.Event) -> None:
-        self._conn = connect(self.dsn, application_name="kpx-reconciler")
-        self._consumer = BatchConsumer(
-            self.amqp_url, topology.RECONCILER_QUEUE, name="kpx-reconciler",
-            batch_size=self.batch_size, max_wait=0.05,
-        )  # fmt: skip
-        self._consumer.connect()
-        self.consuming.set()
-        metrics.BROKER_CONNECTED.labels(SERVICE).set(1)
-        log.info("reconciler: consuming %s", topology.RECONCILER_QUEUE)
-        self._consumer.run(self.handle, stop)
-
-    def _close(self) -> None:
-        self.consuming.clear()
-        metrics.BROKER_CONNECTED.labels(SERVICE).set(0)
-        if self._consumer is not None:
-            self._consumer.close()
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._consumer, self._conn = None, None
+        try:
+            self.consumer.run(stop)
+        finally:
+            self.consumer.db.close()
 
 
 def run_service(
@@ -159,20 +184,18 @@ def run_service(
     keyring: VerifiesEvents,
     signer: Signer,
     stop: threading.Event,
-    consuming: threading.Event | None = None,
+    health: Health | None = None,
+    *,
+    drain_timeout: float = 5.0,
 ) -> None:
     """The whole service: migrations, the relay thread, the consumer; returns when stopped.
 
-    ``consuming`` is set while the consumer is connected (for /healthz).
+    ``health`` (for /healthz) says whether the consumer is connected and the relay alive.
     """
     prepare(dsn)
-    relay = OutboxRelay(dsn, amqp_url, topology.reconciler_producer(region.code))
-    thread = threading.Thread(target=relay.run, args=(stop,), name="reconciler-relay")
-    thread.start()
-    try:
-        ctx = context(region, store, signer)
-        Reconciler(dsn, amqp_url, ctx, store, keyring, consuming=consuming).run(stop)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
+    health = health if health is not None else Health()
+    relay = RelayThread(dsn, amqp_url, topology.reconciler_producer(region.code), health)
+    ctx = context(region, store, signer)
+    reconciler = Reconciler(dsn, amqp_url, ctx, store, keyring, health=health)
+    run_consumer(reconciler.consumer, stop, relay, drain_timeout=drain_timeout)
     log.info("reconciler: stopped")

@@ -1,15 +1,18 @@
-"""The batch handler of ``kpx registry run``: open → lock → load → decide → record → commit.
+"""The registry's handler for the one consumer: open → lock → load → decide → record.
 
-Per batch: every delivery is opened (decoded and verified) before the transaction, so a
-second registry process does that CPU work in parallel; bytes that are no envelope are
-dead-lettered at once. Then ONE transaction takes advisory locks on every producer,
-certificate and event id the batch touches (sorted, so two processes never deadlock), loads
-the state they can touch, lets the pure policy decide each event in delivery order, and writes
-the event log, the state rows and the registry's outbox (decisions, shipment notices, the
-accepted events for the reconciler). The consumer acks after this returns.
+:class:`Ingest` is an :class:`exchange.messaging.consumer.Handler`. ``decode`` opens (decodes
+and verifies) every delivery before the transaction, so a second registry process does that
+CPU work in parallel; bytes that are no envelope are dead-lettered by the consumer (and their
+evidence recorded). ``record`` runs in the consumer's ONE transaction: it takes advisory locks
+on every producer, certificate and event id the batch touches (sorted, so two processes never
+deadlock), loads the state they can touch, lets the pure policy decide each event in delivery
+order, and :func:`write_decided` writes the event log, the state rows and the registry's
+outbox (decisions, shipment notices, the accepted events for the reconciler). The consumer
+acks after the commit; ``committed`` counts what the batch did.
 
-A batch that raises anything unexpected is retried one delivery at a time; the delivery that
-still raises is dead-lettered with the exception as its reason, and the others are recorded.
+A batch that raises anything unexpected is retried one delivery at a time by the consumer;
+the delivery that still raises is dead-lettered with the exception as its reason, and the
+others are recorded.
 """
 
 from __future__ import annotations
@@ -17,26 +20,38 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from prometheus_client import Counter
 
 from exchange.adapters import metrics
-from exchange.adapters.postgres import Connection, Cursor, transaction
+from exchange.adapters.postgres import Cursor
 from exchange.adapters.rabbitmq import Delivery
+from exchange.domain.codes import Decision
 from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
-from exchange.errors import TransientError
-from exchange.messaging.outbox import OutboxWriter, Pending
+from exchange.messaging.consumer import INTERNAL_ERROR, Database, Decoded
+from exchange.messaging.outbox import OutboxWriter, Pending, Sealed
 from exchange.registry import policy, store
+from exchange.registry.changes import Changes
 from exchange.registry.opening import Opened, Opener
-from exchange.registry.policy import ACCEPTED, HELD, REJECTED, Event, Verdict
+from exchange.registry.policy import Event, Verdict
 from exchange.wire import topology
 
 log = logging.getLogger(__name__)
 
 SERVICE = "registry"
-DeadLetter = Callable[[Delivery, str], None]
+
+
+class Fate(StrEnum):
+    """What became of one message: the ``outcome`` label of kpx_events_consumed_total."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    HELD = "held"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +59,7 @@ class Result:
     """What became of one message or held event, for the metrics."""
 
     producer: str
-    outcome: str  # accepted | rejected | held | duplicate | dead_lettered
+    outcome: Fate
     reason: str | None = None
     event: Event | None = None
     changed: bool = False
@@ -59,26 +74,28 @@ class _Session:
     now: datetime
     view: policy.View
     rows: dict[str, store.LogRow] = field(default_factory=dict)
-    updates: list[tuple[str, str, str | None, str]] = field(default_factory=list)
-    changes: policy.Changes = field(default_factory=policy.Changes)
+    updates: list[store.Redecided] = field(default_factory=list)
+    changes: Changes = field(default_factory=Changes)
     outgoing: list[Pending] = field(default_factory=list)
-    accepted: list[tuple[str, str, str, str, bytes]] = field(default_factory=list)
+    accepted: list[Sealed] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
 
     def take(self, o: Opened) -> None:
         """Decide and record one opened delivery."""
         if o.key in self.view.seen:
-            self.results.append(Result(o.producer, "dead_lettered" if o.dead else "duplicate"))
+            self.results.append(
+                Result(o.producer, Fate.DEAD_LETTERED if o.dead else Fate.DUPLICATE)
+            )
             return
         self.view.seen.add(o.key)
         if o.authentic and o.sequence is not None:
             policy.track_sequence(o.producer, o.sequence, o.key, self.view, self.changes)
         if o.event is None:
             assert o.refusal is not None
-            verdict = Verdict(REJECTED, o.refusal.code, o.refusal.sentence)
+            verdict = Verdict(Decision.REJECTED, o.refusal.code, o.refusal.sentence)
             self._log(o, verdict)
             self._answer(o.recipient, o.claimed_id, o.event_type, o.sequence, None, verdict)
-            outcome = "dead_lettered" if o.dead else "rejected"
+            outcome = Fate.DEAD_LETTERED if o.dead else Fate.REJECTED
             self.results.append(Result(o.producer, outcome, o.refusal.code))
             return
         verdict = policy.decide(o.event, self.view, self.ctx)
@@ -93,43 +110,46 @@ class _Session:
             policy.apply(event, verdict, self.view, self.changes)
             row = self.rows.get(event.event_id)
             if row is None:  # held by an earlier batch
-                decided = (event.event_id, verdict.outcome, verdict.reason, verdict.detail)
+                decided = store.Redecided(
+                    event.event_id, verdict.outcome, verdict.reason, verdict.detail
+                )
                 self.updates.append(decided)
             else:
-                self.rows[event.event_id] = _decided(row, verdict)
+                self.rows[event.event_id] = replace(
+                    row, decision=verdict.outcome, reason=verdict.reason, detail=verdict.detail
+                )
             self._publish(event, verdict, released=True)
 
     def _log(self, o: Opened, verdict: Verdict) -> None:
         self.rows[o.key] = store.LogRow(
-            o.key,
-            o.producer,
-            o.sequence if o.authentic else None,
-            o.event_type,
-            o.produced_at,
-            o.certificate_id,
-            verdict.outcome,
-            verdict.reason,
-            verdict.detail,
-            o.delivery.body,
-            o.claimed_id,
+            key=o.key,
+            producer=o.producer,
+            sequence=o.sequence if o.authentic else None,
+            event_type=o.event_type,
+            produced_at=o.produced_at,
+            certificate_id=o.certificate_id,
+            decision=verdict.outcome,
+            reason=verdict.reason,
+            detail=verdict.detail,
+            body=o.delivery.body,
+            claimed_event_id=o.claimed_id,
         )
 
     def _publish(self, event: Event, verdict: Verdict, *, released: bool = False) -> None:
         outcome = verdict.outcome
+        fate = Fate(outcome.lower())
         self.results.append(
-            Result(
-                event.producer, outcome.lower(), verdict.reason, event, verdict.changed, released
-            )
+            Result(event.producer, fate, verdict.reason, event, verdict.changed, released)
         )
-        if outcome == HELD:
+        if outcome == Decision.HELD:
             return
         recipient = policy.decision_recipient(event.producer, self.ctx.node_codes)
         cert_id = event.certificate_id
         self._answer(recipient, event.event_id, event.event_type, event.sequence, cert_id, verdict)
-        if outcome != ACCEPTED or not verdict.changed:
+        if outcome != Decision.ACCEPTED or not verdict.changed:
             return
         self.accepted.append(
-            (
+            Sealed(
                 event.event_id,
                 event.event_type,
                 topology.ACCEPTED,
@@ -175,81 +195,65 @@ class _Session:
         self.outgoing.append(Pending("RegistryDecision", record, topology.NOTIFY, routing_key))
 
 
-def _decided(row: store.LogRow, verdict: Verdict) -> store.LogRow:
-    return store.LogRow(
-        row.key,
-        row.producer,
-        row.sequence,
-        row.event_type,
-        row.produced_at,
-        row.certificate_id,
-        verdict.outcome,
-        verdict.reason,
-        verdict.detail,
-        row.body,
-        row.claimed_event_id,
-    )
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one committed transaction did: each message's result and the gaps it saw."""
+
+    results: list[Result]
+    view: policy.View
+    changes: Changes
+
+
+def write_decided(cur: Cursor, session: _Session, writer: OutboxWriter) -> None:
+    """Write a batch's decided results in its transaction: the event log, state, outbox.
+
+    The one place where what the policy decided becomes rows; a further record of accepted
+    events (another log, another table) belongs here, on the same cursor.
+    """
+    store.write_log(cur, list(session.rows.values()), session.updates)
+    store.write_changes(cur, session.changes)
+    writer.append_many(cur, session.outgoing)
+    writer.append_raw(cur, session.accepted)
 
 
 class Ingest:
-    """The batch handler; ``handle`` is a BatchConsumer handler."""
+    """The registry's :class:`~exchange.messaging.consumer.Handler`: open, decide, record."""
 
     def __init__(
         self,
-        conn: Connection,
         opener: Opener,
         writer: OutboxWriter,
         ctx: policy.Context,
-        dead_letter: DeadLetter,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        reconnect: Callable[[], Connection] | None = None,
     ) -> None:
-        self.conn, self.opener, self.writer, self.ctx = conn, opener, writer, ctx
-        self.reconnect = reconnect  # a fresh connection after the database restarted
-        self.dead_letter_to = dead_letter
-        self.clock = clock
-        self._dead_done: set[int] = set()  # delivery tags already dead-lettered (batch retries)
+        self.opener, self.writer, self.ctx, self.clock = opener, writer, ctx, clock
 
-    def handle(self, batch: list[Delivery]) -> None:
-        """Decide and record a batch; raises TransientError (the consumer retries it)."""
-        items: list[Opened] = []
-        for delivery in batch:
-            try:
-                items.append(self.opener.open(delivery))
-            except TransientError:
-                raise
-            except Exception as exc:  # a bug must not stop the service: set the message aside
-                self._culprit(delivery, exc)
+    def decode(self, delivery: Delivery) -> Decoded[Opened]:
+        """Open (decode and verify) one delivery; bytes that are no envelope go to kpx.dead."""
+        o = self.opener.open(delivery)
+        if o.dead and o.refusal is not None:
+            return Decoded(o, f"{o.refusal.code}: {o.refusal.sentence}")
+        return Decoded(o)
+
+    def record(self, cur: Cursor, items: Sequence[Opened]) -> Recorded:
+        """Lock, load, decide and write ``items`` in the consumer's transaction."""
+        session = _Session(self.ctx, self.clock(), self._prepare(cur, items))
         for o in items:
-            if o.dead and o.refusal is not None:
-                self._dead_letter(o.delivery, f"{o.refusal.code}: {o.refusal.sentence}")
-        try:
-            results = self.record(items)
-        except TransientError:
-            raise
-        except Exception:
-            log.exception("registry: batch of %d failed; retrying one by one", len(items))
-            results = self._one_by_one(items)
-        self._dead_done.clear()
-        observe(results, self.clock(), self.ctx.node_codes)
+            session.take(o)
+        session.release()
+        write_decided(cur, session, self.writer)
+        return Recorded(session.results, session.view, session.changes)
 
-    def record(self, items: Sequence[Opened]) -> list[Result]:
-        """One transaction for ``items``; returns what became of each."""
-        if not items:
-            return []
-        if self.conn.closed and self.reconnect is not None:
-            self.conn = self.reconnect()
-        with transaction(self.conn) as cur:
-            session = _Session(self.ctx, self.clock(), self._prepare(cur, items))
-            for o in items:
-                session.take(o)
-            session.release()
-            store.write_log(cur, list(session.rows.values()), session.updates)
-            store.write_changes(cur, session.changes)
-            self.writer.append_many(cur, session.outgoing)
-            self.writer.append_raw(cur, session.accepted)
-        gauge_gaps(session.view, session.changes)
-        return session.results
+    def committed(
+        self, db: Database, results: Sequence[Recorded], culprits: Sequence[Opened]
+    ) -> None:
+        """Count what the committed transactions did; a culprit counts as dead-lettered."""
+        every: list[Result] = []
+        for r in results:
+            gauge_gaps(r.view, r.changes)
+            every += r.results
+        every += [Result(o.producer, Fate.DEAD_LETTERED, INTERNAL_ERROR) for o in culprits]
+        observe(every, self.clock(), self.ctx.node_codes)
 
     def _prepare(self, cur: Cursor, items: Sequence[Opened]) -> policy.View:
         producers = sorted({o.producer for o in items if o.authentic})
@@ -270,29 +274,6 @@ class Ingest:
             view.held.setdefault(event.producer, []).append(event)
         return view
 
-    def _one_by_one(self, items: Sequence[Opened]) -> list[Result]:
-        results: list[Result] = []
-        for o in items:
-            try:
-                results += self.record([o])
-            except TransientError:
-                raise
-            except Exception as exc:
-                log.exception("registry: message %r cannot be recorded", o.claimed_id)
-                self._culprit(o.delivery, exc)
-                results.append(Result(o.producer, "dead_lettered", "INTERNAL_ERROR"))
-        return results
-
-    def _culprit(self, delivery: Delivery, exc: Exception) -> None:
-        self._dead_letter(delivery, f"INTERNAL_ERROR: {type(exc).__name__}: {exc}")
-
-    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        if delivery.delivery_tag in self._dead_done:
-            return
-        self.dead_letter_to(delivery, reason)
-        self._dead_done.add(delivery.delivery_tag)
-        metrics.DEAD_LETTERS.labels(SERVICE, reason.split(":", 1)[0]).inc()
-
 
 def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> None:
     """Count what the batch did (after its commit): metrics observe, never steer.
@@ -307,14 +288,14 @@ def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> 
         producer = r.producer if r.producer in nodes else "unknown"
         if not r.released:
             amounts[metrics.EVENTS_CONSUMED, (SERVICE, producer, r.outcome)] += 1
-        if r.outcome in ("rejected", "dead_lettered") and r.reason:
+        if r.outcome in (Fate.REJECTED, Fate.DEAD_LETTERED) and r.reason:
             amounts[metrics.EVENTS_REJECTED, (producer, r.reason)] += 1
         if r.event is None:
             continue
-        if r.outcome != "held":
+        if r.outcome != Fate.HELD:
             elapsed = (now - r.event.produced_at).total_seconds()
             latencies[r.producer].append(max(elapsed, 0.0))
-        if r.outcome != "accepted" or not r.changed:
+        if r.outcome != Fate.ACCEPTED or not r.changed:
             continue
         payload = r.event.payload
         if isinstance(payload, Issuance):
@@ -332,9 +313,9 @@ def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> 
             histogram.observe(value)
 
 
-def gauge_gaps(view: policy.View, changes: policy.Changes) -> None:
+def gauge_gaps(view: policy.View, changes: Changes) -> None:
     """Sequence-gap metrics of the producers a batch touched."""
-    for producer, _ in changes.gaps_opened:
-        metrics.SEQUENCE_GAPS.labels(producer).inc()
+    for gap in changes.gaps_opened:
+        metrics.SEQUENCE_GAPS.labels(gap.producer).inc()
     for producer, gaps in view.open_gaps.items():
         metrics.SEQUENCE_GAPS_OPEN.labels(producer).set(len(gaps))

@@ -26,10 +26,11 @@ from typing import Any
 import psycopg2
 
 from exchange.adapters.postgres import Connection, Cursor, fetch_all, transaction
-from exchange.domain.keyevents import KeyRevocation, KeyRotation
+from exchange.domain.keyevents import KeyRevocation
 from exchange.domain.region import Region
 from exchange.errors import NotFound, Refusal
 from exchange.messaging.outbox import OutboxWriter, Pending
+from exchange.registry.changes import KeyAnnounced
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.signing import Keyring, Signer, VerifyKey, key_line
@@ -63,9 +64,10 @@ def register_member_key(conn: Connection, region: Region, member: str, key: Veri
         return add_key(cur, key)
 
 
-def write_rotations(cur: Cursor, rotations: Sequence[tuple[KeyRotation, str, Any]]) -> None:
-    """The keys of accepted KeyRotated events (rotation, event id, produced_at)."""
-    for rotation, event_id, produced_at in rotations:
+def write_rotations(cur: Cursor, announced: Sequence[KeyAnnounced]) -> None:
+    """The keys of accepted KeyRotated events (see changes.KeyAnnounced)."""
+    for a in announced:
+        rotation = a.rotation
         cur.execute(
             "INSERT INTO authority_keys (key_id, producer, public_key, valid_from, "
             "announced_by, announced_with, announced_at) VALUES (%s, %s, %s, now(), %s, %s, %s) "
@@ -74,9 +76,9 @@ def write_rotations(cur: Cursor, rotations: Sequence[tuple[KeyRotation, str, Any
                 rotation.key_id,
                 rotation.participant,
                 psycopg2.Binary(rotation.public_key),
-                event_id,
+                a.event_id,
                 rotation.previous_key_id,
-                produced_at,
+                a.produced_at,
             ),
         )
 

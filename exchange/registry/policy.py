@@ -34,15 +34,14 @@ Decisions taken here (the contract leaves them open):
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 from exchange.domain import keyevents, rules
-from exchange.domain.certificate import Certificate, HsCode, certificate_json_text
+from exchange.domain.certificate import Certificate, certificate_json_text
+from exchange.domain.codes import CertificateState, Decision, Reason
 from exchange.domain.events import (
     ImportConfirmation,
     Issuance,
@@ -53,8 +52,18 @@ from exchange.domain.events import (
 from exchange.domain.keyevents import KeyRotation
 from exchange.domain.region import Policy
 from exchange.errors import Refusal
+from exchange.registry.changes import (
+    Changes,
+    Confirmed,
+    Declared,
+    Gap,
+    HistoryEntry,
+    KeyAnnounced,
+    NewCertificate,
+    SequenceUse,
+    StateChange,
+)
 
-ACCEPTED, REJECTED, HELD = "ACCEPTED", "REJECTED", "HELD"
 NODE_EVENTS = frozenset(
     {
         "CertificateIssued",
@@ -112,7 +121,7 @@ class CertRecord:
 
     certificate_id: str
     issuer: str  # issuing member, else issuing participant (as rules.issued_by reads it)
-    state: str
+    state: str  # a CertificateState (as read from its table)
     event_id: str
     digest: bytes
     body: Mapping[str, Any] | None = None
@@ -146,58 +155,10 @@ class View:
 class Verdict:
     """The business answer about one event; ``changed`` is False for an accepted no-op."""
 
-    outcome: str
+    outcome: Decision
     reason: str | None = None
     detail: str = ""
     changed: bool = True
-
-
-@dataclass(slots=True)
-class Changes:
-    """Rows to write, collected while applying verdicts (see store.write_changes)."""
-
-    certificates: list[tuple[Certificate, str, Event]] = field(default_factory=list)
-    state_changes: list[tuple[str, str | None, str]] = field(default_factory=list)
-    history: list[tuple[str, str, str, str, str]] = field(default_factory=list)
-    confirmations: list[tuple[ImportConfirmation, str, bool]] = field(default_factory=list)
-    matched: list[str] = field(default_factory=list)
-    production: list[tuple[ProductionDeclaration, str]] = field(default_factory=list)
-    sequences: list[tuple[str, int, str]] = field(default_factory=list)
-    gaps_opened: list[tuple[str, int]] = field(default_factory=list)
-    gaps_filled: list[tuple[str, int]] = field(default_factory=list)
-    high_water: dict[str, int] = field(default_factory=dict)
-    keys: list[tuple[KeyRotation, str, datetime]] = field(default_factory=list)  # KeyRotated
-
-
-_HS_VALUES = {code.name: code.value for code in HsCode}
-
-
-def certificate_json(record: Mapping[str, Any]) -> dict[str, Any]:
-    """``Certificate.to_json()`` computed straight from the decoded Avro record.
-
-    Several times faster than building the dataclass tree first, and the ingest does it for
-    every certificate; tests check that both give the same dict.
-    """
-    return {key: _json_value(key, value) for key, value in record.items()}
-
-
-def _json_value(key: str, value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return f"{value:.2f}"
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {k: _json_value(k, v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(key, v) for v in value]
-    if key == "hs_code":
-        return _HS_VALUES.get(value, value)
-    return value
-
-
-def content_digest(body: Mapping[str, Any]) -> bytes:
-    """A digest of a certificate's JSON, to tell "same again" from "other content" cheaply."""
-    return text_digest(json.dumps(body, sort_keys=True, separators=(",", ":")))
 
 
 def text_digest(text: str) -> bytes:
@@ -211,7 +172,7 @@ certificate_text = certificate_json_text
 
 
 def _rejected(refusal: Refusal) -> Verdict:
-    return Verdict(REJECTED, refusal.code, refusal.sentence)
+    return Verdict(Decision.REJECTED, refusal.code, refusal.sentence)
 
 
 def decide(event: Event, view: View, ctx: Context) -> Verdict:
@@ -219,8 +180,8 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
     used_by = view.used.get((event.producer, event.sequence))
     if used_by is not None and used_by != event.event_id:
         return Verdict(
-            REJECTED,
-            "NOT_ALLOWED",
+            Decision.REJECTED,
+            Reason.NOT_ALLOWED,
             f"sequence {event.sequence} of {event.producer} was already used by event "
             f"{used_by}; an event is never re-sent under a new id",
         )
@@ -236,12 +197,14 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         return _confirmation_verdict(payload, view) if refusal is None else _rejected(refusal)
     if isinstance(payload, ProductionDeclaration):
         refusal = rules.check_production(payload, event.producer, members=ctx.members)
-        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+        return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
     if isinstance(payload, KeyRotation):
         refusal = keyevents.check_rotation(payload, event.producer, node_codes=ctx.node_codes)
-        return Verdict(ACCEPTED) if refusal is None else _rejected(refusal)
+        return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
     return Verdict(
-        REJECTED, "NOT_ALLOWED", f"a node may not publish {event.event_type}; only the registry"
+        Decision.REJECTED,
+        Reason.NOT_ALLOWED,
+        f"a node may not publish {event.event_type}; only the registry",
     )
 
 
@@ -250,9 +213,9 @@ def _confirmation_verdict(confirmation: ImportConfirmation, view: View) -> Verdi
     record = view.certs.get(confirmation.certificate_id)
     importer = confirmation.importing_participant
     if record is None or rules.is_destination(record.destination, importer):
-        return Verdict(ACCEPTED)
+        return Verdict(Decision.ACCEPTED)
     return Verdict(
-        ACCEPTED,
+        Decision.ACCEPTED,
         detail=f"recorded: {importer} is not the destination ({record.destination}) of "
         f"{record.certificate_id}, so its state stays {record.state} (WRONG_DESTINATION)",
     )
@@ -272,13 +235,13 @@ def _decide_certificate(cert: Certificate, event: Event, view: View, ctx: Contex
         return _rejected(refusal)
     existing = view.certs.get(cert.certificate_id)
     if existing is None:
-        return Verdict(ACCEPTED)
+        return Verdict(Decision.ACCEPTED)
     if existing.digest != digest:
         refusal = rules.check_duplicate(existing.certificate(), cert)
         if refusal is not None:
             return _rejected(refusal)
     return Verdict(
-        ACCEPTED,
+        Decision.ACCEPTED,
         detail=f"certificate {cert.certificate_id} was already accepted with the same content "
         f"(event {existing.event_id}); nothing changed",
         changed=False,
@@ -296,10 +259,10 @@ def _decide_void(voiding: Voiding, event: Event, view: View, ctx: Context) -> Ve
         issuer_matches=existing is not None and existing.issuer == event.producer,
     )
     if refusal is None:
-        return Verdict(ACCEPTED)
-    if existing is None and refusal.code == "UNKNOWN_CERTIFICATE" and _gap_below(event, view):
+        return Verdict(Decision.ACCEPTED)
+    if existing is None and refusal.code == Reason.UNKNOWN_CERTIFICATE and _gap_below(event, view):
         return Verdict(
-            HELD,
+            Decision.HELD,
             detail=f"certificate {voiding.certificate_id} is not known yet and earlier events of "
             f"{event.producer} are missing; the void is decided when they arrive",
         )
@@ -318,43 +281,47 @@ def track_sequence(producer: str, sequence: int, event_id: str, view: View, out:
     if (producer, sequence) in view.used:
         return
     view.used[(producer, sequence)] = event_id
-    out.sequences.append((producer, sequence, event_id))
+    out.sequences.append(SequenceUse(producer, sequence, event_id))
     high = view.high_water.get(producer, 0)
     gaps = view.open_gaps.setdefault(producer, set())
     if sequence > high:
         for missing in range(high + 1, sequence):
             gaps.add(missing)
-            out.gaps_opened.append((producer, missing))
+            out.gaps_opened.append(Gap(producer, missing))
         view.high_water[producer] = sequence
         out.high_water[producer] = sequence
     elif sequence in gaps:
         gaps.discard(sequence)
-        out.gaps_filled.append((producer, sequence))
+        out.gaps_filled.append(Gap(producer, sequence))
 
 
 def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
     """Update the view and collect the rows for an accepted event (others change no state)."""
     view.seen.add(event.event_id)
-    if verdict.outcome == HELD:
+    if verdict.outcome == Decision.HELD:
         view.held.setdefault(event.producer, []).append(event)
-    if verdict.outcome != ACCEPTED or not verdict.changed:
+    if verdict.outcome != Decision.ACCEPTED or not verdict.changed:
         return
     payload = event.payload
     if isinstance(payload, Issuance):
         _apply_certificate(payload.certificate, event, view, out)
     elif isinstance(payload, Voiding):
-        state = "VOIDED" if payload.replaced_by is None else "REPLACED"
+        state = (
+            CertificateState.VOIDED if payload.replaced_by is None else CertificateState.REPLACED
+        )
         view.certs[payload.certificate_id].state = state
-        out.state_changes.append((payload.certificate_id, payload.replaced_by, state))
+        out.state_changes.append(StateChange(payload.certificate_id, payload.replaced_by, state))
         out.history.append(
-            (payload.certificate_id, event.event_id, event.event_type, state, payload.reason)
+            HistoryEntry(
+                payload.certificate_id, event.event_id, event.event_type, state, payload.reason
+            )
         )
     elif isinstance(payload, ImportConfirmation):
         _apply_confirmation(payload, event, view, out)
     elif isinstance(payload, ProductionDeclaration):
-        out.production.append((payload, event.event_id))
+        out.production.append(Declared(payload, event.event_id))
     elif isinstance(payload, KeyRotation):
-        out.keys.append((payload, event.event_id, event.produced_at))
+        out.keys.append(KeyAnnounced(payload, event.event_id, event.produced_at))
 
 
 def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes) -> None:
@@ -362,7 +329,7 @@ def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes
     record = CertRecord(
         cert.certificate_id,
         issuer,
-        "ISSUED",
+        CertificateState.ISSUED,
         event.event_id,
         event.cert_digest,
         parsed=cert,
@@ -370,8 +337,12 @@ def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes
     )
     view.certs[cert.certificate_id] = record
     waiting = view.waiting.pop(cert.certificate_id, [])
-    out.certificates.append((cert, event.producer, event))
-    out.history.append((cert.certificate_id, event.event_id, event.event_type, "ISSUED", ""))
+    out.certificates.append(NewCertificate(cert, event.producer, event))
+    out.history.append(
+        HistoryEntry(
+            cert.certificate_id, event.event_id, event.event_type, CertificateState.ISSUED, ""
+        )
+    )
     for confirmation_id, importer in sorted(waiting):
         _confirm(record, confirmation_id, importer, out)
         out.matched.append(confirmation_id)
@@ -381,7 +352,7 @@ def _apply_confirmation(
     confirmation: ImportConfirmation, event: Event, view: View, out: Changes
 ) -> None:
     record = view.certs.get(confirmation.certificate_id)
-    out.confirmations.append((confirmation, event.event_id, record is not None))
+    out.confirmations.append(Confirmed(confirmation, event.event_id, record is not None))
     importer = confirmation.importing_participant
     if record is None:
         waiting = view.waiting.setdefault(confirmation.certificate_id, [])
@@ -396,12 +367,14 @@ def _confirm(record: CertRecord, confirmation_id: str, importer: str, out: Chang
     cert_id = record.certificate_id
     if not rules.is_destination(record.destination, importer):
         detail = f"WRONG_DESTINATION: confirmed by {importer}, not {record.destination}"
-        out.history.append((cert_id, confirmation_id, "ImportConfirmed", record.state, detail))
+        out.history.append(
+            HistoryEntry(cert_id, confirmation_id, "ImportConfirmed", record.state, detail)
+        )
         return
-    if record.state == "ISSUED":
-        record.state = "IMPORT_CONFIRMED"
-        out.state_changes.append((cert_id, None, record.state))
-    out.history.append((cert_id, confirmation_id, "ImportConfirmed", record.state, ""))
+    if record.state == CertificateState.ISSUED:
+        record.state = CertificateState.IMPORT_CONFIRMED
+        out.state_changes.append(StateChange(cert_id, None, CertificateState.IMPORT_CONFIRMED))
+    out.history.append(HistoryEntry(cert_id, confirmation_id, "ImportConfirmed", record.state, ""))
 
 
 def releasable(view: View) -> list[Event]:

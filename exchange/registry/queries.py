@@ -12,6 +12,7 @@ from typing import Any
 
 from exchange.adapters.postgres import Connection, fetch_all
 from exchange.domain.certnumber import parse_regional
+from exchange.domain.codes import CertificateState
 from exchange.errors import NotFound, Refusal
 
 
@@ -114,9 +115,9 @@ def _judge(
 ) -> tuple[bool, str]:
     issuer = cert["issuing_member"] or cert["issuing_participant"]
     state, expiry = cert["state"], cert["date_of_expiry"]
-    if state == "VOIDED":
+    if state == CertificateState.VOIDED:
         return False, f"Do not accept: certificate {number} was cancelled (voided) by {issuer}."
-    if state == "REPLACED":
+    if state == CertificateState.REPLACED:
         return False, (
             f"Do not accept: certificate {number} was replaced by {cert['replaced_by']}; "
             "only the replacement is valid."

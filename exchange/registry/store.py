@@ -18,9 +18,11 @@ import psycopg2.extras
 from exchange.adapters.pgcopy import copy_rows
 from exchange.adapters.postgres import Connection, Cursor
 from exchange.domain.certificate import Certificate
+from exchange.domain.codes import CertificateState, Decision
 from exchange.domain.region import Region
 from exchange.registry import keys
-from exchange.registry.policy import CertRecord, Changes, Event, View
+from exchange.registry.changes import Changes
+from exchange.registry.policy import CertRecord, Event, View
 from exchange.wire.signing import Keyring, VerifyKey
 
 _PAGE = 500
@@ -41,6 +43,16 @@ class LogRow:
     detail: str
     body: bytes
     claimed_event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Redecided:
+    """A held event_log row decided now: its new decision."""
+
+    event_id: str
+    decision: str
+    reason: str | None
+    detail: str
 
 
 def lock_key(name: str) -> int:
@@ -67,8 +79,8 @@ def lock(cur: Cursor, names: Iterable[str]) -> None:
 def held_certificates(cur: Cursor, producers: Sequence[str]) -> list[str]:
     """Certificate ids of held voids of ``producers`` (to lock them with the batch)."""
     cur.execute(
-        "SELECT certificate_id FROM event_log WHERE decision = 'HELD' AND producer = ANY(%s)",
-        (list(producers),),
+        "SELECT certificate_id FROM event_log WHERE decision = %s AND producer = ANY(%s)",
+        (Decision.HELD.value, list(producers)),
     )
     return [r[0] for r in cur.fetchall() if r[0] is not None]
 
@@ -76,9 +88,9 @@ def held_certificates(cur: Cursor, producers: Sequence[str]) -> list[str]:
 def held_bodies(cur: Cursor, producers: Sequence[str]) -> list[bytes]:
     """The signed bytes of the held voids of ``producers``, in sequence order."""
     cur.execute(
-        "SELECT body FROM event_log WHERE decision = 'HELD' AND producer = ANY(%s) "
+        "SELECT body FROM event_log WHERE decision = %s AND producer = ANY(%s) "
         "ORDER BY producer, sequence",
-        (list(producers),),
+        (Decision.HELD.value, list(producers)),
     )
     return [bytes(r[0]) for r in cur.fetchall()]
 
@@ -172,9 +184,7 @@ _PARCEL_COLUMNS = ("certificate_id", "parcel_no", "hs_code", "carats", "value_us
 _HISTORY_COLUMNS = ("certificate_id", "event_id", "event_type", "state", "detail")
 
 
-def write_log(
-    cur: Cursor, rows: Sequence[LogRow], updates: Sequence[tuple[str, str, str | None, str]]
-) -> None:
+def write_log(cur: Cursor, rows: Sequence[LogRow], updates: Sequence[Redecided]) -> None:
     """Insert new event_log rows; update the decision of held rows decided now."""
     copy_rows(
         cur,
@@ -202,7 +212,7 @@ def write_log(
         "UPDATE event_log e SET decision = v.decision, reason = v.reason, detail = v.detail "
         "FROM (VALUES %s) AS v(event_id, decision, reason, detail) "
         "WHERE e.event_id = v.event_id::uuid",
-        updates,
+        [(u.event_id, u.decision, u.reason, u.detail) for u in updates],
     )
 
 
@@ -211,42 +221,38 @@ def write_changes(cur: Cursor, out: Changes) -> None:
     _write_sequences(cur, out)
     keys.write_rotations(cur, out.keys)
     _write_certificates(cur, out)
+    _write_confirmations(cur, out)
+    _values(
+        cur,
+        "INSERT INTO production (event_id, participant, period, producer_id, carats, value_usd) "
+        "VALUES %s",
+        [
+            (x.event_id, d.participant, d.period, d.producer_id, d.carats, d.value_usd)
+            for x in out.production
+            if (d := x.declaration)
+        ],
+    )
+
+
+def _write_confirmations(cur: Cursor, out: Changes) -> None:
     _values(
         cur,
         "INSERT INTO import_confirmations (event_id, certificate_id, issuing_participant, "
         "importing_participant, received_on, parcels, carats, value_usd, seal_intact, remarks, "
         "matched) VALUES %s",
         [
-            (
-                e,
-                c.certificate_id,
-                c.issuing_participant,
-                c.importing_participant,
-                c.received_on,
-                c.parcels,
-                c.carats,
-                c.value_usd,
-                c.seal_intact,
-                c.remarks,
-                matched,
-            )
-            for c, e, matched in out.confirmations
+            (x.event_id, c.certificate_id, c.issuing_participant, c.importing_participant,
+             c.received_on, c.parcels, c.carats, c.value_usd, c.seal_intact, c.remarks,
+             x.matched)
+            for x in out.confirmations
+            if (c := x.confirmation)
         ],
-    )
+    )  # fmt: skip
     if out.matched:
         cur.execute(
             "UPDATE import_confirmations SET matched = true WHERE event_id = ANY(%s::uuid[])",
             (out.matched,),
         )
-    _values(
-        cur,
-        "INSERT INTO production (event_id, participant, period, producer_id, carats, value_usd) "
-        "VALUES %s",
-        [
-            (e, d.participant, d.period, d.producer_id, d.carats, d.value_usd)
-            for d, e in out.production
-        ],
-    )
 
 
 def _write_sequences(cur: Cursor, out: Changes) -> None:
@@ -254,7 +260,7 @@ def _write_sequences(cur: Cursor, out: Changes) -> None:
         cur,
         "INSERT INTO producer_sequences (producer, sequence, event_id) VALUES %s "
         "ON CONFLICT DO NOTHING",
-        out.sequences,
+        [(u.producer, u.sequence, u.event_id) for u in out.sequences],
     )
     _values(
         cur,
@@ -265,13 +271,13 @@ def _write_sequences(cur: Cursor, out: Changes) -> None:
     _values(
         cur,
         "INSERT INTO sequence_gaps (producer, sequence) VALUES %s ON CONFLICT DO NOTHING",
-        out.gaps_opened,
+        [(g.producer, g.sequence) for g in out.gaps_opened],
     )
     _values(
         cur,
         "UPDATE sequence_gaps g SET filled_at = now() FROM (VALUES %s) AS v(producer, sequence) "
         "WHERE g.producer = v.producer AND g.sequence = v.sequence::bigint",
-        out.gaps_filled,
+        [(g.producer, g.sequence) for g in out.gaps_filled],
     )
 
 
@@ -280,7 +286,7 @@ def _write_certificates(cur: Cursor, out: Changes) -> None:
         cur,
         "certificates",
         _CERTIFICATE_COLUMNS,
-        [_certificate_row(c, p, e) for c, p, e in out.certificates],
+        [_certificate_row(n.certificate, n.producer, n.event) for n in out.certificates],
     )
     copy_rows(
         cur,
@@ -295,13 +301,14 @@ def _write_certificates(cur: Cursor, out: Changes) -> None:
                 p.value_usd,
                 p.origin_country,
             )
-            for c, _, _ in out.certificates
+            for c in (n.certificate for n in out.certificates)
             for p in c.parcels
         ],
     )
     final: dict[str, tuple[str | None, str]] = {}
-    for cert_id, replaced_by, state in out.state_changes:
-        final[cert_id] = (replaced_by or final.get(cert_id, (None, ""))[0], state)
+    for change in out.state_changes:
+        cert_id, replaced_by = change.certificate_id, change.replaced_by
+        final[cert_id] = (replaced_by or final.get(cert_id, (None, ""))[0], change.state)
     _values(
         cur,
         "UPDATE certificates c SET state = v.state, "
@@ -310,7 +317,8 @@ def _write_certificates(cur: Cursor, out: Changes) -> None:
         "WHERE c.certificate_id = v.certificate_id",
         sorted((k, rb, st) for k, (rb, st) in final.items()),
     )
-    copy_rows(cur, "certificate_history", _HISTORY_COLUMNS, out.history)
+    history = [(h.certificate_id, h.event_id, h.event_type, h.state, h.detail) for h in out.history]
+    copy_rows(cur, "certificate_history", _HISTORY_COLUMNS, history)
 
 
 def _certificate_row(cert: Certificate, producer: str, event: Event) -> tuple[Any, ...]:
@@ -330,7 +338,7 @@ def _certificate_row(cert: Certificate, producer: str, event: Event) -> tuple[An
         cert.total_value_usd,
         event.cert_text,  # canonical JSON text; the column's jsonb input parses it
         event.cert_digest,
-        "ISSUED",
+        CertificateState.ISSUED.value,  # plain str: COPY's fast path takes exact types only
         event.event_id,
     )
 
