@@ -27,7 +27,8 @@ should do about it::
         ├── Refusal                 a business rule refuses an operation or event (carries a
         │                           DESIGN §7 reason code and a sentence)
         ├── NotFound                a certificate, discrepancy or dead letter that does not exist
-        └── ServiceFailed           a service or command kpx started crashed or failed
+        ├── ServiceFailed           a service or command kpx started crashed or failed
+        └── MalformedTradeFile      an external trade file with a bad row (names line, column)
 
 Adapters translate driver exceptions (pika, psycopg2) into this tree in one place each
 (``exchange/adapters/rabbitmq.py``, ``exchange/adapters/postgres.py``), always
@@ -136,3 +137,21 @@ class Refusal(PermanentError):
         super().__init__(f"{code}: {sentence}")
         self.code = code
         self.sentence = sentence
+
+
+class MalformedTradeFile(PermanentError):
+    """An external trade file (``kpx registry import-trade``) with a row that cannot be read.
+
+    ``line`` is the 1-based line of the file (the header is line 1), ``column`` the column's
+    name; nothing of the file is kept.
+    """
+
+    def __init__(self, message: str, *, line: int = 0, column: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+
+    @classmethod
+    def at(cls, line: int, column: str, problem: str) -> MalformedTradeFile:
+        """The error for ``column`` of ``line``: ``line 7, column qty: must be a number``."""
+        return cls(f"line {line}, column {column}: {problem}", line=line, column=column)

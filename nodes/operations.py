@@ -25,10 +25,20 @@ from exchange.domain.certificate import Certificate, CertificateDraft
 from exchange.domain.certnumber import regional_number
 from exchange.domain.events import ImportConfirmation, Issuance, ProductionDeclaration, Voiding
 from exchange.domain.region import Region
+from exchange.domain.register import (
+    Register,
+    RegisterEntry,
+    Revocation,
+    apply_event,
+    certificate_refusal,
+    declaration_refusal,
+    event_refusal,
+)
 from exchange.errors import Refusal
 from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.wire import topology
 from exchange.wire.envelope import MAX_EVENT_BYTES
+from nodes import register as register_store
 from nodes import store
 
 log = logging.getLogger(__name__)
@@ -69,6 +79,7 @@ class Node:
         self.today = today or (lambda: datetime.now(UTC).date())
         self.is_member = region.is_member(code)
         self._events: list[tuple[Pending, str]] = []  # the current chunk's events, in order
+        self._register = Register()  # this member's register, loaded per chunk (§14)
 
     # -- entry points --
 
@@ -98,6 +109,7 @@ class Node:
         self._events = []
         with transaction(conn) as cur:
             book = self._book(cur)
+            self._register = register_store.load(cur, self.code)
             group: list[tuple[int, CertificateDraft]] = []
             for number, line in lines:
                 try:
@@ -155,9 +167,12 @@ class Node:
             return self.confirm_import(cur, body, book)
         if kind == "declare_production":
             return self.declare_production(cur, body)
+        if kind in ("register", "revoke"):
+            return self.register(cur, body) if kind == "register" else self.revoke(cur, body)
         raise Refusal(
             SCHEMA_INVALID,
-            f"op must be issue, void, confirm_import or declare_production, got {kind!r}",
+            "op must be issue, void, confirm_import, declare_production, register or revoke, "
+            f"got {kind!r}",
         )
 
     # -- operations (inside the caller's transaction) --
@@ -182,7 +197,7 @@ class Node:
         refusal = rules.check_certificate(
             draft, self.code, book, self.region.policy,
             region_code=self.region.code, members=self.region.member_codes,
-        )  # fmt: skip
+        ) or certificate_refusal(draft, self._register, self.region.policy.registers)  # fmt: skip
         if refusal is not None:
             raise refusal
         return draft
@@ -276,12 +291,41 @@ class Node:
                 f"{self.code} is a partner: only members declare production to the region",
             )
         declaration = ProductionDeclaration.from_json(obj, participant=self.code)
-        refusal = rules.check_production(declaration, self.code, members=self.region.member_codes)
+        refusal = rules.check_production(
+            declaration, self.code, members=self.region.member_codes
+        ) or declaration_refusal(
+            self.code, declaration.producer_id, declaration.period, self._register,
+            self.region.policy.registers,
+        )  # fmt: skip
         if refusal is not None:
             raise refusal
         subject = f"{declaration.period}/{declaration.producer_id}"
         event_id = self._emit(declaration.to_record(), "ProductionDeclared", subject)
         store.insert_production(cur, declaration, event_id)
+        return subject
+
+    def register(self, cur: Cursor, obj: Mapping[str, Any]) -> str:
+        """Register (or renew) a mine, cooperative, dealer or exporter of this member (§14)."""
+        unknown = sorted(set(obj) - {"entry", "request_id"})
+        if unknown:
+            raise Refusal(SCHEMA_INVALID, f"{unknown[0]} is not a known field")
+        entry = RegisterEntry.from_json(obj.get("entry", None), member=self.code)
+        return self._register_event(cur, entry, entry.entry_id)
+
+    def revoke(self, cur: Cursor, obj: Mapping[str, Any]) -> str:
+        """Revoke a register entry's licence from its ``effective`` date on (§14)."""
+        revocation = Revocation.from_json(obj, member=self.code)
+        return self._register_event(cur, revocation, revocation.entry_id)
+
+    def _register_event(
+        self, cur: Cursor, payload: RegisterEntry | Revocation, subject: str
+    ) -> str:
+        refusal = event_refusal(payload, self.code, self._register, self.region.member_codes)
+        if refusal is not None:
+            raise refusal
+        event_id = self._emit(payload.to_record(), payload.EVENT_TYPE, subject)
+        register_store.write(cur, [(payload, event_id)])
+        apply_event(payload, self._register)
         return subject
 
     # -- helpers --

@@ -61,6 +61,7 @@ def parcel(number: int, carats: str, value: str) -> dict[str, Any]:
         "carats": Decimal(carats),
         "value_usd": Decimal(value),
         "origin_country": "BW",
+        "producer_id": None,
     }
 
 

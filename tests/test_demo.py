@@ -49,5 +49,5 @@ def test_a_short_demo_finds_exactly_the_seeded_anomalies_and_stops_cleanly(
     )
     assert done.returncode == 0, output + "\n" + tails
     assert "precision 1.00  recall 1.00" in output
-    assert "found 14 of 14 seeded anomalies, 0 false positive(s)" in output
+    assert "found 19 of 19 seeded anomalies, 0 false positive(s)" in output
     assert "kpx demo: ok" in output

@@ -22,6 +22,7 @@ from exchange.domain.certnumber import regional_number
 from exchange.domain.region import Policy
 
 from .production import declare_production, own_exports
+from .registers import seed_registers, trade_file
 from .timeline import Timeline
 from .traffic import (
     MIN_CERTIFICATES,
@@ -53,6 +54,11 @@ KINDS = (
     "EXPORTS_EXCEED_SUPPLY",
     "MIRROR_MISMATCH",
     "SEQUENCE_GAP",
+    "PRODUCER_EXPORTS_EXCEED_PRODUCTION",
+    "UNLICENSED_EXPORTER",
+    "UNREGISTERED_PRODUCER",
+    "NON_PARTICIPANT_TRADE",
+    "EXTERNAL_MIRROR_MISMATCH",
 )
 HUB_CODES = ("EU", "AE", "IN")
 NO_NODE = ("CH", "US", "IL")  # KP participants in good standing that run no node here
@@ -91,9 +97,10 @@ def make_plan(
     outlier_group = top_up_history(b)
     seed_closed_half(b, outlier_group, mirror_pair)
     seed_open_quarter(b)
+    seed_registers(b)
     declare_production(b, seed_supply(b))
     seed_gap(b)
-    return finish(b, seed)
+    return finish(b, seed, trade_file(b))
 
 
 def _member_parcels(b: Builder, member: str, count: int | None = None) -> tuple[ParcelPlan, ...]:

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -287,6 +288,11 @@ def _kpx(rt: Runtime, *args: str) -> str:
 def _reconcile(console: Console, rt: Runtime, plan: Plan) -> tuple[Score, dict[str, Any] | None]:
     as_of = plan.timeline.as_of.isoformat()
     with console.status(f"kpx reconcile --as-of {as_of} …"):
+        if plan.trade_csv:  # the external trade figures (§14), imported before reconciling
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp, "external-trade.csv")
+                path.write_text(plan.trade_csv, encoding="utf-8")
+                _kpx(rt, "registry", "import-trade", str(path), "--source", "demo-external")
         _kpx(rt, "reconcile", "--as-of", as_of)
         found = json.loads(_kpx(rt, "registry", "discrepancies", "--json"))
         stats = json.loads(

@@ -54,6 +54,8 @@ PRICE_SIGMA = 0.3  # ln(USD/ct) spread of clean parcels
 PRICE_CUT = 1.5  # clean prices stay within PRICE_CUT sigma: robust z below ~2, never 3.5
 HUB_USD_PER_CT = Decimal("120")  # mixed goods re-exported by hubs
 MIN_CERTIFICATES = 30
+# Firms' licence numbers <CODE>-LIC-<n>: the members register these as EXPORTER licences.
+EXPORTER_LICENCES = (1001, 1002, 1003)
 
 ParcelPlan = tuple[str, Decimal, Decimal, str | None]  # HS code, carats, USD, origin (or None)
 
@@ -166,6 +168,7 @@ class Plan:
     ops: tuple[Op, ...]
     shipments: tuple[Shipment, ...]
     expected: tuple[Expected, ...]
+    trade_csv: str = ""  # the external trade file the demo imports before reconciling (§14)
 
     def count(self, op: str, label: str | None = None) -> int:
         """How many operations of one kind (optionally of one label) the plan holds."""
@@ -205,7 +208,7 @@ class Builder:
     def party(self, country: str) -> dict[str, str]:
         """An exporter or importer firm of ``country``."""
         name, city = self.rng.choice(FIRMS.get(country, ((f"{country} Rough Trading", "—"),)))
-        licence = f"{country}-LIC-{self.rng.randint(1000, 9999)}"
+        licence = f"{country}-LIC-{self.rng.choice(EXPORTER_LICENCES)}"
         return {"name": name, "address": city, "country": country, "licence_no": licence}
 
     def price(self, usd_per_ct: Decimal, factor: float) -> Decimal:
@@ -427,12 +430,13 @@ def clean_confirmation(b: Builder, s: Shipment, at: float) -> None:
     b.confirm(b.later(at), s.destination, s, received, carats=carats, value=value)
 
 
-def finish(b: Builder, seed: int) -> Plan:
+def finish(b: Builder, seed: int, trade_csv: str = "") -> Plan:
     """The plan, operations in time order (stable for equal times)."""
     ops = sorted(b.ops, key=lambda o: o.at)
     return Plan(
-        seed, b.timeline, b.members, b.partners, tuple(ops), tuple(b.shipments), tuple(b.expected)
-    )
+        seed, b.timeline, b.members, b.partners, tuple(ops), tuple(b.shipments),
+        tuple(b.expected), trade_csv,
+    )  # fmt: skip
 
 
 def mark_voided(b: Builder, s: Shipment) -> Shipment:

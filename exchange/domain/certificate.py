@@ -352,6 +352,8 @@ class Parcel:
     carats: Decimal
     value_usd: Decimal
     origin_country: str | None = None
+    # The register id of the mine or artisanal cooperative it came from (DESIGN §14).
+    producer_id: str | None = None
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> Self:
@@ -362,6 +364,7 @@ class Parcel:
             carats=obj.amount("carats"),
             value_usd=obj.amount("value_usd"),
             origin_country=obj.optional_text("origin_country"),
+            producer_id=obj.optional_text("producer_id"),
         )
 
     @classmethod
@@ -372,6 +375,7 @@ class Parcel:
             carats=to_amount(record["carats"], "carats"),
             value_usd=to_amount(record["value_usd"], "value_usd"),
             origin_country=record.get("origin_country"),
+            producer_id=record.get("producer_id"),
         )
 
 

@@ -282,6 +282,32 @@ def supply_finding(member: str, b: SupplyBalance) -> Discrepancy:
     )
 
 
+def producer_exceeded(b: SupplyBalance, carats_pct: Decimal) -> bool:
+    """PRODUCER_EXPORTS_EXCEED_PRODUCTION: exports beyond supply by more than ``carats_pct``.
+
+    The producer's supply is its declared production plus the stock carried in (the same
+    carry-over walk as EXPORTS_EXCEED_SUPPLY); the carats tolerance absorbs the scales of
+    mine and export office: exactly at it passes, one cent more fails.
+    """
+    supply = b.production + b.carried_in
+    return (b.exports - supply) * 100 > supply * carats_pct
+
+
+def producer_finding(member: str, producer_id: str, b: SupplyBalance, pct: Decimal) -> Discrepancy:
+    """PRODUCER_EXPORTS_EXCEED_PRODUCTION for an exceeded balance, with both figures."""
+    supply = b.production + b.carried_in
+    return Discrepancy(
+        "PRODUCER_EXPORTS_EXCEED_PRODUCTION",
+        f"{member}: parcels naming producer {producer_id} exported in {b.period} weigh "
+        f"{b.exports} ct, but it declared production of {b.production} ct (+ {b.carried_in} ct "
+        f"carried in from earlier periods = {supply} ct); {b.exports - supply} ct more, beyond "
+        f"the {pct}% carats tolerance",
+        participants=(member,),
+        period=b.period,
+        subject=producer_id,
+    )
+
+
 def mirror_finding(
     exporter: str, importer: str, period: str, exported: Flow, imported: Flow, pct: Decimal
 ) -> Discrepancy | None:

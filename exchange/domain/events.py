@@ -27,6 +27,7 @@ from exchange.domain.codes import Decision as _Decision
 from exchange.domain.codes import DiscrepancyKind as DiscrepancyKind
 from exchange.domain.codes import Reason
 from exchange.domain.keyevents import KeyRevocation, KeyRotation
+from exchange.domain.register import RegisterEntry, Revocation
 from exchange.errors import Refusal
 
 EVENT_TYPES: tuple[str, ...] = (
@@ -38,6 +39,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "RegistryDecision",
     "ShipmentExpected",
     "DiscrepancyRaised",
+    "RegisterEntryRecorded",
+    "RegisterEntryRevoked",
     "KeyRotated",
     "KeyRevoked",
 )
@@ -302,6 +305,8 @@ Payload = (
     | Decision
     | ShipmentNotice
     | DiscrepancyNotice
+    | RegisterEntry
+    | Revocation
     | KeyRotation
     | KeyRevocation
 )
@@ -317,6 +322,8 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         Decision,
         ShipmentNotice,
         DiscrepancyNotice,
+        RegisterEntry,
+        Revocation,
         KeyRotation,
         KeyRevocation,
     )

@@ -10,22 +10,25 @@ Columns (stable; one flat shape for every section, empty where a column does not
 ============== =====================================================================
 column         meaning
 ============== =====================================================================
-section        ``trade`` | ``production`` | ``mirror``
+section        ``trade`` | ``production`` | ``mirror`` | ``register``
 participant    reporting participant: exporter or importer (trade), producer
                (production), exporter (mirror). Members report under their own code.
 period         the period asked for (``2026-Q1``, ``2026-H1``, ``2026``); for production
-               the half-year the figures belong to (``2026-H1``)
-flow           ``export`` | ``import`` (trade), ``production``, ``mirror``
-by             ``total`` | ``partner`` | ``origin`` | ``hs_code`` (trade); ``total``
-               (production); ``partner`` (mirror)
+               the half-year the figures belong to (``2026-H1``); register: the period asked
+flow           ``export`` | ``import`` (trade), ``production``, ``mirror``, ``register``
+by             ``total`` | ``partner`` | ``origin`` | ``hs_code`` (trade); ``total`` |
+               ``producer_kind`` (production); ``partner`` (mirror); ``licensed_mines`` |
+               ``licensed_cooperatives`` | ``registered_miners`` | ``licensed_dealers`` |
+               ``licensed_exporters`` (register: entries valid on the period's last day)
 key            the partner code, origin country (``??`` when unknown), HS code
-               (``7102.10``), or empty for ``total``
+               (``7102.10``), producer kind (``industrial`` mine, ``artisanal``
+               cooperative, ``unregistered``), or empty for ``total`` and register rows
 carats         carats, 2 places (mirror: as the exporter's certificates state them)
 value_usd      US dollars, 2 places (mirror: exporter's figure)
 usd_per_carat  value_usd / carats, 2 places; empty when carats is 0
 certificates   number of distinct certificates (exports: accepted, not voided, issued in
                the period; imports: import confirmations received in the period);
-               production: number of declarations
+               production: number of declarations; register: the count itself
 mirror_carats, mirror_value_usd, mirror_certificates
                mirror rows only: the importer's confirmed figures for the same pair and
                period, beside the exporter's

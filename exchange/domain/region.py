@@ -9,7 +9,7 @@ Layout (``deploy/region.example.toml`` is the annotated example)::
     [partners.EU]       name, authority, database?, broker_user?, status?
     [participants]      RU = { name?, status }      other KP participants, no node
     [policy]            grace_days, max_validity_days, gap_timeout_hours, outlier_mad_k,
-                        outlier_min_sample, supply_carry_over
+                        outlier_min_sample, supply_carry_over, registers
     [policy.tolerances] carats_pct, value_pct, parcels, mirror_pct
 
 Members issue regional certificates; partners are KP participants outside the region that run
@@ -89,6 +89,9 @@ class Policy:
     outlier_min_sample: int = 30
     supply_carry_over: bool = True
     tolerances: Tolerances = Tolerances()
+    # DESIGN §14: "enforce" refuses UNLICENSED_EXPORTER / UNREGISTERED_PRODUCER at the node and
+    # the registry; "record" accepts and leaves them to `kpx reconcile`.
+    registers: str = "record"
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +307,7 @@ def _policy(table: _Table) -> Policy:
         "outlier_min_sample",
         "supply_carry_over",
         "tolerances",
+        "registers",
     )
     tol = table.table("tolerances")
     tol.only("carats_pct", "value_pct", "parcels", "mirror_pct")
@@ -321,7 +325,15 @@ def _policy(table: _Table) -> Policy:
             parcels=tol.integer("parcels", t.parcels, 0),
             mirror_pct=tol.number("mirror_pct", t.mirror_pct, 0),
         ),
+        registers=_registers(table),
     )
+
+
+def _registers(table: _Table) -> str:
+    mode = table.string("registers", Policy().registers)
+    if mode not in ("enforce", "record"):
+        raise table.fail("registers", f'must be "enforce" or "record", got {mode!r}')
+    return mode
 
 
 def _check_unique(region: Region) -> None:

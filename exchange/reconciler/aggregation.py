@@ -58,6 +58,40 @@ PRODUCTION = (
     " WHERE period = ANY(%(halves)s) GROUP BY 1, 2 ORDER BY 1, 2"
 )
 
+# §14: production per producer kind (the latest registration of the declared producer), and
+# the register's counts per member as of the period's last day.
+PRODUCTION_BY_KIND = """
+SELECT p.participant, p.period, COALESCE(k.kind, 'unregistered'), sum(p.carats),
+       sum(p.value_usd), count(*)
+FROM recon.production p
+LEFT JOIN LATERAL (
+    SELECT CASE v.kind WHEN 'MINE' THEN 'industrial' WHEN 'ARTISANAL_COOPERATIVE' THEN 'artisanal'
+                ELSE 'unregistered' END AS kind
+    FROM register_entries v WHERE v.member = p.participant AND v.entry_id = p.producer_id
+    ORDER BY v.seq DESC LIMIT 1) k ON true
+WHERE p.period = ANY(%(halves)s) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+REGISTER_COUNTS = """
+WITH valid AS (
+    SELECT DISTINCT ON (v.member, v.entry_id) v.member, v.kind, COALESCE(v.members, 0) AS miners
+    FROM register_entries v
+    WHERE v.valid_from <= %(last)s AND COALESCE(v.valid_until, 'infinity'::date) >= %(last)s
+      AND NOT EXISTS (SELECT 1 FROM register_revocations r WHERE r.member = v.member
+                      AND r.entry_id = v.entry_id AND r.seq > v.seq AND r.effective <= %(last)s)
+    ORDER BY v.member, v.entry_id, v.seq DESC
+)
+SELECT member, count(*) FILTER (WHERE kind = 'MINE'),
+       count(*) FILTER (WHERE kind = 'ARTISANAL_COOPERATIVE'),
+       COALESCE(sum(miners) FILTER (WHERE kind = 'ARTISANAL_COOPERATIVE'), 0),
+       count(*) FILTER (WHERE kind = 'DEALER'), count(*) FILTER (WHERE kind = 'EXPORTER')
+FROM valid GROUP BY 1 ORDER BY 1
+"""
+REGISTER_MEASURES = (
+    "licensed_mines", "licensed_cooperatives", "registered_miners", "licensed_dealers",
+    "licensed_exporters",
+)  # fmt: skip
+
 MIRROR = f"""
 WITH exported AS (
     SELECT c.exporter, c.destination AS importer, sum(c.total_carats) AS carats,
@@ -85,7 +119,11 @@ def compute(cur: Cursor, period: Period, region: str, nodes: list[str]) -> list[
         "halves": list(period.half_years()),
         "nodes": nodes,
     }
-    return list(_trade(cur, period, params)) + list(_production(cur, params))
+    return [
+        *_trade(cur, period, params),
+        *_production(cur, params),
+        *_registers(cur, period, params),
+    ]
 
 
 def _trade(cur: Cursor, period: Period, params: dict[str, Any]) -> Iterator[Row]:
@@ -106,6 +144,19 @@ def _production(cur: Cursor, params: dict[str, Any]) -> Iterator[Row]:
     for who, half, carats, usd, n in cur.fetchall():
         yield row(section="production", participant=who, period=half, flow="production",
                   by="total", key="", carats=carats, value_usd=usd, certificates=n)  # fmt: skip
+
+
+def _registers(cur: Cursor, period: Period, params: dict[str, Any]) -> Iterator[Row]:
+    cur.execute(PRODUCTION_BY_KIND, params)
+    for who, half, kind, carats, usd, n in cur.fetchall():
+        yield row(section="production", participant=who, period=half, flow="production",
+                  by="producer_kind", key=kind, carats=carats, value_usd=usd,
+                  certificates=n)  # fmt: skip
+    cur.execute(REGISTER_COUNTS, params)
+    for who, *counts in cur.fetchall():
+        for measure, n in zip(REGISTER_MEASURES, counts, strict=True):
+            yield row(section="register", participant=who, period=period.name, flow="register",
+                      by=measure, key="", certificates=n)  # fmt: skip
 
 
 def publish(conn: Connection, period: Period, region: str, nodes: list[str]) -> Report:

@@ -50,6 +50,7 @@ from exchange.domain.discrepancy import (
     supply_finding,
 )
 from exchange.domain.kpstats import Period
+from exchange.reconciler import register_checks
 from exchange.reconciler.store import Context, Raised, insert_for_run, notify_run
 
 _COLUMNS = "dedup_key, kind, certificate_id, participants, period, detail, raised_on, run_id"
@@ -238,6 +239,7 @@ def reconcile(conn: Connection, ctx: Context, as_of: date) -> RunSummary:
         for statement in (UNCONFIRMED_EXPIRED, UNKNOWN_CERTIFICATE, VALUATION_OUTLIER):
             cur.execute(statement, params)
         found = [*_gaps(cur, params, ctx), *_supply(cur, params, ctx), *_mirror(cur, params, ctx)]
+        found += register_checks.findings(cur, ctx, as_of)  # registers and trade data (§14)
         insert_for_run(cur, found, as_of, run_id)
         raised: list[Raised] = notify_run(conn, cur, ctx, run_id)
     return RunSummary(run_id, as_of, dict(Counter(r.kind for r in raised)))

@@ -13,6 +13,7 @@ from exchange.domain.certificate import Certificate
 from exchange.domain.codes import CertificateState
 from exchange.domain.events import ImportConfirmation, ProductionDeclaration
 from exchange.domain.keyevents import KeyRotation
+from exchange.domain.register import RegisterChange
 
 if TYPE_CHECKING:  # the policy's Event; the policy imports this module
     from exchange.registry.policy import Event
@@ -104,4 +105,5 @@ class Changes:
     gaps_opened: list[Gap] = field(default_factory=list)
     gaps_filled: list[Gap] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
+    register: list[RegisterChange] = field(default_factory=list)  # §14, in acceptance order
     keys: list[KeyAnnounced] = field(default_factory=list)

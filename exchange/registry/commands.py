@@ -17,11 +17,12 @@ from decimal import Decimal
 
 import click
 
-from exchange.adapters.postgres import Connection, connect
+from exchange.adapters.postgres import Connection, connect, transaction
 from exchange.adapters.signals import stop_on_signals
 from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, current_runtime, pass_runtime
-from exchange.registry import deadletters, participant, queries, service
+from exchange.domain.register import KIND_NAMES
+from exchange.registry import deadletters, participant, queries, register, service, trade
 from exchange.wire import topology
 
 DEFAULT_METRICS_PORT = 9401
@@ -171,3 +172,44 @@ def reinject(obj: Runtime, everything: bool, message_ids: tuple[str, ...]) -> No
     chosen = None if everything else set(message_ids)
     count = deadletters.reinject(url, user, chosen)
     click.echo(f"re-injected {count} message(s)")
+
+
+# ---------------------------------------------------------------- §14: register and trade data
+
+
+@registry.command("register")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the only format for now).")
+@click.option("--member", default=None, help="Only this member's entries.")
+@click.option("--kind", type=click.Choice(KIND_NAMES), default=None, help="Only this kind.")
+@pass_runtime
+def register_command(rt: Runtime, as_json: bool, member: str | None, kind: str | None) -> None:
+    """The region's register: every entry's latest version, its revocation and history."""
+    with _registry_db(rt) as conn, transaction(conn) as cur:
+        _print_json(register.listing(cur, member, kind))
+
+
+@registry.command("import-trade")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--source", default="external", show_default=True, help="Data source (versions are per source)."
+)
+@pass_runtime
+def import_trade_command(rt: Runtime, file: str, source: str) -> None:
+    """Load external trade figures (plain CSV or UN Comtrade bulk CSV) as a new version.
+
+    A malformed row is refused with its line and column, and nothing of the file is kept.
+    """
+    with _registry_db(rt) as conn:
+        done = trade.import_trade(conn, file, source)
+    click.echo(
+        f"imported {done.rows} rows ({done.file_format}; {done.skipped} skipped) as "
+        f"{done.source} version {done.version}"
+    )
+
+
+@registry.command("trade-imports")
+@pass_runtime
+def trade_imports_command(rt: Runtime) -> None:
+    """Every import of external trade figures, latest version first within each source."""
+    with _registry_db(rt) as conn, transaction(conn) as cur:
+        _print_json([i.to_json() for i in trade.imports(cur)])

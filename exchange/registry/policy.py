@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import Any
 
 from exchange.domain import keyevents, rules
+from exchange.domain import register as register_rules
 from exchange.domain.certificate import Certificate, certificate_json_text
 from exchange.domain.codes import CertificateState, Decision, Reason
 from exchange.domain.events import (
@@ -51,6 +52,7 @@ from exchange.domain.events import (
 )
 from exchange.domain.keyevents import KeyRotation
 from exchange.domain.region import Policy
+from exchange.domain.register import Register, RegisterEntry, Revocation
 from exchange.errors import Refusal
 from exchange.registry.changes import (
     Changes,
@@ -70,6 +72,8 @@ NODE_EVENTS = frozenset(
         "CertificateVoided",
         "ImportConfirmed",
         "ProductionDeclared",
+        "RegisterEntryRecorded",
+        "RegisterEntryRevoked",
         "KeyRotated",
     }
 )
@@ -149,6 +153,7 @@ class View:
     # certificate id -> unmatched confirmations: (event id, importing participant)
     waiting: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     held: dict[str, list[Event]] = field(default_factory=dict)
+    register: Register = field(default_factory=Register)  # of the batch's producers (§14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +201,15 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         )
         return _confirmation_verdict(payload, view) if refusal is None else _rejected(refusal)
     if isinstance(payload, ProductionDeclaration):
-        refusal = rules.check_production(payload, event.producer, members=ctx.members)
+        refusal = rules.check_production(
+            payload, event.producer, members=ctx.members
+        ) or register_rules.declaration_refusal(
+            payload.participant, payload.producer_id, payload.period, view.register,
+            ctx.policy.registers,
+        )  # fmt: skip
+        return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
+    if isinstance(payload, RegisterEntry | Revocation):
+        refusal = register_rules.event_refusal(payload, event.producer, view.register, ctx.members)
         return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
     if isinstance(payload, KeyRotation):
         refusal = keyevents.check_rotation(payload, event.producer, node_codes=ctx.node_codes)
@@ -230,7 +243,7 @@ def _decide_certificate(cert: Certificate, event: Event, view: View, ctx: Contex
         ctx.policy,
         region_code=ctx.region_code,
         members=ctx.members,
-    )
+    ) or register_rules.certificate_refusal(cert, view.register, ctx.policy.registers)
     if refusal is not None:
         return _rejected(refusal)
     existing = view.certs.get(cert.certificate_id)
@@ -320,6 +333,9 @@ def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
         _apply_confirmation(payload, event, view, out)
     elif isinstance(payload, ProductionDeclaration):
         out.production.append(Declared(payload, event.event_id))
+    elif isinstance(payload, RegisterEntry | Revocation):
+        register_rules.apply_event(payload, view.register)
+        out.register.append((payload, event.event_id))
     elif isinstance(payload, KeyRotation):
         out.keys.append(KeyAnnounced(payload, event.event_id, event.produced_at))
 

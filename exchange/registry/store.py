@@ -20,7 +20,7 @@ from exchange.adapters.postgres import Connection, Cursor
 from exchange.domain.certificate import Certificate
 from exchange.domain.codes import CertificateState, Decision
 from exchange.domain.region import Region
-from exchange.registry import keys
+from exchange.registry import keys, register
 from exchange.registry.changes import Changes
 from exchange.registry.policy import CertRecord, Event, View
 from exchange.wire.signing import Keyring, VerifyKey
@@ -109,7 +109,7 @@ def load_view(
     sequences: Sequence[tuple[str, int]],
 ) -> View:
     """The view of everything a batch touches (held voids are added by the caller)."""
-    view = View(book=load_book(cur))
+    view = View(book=load_book(cur), register=register.load(cur, producers))
     cur.execute("SELECT event_id::text FROM event_log WHERE event_id = ANY(%s::uuid[])", (keys,))
     view.seen = {r[0] for r in cur.fetchall()}
     _load_certificates(cur, view, certificate_ids)
@@ -180,7 +180,7 @@ _CERTIFICATE_COLUMNS = (
     "event_id",
 )  # fmt: skip
 _PARCEL_COLUMNS = ("certificate_id", "parcel_no", "hs_code", "carats", "value_usd",
-                   "origin_country")  # fmt: skip
+                   "origin_country", "producer_id")  # fmt: skip
 _HISTORY_COLUMNS = ("certificate_id", "event_id", "event_type", "state", "detail")
 
 
@@ -219,6 +219,7 @@ def write_log(cur: Cursor, rows: Sequence[LogRow], updates: Sequence[Redecided])
 def write_changes(cur: Cursor, out: Changes) -> None:
     """Write the sequence bookkeeping and the state rows the verdicts produced."""
     _write_sequences(cur, out)
+    register.write(cur, out.register)
     keys.write_rotations(cur, out.keys)
     _write_certificates(cur, out)
     _write_confirmations(cur, out)
@@ -300,6 +301,7 @@ def _write_certificates(cur: Cursor, out: Changes) -> None:
                 p.carats,
                 p.value_usd,
                 p.origin_country,
+                p.producer_id,
             )
             for c in (n.certificate for n in out.certificates)
             for p in c.parcels
