@@ -23,6 +23,10 @@ should do about it::
         │   ├── UnknownKey          no registered key for that key id / producer
         │   └── BadSignature        the signature does not verify
         ├── KeyFileError            a key file that cannot be read
+        ├── LogError                the registry's transparency log (DESIGN §12)
+        │   ├── MalformedNote       a signed note, checkpoint or key string that does not parse
+        │   ├── BadProof            an inclusion or consistency proof that does not verify
+        │   └── LogInconsistent     storage or a checkpoint that contradicts a signed checkpoint
         ├── BrokerRefused           the broker refused an operation (access, precondition)
         ├── Refusal                 a business rule refuses an operation or event (carries a
         │                           DESIGN §7 reason code and a sentence)
@@ -112,6 +116,22 @@ class BadSignature(SignatureError):
 
 class KeyFileError(PermanentError):
     """A key file is missing, unreadable or not a kpx key."""
+
+
+class LogError(PermanentError):
+    """The registry's transparency log (DESIGN §12)."""
+
+
+class MalformedNote(LogError):
+    """A signed note, checkpoint, cosignature or key string that does not parse."""
+
+
+class BadProof(LogError):
+    """An inclusion or consistency proof that does not verify against its tree hashes."""
+
+
+class LogInconsistent(LogError):
+    """Storage or a checkpoint that contradicts a checkpoint the log signed (a fork, a rewrite)."""
 
 
 class BrokerRefused(PermanentError):

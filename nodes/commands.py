@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import click
 
 from exchange.adapters import postgres
 from exchange.adapters.signals import stop_on_signals
+from exchange.app import provision
 from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, current_runtime
-from exchange.errors import TransientError
+from exchange.errors import KeyFileError, TransientError
 from exchange.messaging.outbox import OutboxWriter
 from exchange.wire import topology
 from nodes import keys as node_keys
 from nodes import store
 from nodes.operations import Node, Result
 from nodes.service import NodeService, migrate
+from nodes.witness import Witness, load_log_key
+
+log = logging.getLogger(__name__)
 
 member_option = click.option(
     "--member",
@@ -64,6 +70,7 @@ def run(member: str, metrics_port: int | None) -> None:
         schemas=rt.store,
         keyring=node_keys.node_keyring(rt, member),
         senders=frozenset({rt.region.code, rt.reconciler_producer}),
+        witness=_witness(rt, member),
     )
     stop = stop_on_signals()
     try:
@@ -72,6 +79,18 @@ def run(member: str, metrics_port: int | None) -> None:
         if not stop.is_set():
             raise
         # Stopped while reconnecting: every unsent event stays in the outbox; a clean stop.
+
+
+def _witness(rt: Runtime, code: str) -> Witness | None:
+    """The node's witness of the registry's log (DESIGN §12); None without the log key."""
+    try:
+        # The registry's public keys a node trusts live in its own folder (DESIGN §15).
+        log_key = load_log_key(Path(provision.trusted_dir(rt, code)))
+    except KeyFileError as exc:  # a node set up before the log: it runs, but cannot witness
+        log.warning("node %s: not witnessing the registry's log: %s", code, exc)
+        return None
+    signer = rt.signer(code)
+    return Witness(code, rt.region.code, log_key, signer, OutboxWriter(rt.store, signer))
 
 
 @node.command("submit")

@@ -22,6 +22,7 @@ from exchange.messaging.consumer import Database, Decoded
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
 from nodes import keystore, store
+from nodes.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,15 @@ class Inbox:
     """The inbox's :class:`~exchange.messaging.consumer.Handler`: one node's queue to its store."""
 
     def __init__(
-        self, code: str, schemas: SchemaStore, keyring: VerifiesEvents, senders: frozenset[str]
+        self,
+        code: str,
+        schemas: SchemaStore,
+        keyring: VerifiesEvents,
+        senders: frozenset[str],
+        witness: Witness | None = None,
     ) -> None:
         self.code = code
+        self.witness = witness  # checks and cosigns the registry's log checkpoints
         self.schemas = schemas
         self.keyring = keyring
         self.senders = senders  # the registry's and the reconciler's producer identities
@@ -89,6 +96,8 @@ class Inbox:
         elif envelope.event_type == "ParticipantStatusChanged":
             s = StatusChange.from_record(payload)
             store.record_status(cur, s.participant, s.status.value, s.effective_on, s.reason)
+        elif envelope.event_type == "LogCheckpoint" and self.witness is not None:
+            self.witness.receive(cur, payload)  # DESIGN §12
         elif envelope.event_type == "KeyRevoked":  # DESIGN §15: one of this node's keys
             keystore.record_revocation(cur, KeyRevocation.from_record(payload))
         else:

@@ -12,6 +12,7 @@ from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import VerifiesEvents
 from nodes.inbox import Inbox
+from nodes.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class NodeService:
     schemas: SchemaStore
     keyring: VerifiesEvents
     senders: frozenset[str]
+    witness: Witness | None = None  # the log's witness (DESIGN §12)
 
     def run(self, stop: threading.Event, metrics_port: int | None = None) -> None:
         """Relay the outbox and consume the inbox until ``stop`` is set; then drain and return."""
@@ -43,7 +45,7 @@ class NodeService:
             prefetch=200,
             batch_size=100,
         )
-        inbox = Inbox(self.code, self.schemas, self.keyring, self.senders)
+        inbox = Inbox(self.code, self.schemas, self.keyring, self.senders, self.witness)
         db = Database(self.dsn, f"kpx-inbox-{self.code}")
         run_consumer(Consumer(self.amqp_url, spec, inbox, db, health), stop, relay)
         log.info("node %s: stopped", self.code)

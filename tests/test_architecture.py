@@ -51,18 +51,20 @@ ALLOWED = {
     "domain": set(),
     "wire": set(),
     "adapters": {"domain"},
+    "tlog": set(),
     "messaging": {"adapters", "domain", "wire"},
-    "registry": {"adapters", "domain", "messaging", "wire"},
+    "registry": {"adapters", "domain", "messaging", "tlog", "wire"},
     "reconciler": {"adapters", "domain", "messaging", "wire"},
-    "app": {"adapters", "domain", "messaging", "registry", "wire"},
+    "app": {"adapters", "domain", "messaging", "registry", "tlog", "wire"},
     "demo": {"adapters", "app", "domain", "messaging", "wire"},
-    "nodes": {"adapters", "domain", "messaging", "wire"},
+    "nodes": {"adapters", "domain", "messaging", "tlog", "wire"},
 }
 # The command-line faces of the services use the runtime and the exit codes of exchange/app.
 COMMAND_FACES = {"exchange/registry/commands.py", "exchange/reconciler/commands.py",
-                 "nodes/commands.py", "exchange/registry/keycommands.py",
-                 "nodes/keys.py"}  # fmt: skip
-NODES_IMPORTERS = {"exchange/app/cli.py", "exchange/demo/commands.py", "exchange/demo/setup.py"}
+                 "nodes/commands.py", "exchange/registry/logcommands.py",
+                 "exchange/registry/keycommands.py", "nodes/keys.py"}  # fmt: skip
+NODES_IMPORTERS = {"exchange/app/cli.py", "exchange/demo/commands.py", "exchange/demo/setup.py",
+                   "exchange/app/logaudit.py"}  # fmt: skip
 
 
 def _imports(path: Path) -> set[str]:

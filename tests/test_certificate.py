@@ -339,7 +339,7 @@ def test_every_payload_survives_fastavro_with_its_schema(payload: Payload) -> No
 
 def test_there_is_one_payload_class_per_event_type() -> None:
     assert tuple(PAYLOAD_TYPES) == EVENT_TYPES
-    assert len(EVENT_TYPES) == 12  # §4's eight, §14's two register events, §15's two key events
+    assert len(EVENT_TYPES) == 14  # §4: eight; §12, §14, §15: two each
 
 
 def test_an_unknown_event_type_is_refused_as_schema_unknown() -> None:

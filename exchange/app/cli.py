@@ -44,6 +44,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("", "nodes.commands:node"),  # kpx node run|submit|certificates|shipments|init|keys
     ("", "nodes.commands:submit_all"),  # kpx submit
     ("", "exchange.registry.commands:registry"),  # kpx registry …
+    ("registry", "exchange.registry.logcommands:log_group"),  # kpx registry log … (DESIGN §12)
+    ("node", "exchange.app.logaudit:audit"),  # kpx node audit (DESIGN §12)
     ("registry", "exchange.reconciler.commands:discrepancies"),  # kpx registry discrepancies
     ("registry", "exchange.registry.keycommands:keys"),  # kpx registry keys add|revoke|list
     ("", "exchange.reconciler.commands:reconciler"),  # kpx reconciler run

@@ -23,6 +23,7 @@ from exchange.adapters.management import Admin
 from exchange.app.runtime import Runtime
 from exchange.errors import KeyFileError
 from exchange.registry import keys as registry_keys
+from exchange.registry import log as registry_log
 from exchange.registry import service as registry_service
 from exchange.wire import topology
 from exchange.wire.signing import (
@@ -67,6 +68,8 @@ def ensure_registry_keys(rt: Runtime) -> None:
         private_dir(folder)
     for producer in (rt.region.code, rt.reconciler_producer):
         _ensure_key(rt, producer)
+    if registry_log.ensure_key(rt.keys_dir, rt.region.code):  # the log's key (DESIGN §12)
+        log.info("generated the log key of %s", rt.region.code)
 
 
 # The name tests/support/broker.py (and older callers) know it by.
@@ -110,11 +113,13 @@ def trusted_dir(rt: Runtime, code: str) -> str:
 
 
 def _trust_registry(rt: Runtime, code: str) -> None:
+    """The registry's public keys (its signing keys and the log's verifier key)."""
     if not rt.keys_dir.is_dir():
         return
     target = private_dir(trusted_dir(rt, code))
-    for public in rt.keys_dir.glob(f"*{PUBLIC_SUFFIX}"):
-        if not (target / public.name).exists():
+    publics = [*rt.keys_dir.glob(f"*{PUBLIC_SUFFIX}"), rt.keys_dir / registry_log.PUB_FILE]
+    for public in publics:
+        if public.is_file() and not (target / public.name).exists():
             shutil.copyfile(public, target / public.name)
 
 

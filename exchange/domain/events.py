@@ -41,6 +41,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "DiscrepancyRaised",
     "RegisterEntryRecorded",
     "RegisterEntryRevoked",
+    "LogCheckpoint",
+    "LogCosigned",
     "KeyRotated",
     "KeyRevoked",
 )
@@ -296,6 +298,49 @@ class DiscrepancyNotice(_Payload):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointNotice(_Payload):
+    """LogCheckpoint: a new checkpoint of the registry's log, for the nodes to witness."""
+
+    EVENT_TYPE: ClassVar[str] = "LogCheckpoint"
+    checkpoint: str
+    previous_size: int
+    consistency: tuple[bytes, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "previous_size": self.previous_size,
+            "consistency": list(self.consistency),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        proof = tuple(bytes(h) for h in record["consistency"])
+        return cls(record["checkpoint"], int(record["previous_size"]), proof)
+
+
+@dataclass(frozen=True, slots=True)
+class Cosignature(_Payload):
+    """LogCosigned: a node's cosignature of a checkpoint it verified and stored."""
+
+    EVENT_TYPE: ClassVar[str] = "LogCosigned"
+    tree_size: int
+    root_hash: bytes
+    cosignature: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "tree_size": self.tree_size,
+            "root_hash": self.root_hash,
+            "cosignature": self.cosignature,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(int(record["tree_size"]), bytes(record["root_hash"]), record["cosignature"])
+
+
 Payload = (
     Issuance
     | Voiding
@@ -307,6 +352,8 @@ Payload = (
     | DiscrepancyNotice
     | RegisterEntry
     | Revocation
+    | CheckpointNotice
+    | Cosignature
     | KeyRotation
     | KeyRevocation
 )
@@ -324,6 +371,8 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         DiscrepancyNotice,
         RegisterEntry,
         Revocation,
+        CheckpointNotice,
+        Cosignature,
         KeyRotation,
         KeyRevocation,
     )

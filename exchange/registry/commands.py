@@ -23,6 +23,7 @@ from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, current_runtime, pass_runtime
 from exchange.domain.register import KIND_NAMES
 from exchange.registry import deadletters, participant, queries, register, service, trade
+from exchange.registry import log as registry_log
 from exchange.wire import topology
 
 DEFAULT_METRICS_PORT = 9401
@@ -71,6 +72,7 @@ def run(obj: Runtime, metrics_port: int) -> None:
         obj.signer(region.code),
         stop,
         metrics_port,
+        log_signer=registry_log.load_key(obj.keys_dir),
     )
 
 

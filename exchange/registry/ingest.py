@@ -30,11 +30,12 @@ from exchange.adapters import metrics
 from exchange.adapters.postgres import Cursor
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.codes import Decision
-from exchange.domain.events import EVENT_TYPES, ImportConfirmation, Issuance
+from exchange.domain.events import EVENT_TYPES, Cosignature, ImportConfirmation, Issuance
 from exchange.messaging.consumer import INTERNAL_ERROR, Database, Decoded
 from exchange.messaging.outbox import OutboxWriter, Pending, Sealed
 from exchange.registry import policy, store
 from exchange.registry.changes import Changes
+from exchange.registry.log import LogWriter
 from exchange.registry.opening import Opened, Opener
 from exchange.registry.policy import Event, Verdict
 from exchange.wire import topology
@@ -79,6 +80,7 @@ class _Session:
     outgoing: list[Pending] = field(default_factory=list)
     accepted: list[Sealed] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    leaves: list[Event] = field(default_factory=list)  # accepted, for the log (DESIGN §12)
 
     def take(self, o: Opened) -> None:
         """Decide and record one opened delivery."""
@@ -143,6 +145,8 @@ class _Session:
         )
         if outcome == Decision.HELD:
             return
+        if outcome == Decision.ACCEPTED:
+            self.leaves.append(event)
         recipient = policy.decision_recipient(event.producer, self.ctx.node_codes)
         cert_id = event.certificate_id
         self._answer(recipient, event.event_id, event.event_type, event.sequence, cert_id, verdict)
@@ -204,7 +208,9 @@ class Recorded:
     changes: Changes
 
 
-def write_decided(cur: Cursor, session: _Session, writer: OutboxWriter) -> None:
+def write_decided(
+    cur: Cursor, session: _Session, writer: OutboxWriter, merkle: LogWriter | None
+) -> None:
     """Write a batch's decided results in its transaction: the event log, state, outbox.
 
     The one place where what the policy decided becomes rows; a further record of accepted
@@ -214,6 +220,8 @@ def write_decided(cur: Cursor, session: _Session, writer: OutboxWriter) -> None:
     store.write_changes(cur, session.changes)
     writer.append_many(cur, session.outgoing)
     writer.append_raw(cur, session.accepted)
+    if merkle is not None:  # DESIGN §12: leaves and checkpoint in the decision's commit
+        merkle.append(cur, session.leaves)
 
 
 class Ingest:
@@ -225,8 +233,10 @@ class Ingest:
         writer: OutboxWriter,
         ctx: policy.Context,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        log: LogWriter | None = None,
     ) -> None:
         self.opener, self.writer, self.ctx, self.clock = opener, writer, ctx, clock
+        self.log = log  # the transparency log (DESIGN §12); None only in tests of the policy
 
     def decode(self, delivery: Delivery) -> Decoded[Opened]:
         """Open (decode and verify) one delivery; bytes that are no envelope go to kpx.dead."""
@@ -241,7 +251,7 @@ class Ingest:
         for o in items:
             session.take(o)
         session.release()
-        write_decided(cur, session, self.writer)
+        write_decided(cur, session, self.writer, self.log)
         return Recorded(session.results, session.view, session.changes)
 
     def committed(
@@ -284,6 +294,8 @@ def observe(results: Sequence[Result], now: datetime, nodes: frozenset[str]) -> 
     amounts: dict[tuple[Counter, tuple[str, ...]], float] = defaultdict(float)
     latencies: dict[str, list[float]] = defaultdict(list)
     for r in results:
+        if r.event is not None and isinstance(r.event.payload, Cosignature):
+            continue  # witness traffic, counted by kpx_log_cosignatures_total (DESIGN §12)
         # A claimed producer that is no node must not become a label value (unbounded).
         producer = r.producer if r.producer in nodes else "unknown"
         if not r.released:

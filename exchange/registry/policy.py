@@ -44,6 +44,7 @@ from exchange.domain import register as register_rules
 from exchange.domain.certificate import Certificate, certificate_json_text
 from exchange.domain.codes import CertificateState, Decision, Reason
 from exchange.domain.events import (
+    Cosignature,
     ImportConfirmation,
     Issuance,
     Payload,
@@ -211,6 +212,8 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
     if isinstance(payload, RegisterEntry | Revocation):
         refusal = register_rules.event_refusal(payload, event.producer, view.register, ctx.members)
         return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
+    if isinstance(payload, Cosignature):  # a witness's cosignature: the log writer checks it
+        return Verdict(Decision.ACCEPTED)
     if isinstance(payload, KeyRotation):
         refusal = keyevents.check_rotation(payload, event.producer, node_codes=ctx.node_codes)
         return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)

@@ -18,9 +18,13 @@ from exchange.adapters.postgres import Connection, migrate, transaction
 from exchange.domain.region import Region
 from exchange.messaging.consumer import Consumer, Database, Health, RelayThread, Spec, run_consumer
 from exchange.messaging.outbox import OutboxWriter
+from exchange.registry import log as registry_log
 from exchange.registry import policy, store
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
+from exchange.registry.witnessing import Witnessing
+from exchange.tlog import note
+from exchange.tlog.checkpoint import origin_for
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
 from exchange.wire.signing import Signer
@@ -63,6 +67,7 @@ def run_registry(
     batch_size: int = 250,
     relay: bool = True,
     drain_timeout: float = 5.0,
+    log_signer: note.Signer | None = None,
 ) -> None:
     """Run the registry until ``stop`` is set; see the module docstring.
 
@@ -77,7 +82,8 @@ def run_registry(
     spec = Spec(
         topology.REGISTRY_QUEUE, "registry", SERVICE, prefetch=prefetch, batch_size=batch_size
     )
-    consumer = Consumer(amqp_url, spec, ingest(db, region, store_, signer), db, health)
+    handler = ingest(db, region, store_, signer, log_signer)
+    consumer = Consumer(amqp_url, spec, handler, db, health)
     try:
         run_consumer(consumer, stop, relays, drain_timeout=drain_timeout)
     finally:
@@ -85,10 +91,21 @@ def run_registry(
             server.shutdown()
 
 
-def ingest(db: Database, region: Region, schemas: SchemaStore, signer: Signer) -> Ingest:
-    """The registry's handler for the consumer: opener, outbox writer and policy context."""
+def ingest(
+    db: Database,
+    region: Region,
+    schemas: SchemaStore,
+    signer: Signer,
+    log_signer: note.Signer | None = None,
+) -> Ingest:
+    """The registry's handler for the consumer: opener, outbox writer, policy context, log."""
     keys = KeySource(lambda: store.load_keyring(db.get()), max_age=1.0)
     opener = Opener(
         schemas, keys, node_users(region), region.node_codes, topology.registry_user(region.vhost)
     )
-    return Ingest(opener, OutboxWriter(schemas, signer, relay=region.code), context(region))
+    writer = OutboxWriter(schemas, signer, relay=region.code)
+    merkle = None
+    if log_signer is not None:  # DESIGN §12: the log, and its checkpoints to the witnesses
+        announce = Witnessing(region.code, region.node_codes, writer)
+        merkle = registry_log.LogWriter(log_signer, origin_for(region.code), announce)
+    return Ingest(opener, writer, context(region), log=merkle)

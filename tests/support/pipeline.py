@@ -10,7 +10,8 @@
   that goes away is waited for, never a reason to stop: the nodes' databases are the truth.
 - :func:`check` compares every database of the region, after the pipeline drained: what the
   nodes produced against what the registry recorded, decided, announced and republished, what
-  the reconciler projected and raised, and what reached the nodes back. It returns the
+  the reconciler projected and raised, and what reached the nodes back; and the registry's
+  log must verify (``kpx registry log verify``). It returns the
   events, what was lost and what took effect twice, with one sentence per problem.
 """
 
@@ -35,6 +36,9 @@ from exchange.adapters.postgres import Connection, connect, fetch_all
 from exchange.app.runtime import Runtime
 from exchange.errors import KpxError
 from exchange.messaging.outbox import OutboxWriter
+from exchange.registry import log as registry_log
+from exchange.registry import logcheck
+from exchange.tlog import checkpoint
 from nodes.operations import Node
 
 log = logging.getLogger(__name__)
@@ -331,7 +335,20 @@ def check(rt: Runtime, queues: list[dict[str, Any]]) -> Verdict:
     v.problems += [f"queue not empty: {b}" for b in busy]
     left = unsent(rt)
     v.problems += [f"{left} outbox rows unsent"] if left else []
+    v.problems += _log_problems(rt)
     return v
+
+
+def _log_problems(rt: Runtime) -> list[str]:
+    """The registry's log (DESIGN §12) still verifies: no decided event outside it, no leaf
+    without its event, every checkpoint matching the tree, whatever was killed mid-batch."""
+    conn = connect(rt.registry_dsn)
+    try:
+        key = registry_log.load_key(rt.keys_dir).verifier
+        report = logcheck.verify(conn, key, checkpoint.origin_for(rt.region.code))
+    finally:
+        conn.close()
+    return [f"log: {p}" for p in report.problems]
 
 
 def _check_node_inbox(v: Verdict, code: str, dsn: str) -> None:

@@ -1,0 +1,306 @@
+"""The registry's transparency log in its PostgreSQL (DESIGN §12; tables in sql/003_log.sql).
+
+:meth:`LogWriter.append` runs inside the decision's transaction (``ingest.Ingest.record``):
+it takes the ``log_head`` row lock, so batches of concurrent registry processes get
+consecutive leaf indexes in commit order; it reads the right edge of the tree (at most
+log2(size) stored hashes), stores the new leaves and hashes, and signs a checkpoint. Nothing
+here ever reads the whole tree except :mod:`exchange.registry.logcheck`.
+
+Read side, for the commands and the HTTP face (keep these signatures stable):
+:func:`latest_checkpoint_note`, :func:`read_tile`, :func:`read_entries`,
+:func:`inclusion_proof`, :func:`consistency_proof`.
+
+Errors: NotFound (no such event, no checkpoint yet), MalformedNote (no such tile),
+KeyFileError (the log key file), DatabaseUnavailable via the callers' transactions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg2.extras
+
+from exchange.adapters.postgres import Connection, Cursor, transaction
+from exchange.errors import KeyFileError, MalformedNote, NotFound
+from exchange.tlog import checkpoint, note, proof, tile, tree
+from exchange.tlog.checkpoint import Checkpoint
+
+KEY_FILE = "log.key"  # in the registry's keys folder: the PRIVATE+KEY note signer line
+PUB_FILE = "log.pub"  # its verifier key line, for the nodes (nodes/witness.py reads it)
+_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one batch added: the new checkpoint, its note, and the last announced size."""
+
+    checkpoint: Checkpoint
+    note: str
+    previous_size: int  # of the newest checkpoint announced to the witnesses
+    consistency: list[bytes]  # from previous_size to the new size
+
+
+class Leaf(Protocol):
+    """What the log needs of an accepted event (``policy.Event`` is one)."""
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def raw(self) -> bytes: ...
+
+
+# Called with the new checkpoint and the batch's leaves; True if it announced the checkpoint.
+Announce = Callable[[Cursor, Appended, Sequence[Any]], bool]
+
+
+class LogWriter:
+    """Appends accepted events and signs checkpoints, inside the caller's transaction.
+
+    ``announce`` (when given) is called with the new checkpoint and the batch's leaves, in
+    the same transaction: it keeps the cosignatures among them and sends the checkpoint to
+    the witnesses (exchange/registry/witnessing.py).
+    """
+
+    def __init__(self, signer: note.Signer, origin: str, announce: Announce | None = None):
+        self.signer, self.origin, self.announce = signer, origin, announce
+
+    def append(self, cur: Cursor, leaves: Sequence[Leaf]) -> Appended | None:
+        """Append the events' envelope bytes in order; None when there are none."""
+        if not leaves:
+            return None
+        cur.execute("SELECT tree_size FROM log_head FOR UPDATE")
+        (size,) = cur.fetchone()  # type: ignore[misc]
+        edge = tree.RightEdge(size, read_hashes(cur, tree.range_indexes(0, size)))
+        rows: list[tuple[int, str, bytes]] = []
+        stored: list[tuple[int, bytes]] = []
+        for event in leaves:
+            leaf = tree.leaf_hash(event.raw)
+            rows.append((edge.size, event.event_id, leaf))
+            stored += edge.append(leaf)
+        new = Checkpoint(self.origin, edge.size, edge.root())
+        text = checkpoint.sign_checkpoint(new, self.signer)
+        _insert(cur, "INSERT INTO log_leaves (leaf_index, event_id, leaf_hash) VALUES %s", rows)
+        _insert(cur, "INSERT INTO log_hashes (hash_index, hash) VALUES %s", stored)
+        cur.execute("UPDATE log_head SET tree_size = %s", (edge.size,))
+        previous = _latest_announced_size(cur)
+        reader = _overlay(cur, dict(stored))
+        proof_ = proof.prove_consistency(previous, new.size, reader)
+        appended = Appended(new, text, previous, proof_)
+        announced = self.announce(cur, appended, leaves) if self.announce else True
+        cur.execute(
+            "INSERT INTO log_checkpoints (tree_size, root_hash, note, announced) "
+            "VALUES (%s, %s, %s, %s)",
+            (new.size, new.root, text, announced),
+        )
+        return appended
+
+
+def _insert(cur: Cursor, query: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    psycopg2.extras.execute_values(cur, query, rows, page_size=_PAGE)
+
+
+def read_hashes(cur: Cursor, indexes: Sequence[int]) -> list[bytes]:
+    """Stored hashes by index, in the order asked; raises NotFound if one is missing."""
+    if not indexes:
+        return []
+    cur.execute(
+        "SELECT hash_index, hash FROM log_hashes WHERE hash_index = ANY(%s)", (list(indexes),)
+    )
+    found = {index: bytes(h) for index, h in cur.fetchall()}
+    try:
+        return [found[i] for i in indexes]
+    except KeyError as exc:
+        raise NotFound(f"stored hash {exc.args[0]} is missing from log_hashes") from exc
+
+
+def _overlay(cur: Cursor, fresh: dict[int, bytes]) -> tree.HashReader:
+    """A reader that sees this batch's hashes before they are read back from the table."""
+
+    def read(indexes: Sequence[int]) -> list[bytes]:
+        missing = [i for i in indexes if i not in fresh]
+        known = dict(zip(missing, read_hashes(cur, missing), strict=True))
+        return [fresh[i] if i in fresh else known[i] for i in indexes]
+
+    return read
+
+
+def reader(cur: Cursor) -> tree.HashReader:
+    """A HashReader over ``log_hashes``."""
+    return lambda indexes: read_hashes(cur, indexes)
+
+
+# --- the log key ------------------------------------------------------------------------
+
+
+def key_path(keys_dir: Path) -> Path:
+    """Where ``kpx region init`` keeps the log's signer key."""
+    return keys_dir / KEY_FILE
+
+
+def ensure_key(keys_dir: Path, region: str) -> bool:
+    """Generate the log key under the name ``kpx/<REGION>`` if there is none; True if new."""
+    path = key_path(keys_dir)
+    if path.exists():
+        if not (keys_dir / PUB_FILE).exists():
+            (keys_dir / PUB_FILE).write_text(f"{load_key(keys_dir).verifier}\n", "ascii")
+        return False
+    signer = note.generate_signer(checkpoint.origin_for(region))
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(f"{signer}\n")
+    (keys_dir / PUB_FILE).write_text(f"{signer.verifier}\n", "ascii")
+    return True
+
+
+def load_key(keys_dir: Path) -> note.Signer:
+    """The log's signer; raises KeyFileError naming the file."""
+    path = key_path(keys_dir)
+    try:
+        return note.parse_signer(path.read_text(encoding="ascii").strip())
+    except (OSError, UnicodeDecodeError, MalformedNote) as exc:
+        raise KeyFileError(f"log key {path}: {exc} (run `kpx region init`)") from exc
+
+
+# --- the read side ----------------------------------------------------------------------
+
+
+def latest_checkpoint(conn: Connection) -> tuple[Checkpoint, str]:
+    """The newest served checkpoint and its note (without cosignatures); raises NotFound."""
+    with transaction(conn) as cur:
+        return _latest(cur)
+
+
+def _latest_announced_size(cur: Cursor) -> int:
+    cur.execute("SELECT max(tree_size) FROM log_checkpoints WHERE announced")
+    row = cur.fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _latest(cur: Cursor) -> tuple[Checkpoint, str]:
+    cur.execute(
+        "SELECT tree_size, root_hash, note FROM log_checkpoints WHERE announced "
+        "ORDER BY 1 DESC LIMIT 1"
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise NotFound("the log has no checkpoint yet: no event was accepted")
+    size, root, text = row
+    return Checkpoint(checkpoint.parse_body(note.parse(text).text).origin, size, bytes(root)), text
+
+
+def latest_checkpoint_note(conn: Connection) -> str:
+    """The newest served checkpoint's note with every cosignature the registry holds for it."""
+    with transaction(conn) as cur:
+        cp, text = _latest(cur)
+        cur.execute(
+            "SELECT line FROM log_cosignatures WHERE tree_size = %s ORDER BY witness", (cp.size,)
+        )
+        lines = [row[0] for row in cur.fetchall()]
+    return text + "".join(lines)
+
+
+def checkpoint_note(conn: Connection, size: int) -> str:
+    """The note of the checkpoint of exactly ``size`` leaves; raises NotFound."""
+    rows = _query(conn, "SELECT note FROM log_checkpoints WHERE tree_size = %s", (size,))
+    if not rows:
+        raise NotFound(f"the registry signed no checkpoint of size {size}")
+    return str(rows[0][0])
+
+
+def read_tile(conn: Connection, level: int, index: int, width: int) -> bytes:
+    """A C2SP tlog-tiles hash tile (width × 32 bytes); raises MalformedNote if the tree does
+    not have that tile (yet)."""
+    wanted = tile.Tile(level, index, width)
+    with transaction(conn) as cur:
+        cp, _ = _latest(cur)
+        if tile.tile_for_size(level, index, cp.size).width < width:
+            raise MalformedNote(f"tile {wanted.path()} is beyond the latest checkpoint")
+        return b"".join(read_hashes(cur, wanted.hash_indexes()))
+
+
+def read_entries(conn: Connection, index: int, width: int) -> bytes:
+    """A C2SP entry bundle: the envelope bytes of leaves ``index*256`` onwards."""
+    start = index * tile.FULL
+    rows = _query(
+        conn,
+        "SELECT l.leaf_index, e.body FROM log_leaves l JOIN event_log e USING (event_id) "
+        "WHERE l.leaf_index >= %s AND l.leaf_index < %s ORDER BY 1",
+        (start, start + width),
+    )
+    if len(rows) != width:
+        raise MalformedNote(f"entry bundle {index} of width {width} is not in the log")
+    return tile.entry_bundle([bytes(body) for _, body in rows])
+
+
+def _query(conn: Connection, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    with transaction(conn) as cur:
+        cur.execute(sql, params)
+        return list(cur.fetchall())
+
+
+def leaf_of_event(conn: Connection, event_id: str) -> tuple[int, bytes]:
+    """``(leaf index, envelope bytes)`` of an accepted event; raises NotFound."""
+    rows = _query(
+        conn,
+        "SELECT l.leaf_index, e.body FROM log_leaves l JOIN event_log e USING (event_id) "
+        "WHERE l.event_id = %s::uuid",
+        (event_id,),
+    )
+    if not rows:
+        raise NotFound(f"event {event_id} is not in the log")
+    return int(rows[0][0]), bytes(rows[0][1])
+
+
+def issuance_event(conn: Connection, certificate_id: str) -> str:
+    """The event id of a certificate's accepted CertificateIssued; raises NotFound."""
+    rows = _query(
+        conn,
+        "SELECT l.event_id::text FROM event_log e JOIN log_leaves l USING (event_id) "
+        "WHERE e.certificate_id = %s AND e.event_type = 'CertificateIssued' "
+        "ORDER BY l.leaf_index LIMIT 1",
+        (certificate_id,),
+    )
+    if not rows:
+        raise NotFound(f"no accepted CertificateIssued for {certificate_id!r} in the log")
+    return str(rows[0][0])
+
+
+def inclusion_proof(conn: Connection, event_id: str) -> dict[str, Any]:
+    """§12's proof document of an accepted event against the latest checkpoint."""
+    index, body = leaf_of_event(conn, event_id)
+    with transaction(conn) as cur:
+        cp, _ = _latest(cur)
+        path = proof.prove_inclusion(index, cp.size, reader(cur))
+    return {
+        "leaf_index": index,
+        "tree_size": cp.size,
+        "leaf": note.b64(body),
+        "inclusion": [note.b64(h) for h in path],
+        "checkpoint": latest_checkpoint_note(conn),
+    }
+
+
+def consistency_proof(conn: Connection, old: int, new: int) -> dict[str, Any]:
+    """§12's consistency document between two tree sizes the log has reached."""
+    with transaction(conn) as cur:
+        cp, _ = _latest(cur)
+        if new > cp.size:
+            raise NotFound(f"the log has {cp.size} leaves, fewer than {new}")
+        path = proof.prove_consistency(old, new, reader(cur))
+    return {"old_size": old, "new_size": new, "proof": [note.b64(h) for h in path]}
+
+
+def record_cosignature(cur: Cursor, size: int, witness: str, line: str) -> bool:
+    """Keep a witness's cosignature line for checkpoint ``size``; False if already held."""
+    cur.execute(
+        "INSERT INTO log_cosignatures (tree_size, witness, line) VALUES (%s, %s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (size, witness, line),
+    )
+    return bool(cur.rowcount)

@@ -1,0 +1,101 @@
+"""C2SP ``tlog-tiles``: tile paths and which stored hashes a tile holds (height 8).
+
+Tile ``(level L, index N, width W)`` is the W consecutive hashes, from the ``N * 256``-th on,
+of the complete subtrees of height ``8 * L``; with the stored-hash index of :mod:`.tree`
+each is one stored hash, so serving a tile is one read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exchange.errors import MalformedNote
+from exchange.tlog.tree import stored_hash_index
+
+HEIGHT = 8
+FULL = 1 << HEIGHT  # 256 hashes, 8192 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One tile: level, index within the level, width (1–256)."""
+
+    level: int
+    index: int
+    width: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.level <= 63 and self.index >= 0 and 1 <= self.width <= FULL):
+            raise MalformedNote(f"no such tile: {self}")
+
+    def path(self) -> str:
+        """``tile/<L>/<N>[.p/<W>]``."""
+        return f"tile/{self.level}/{_encode_index(self.index)}{self._partial()}"
+
+    def entries_path(self) -> str:
+        """The level-0 entry bundle's path, ``tile/entries/<N>[.p/<W>]``."""
+        return f"tile/entries/{_encode_index(self.index)}{self._partial()}"
+
+    def _partial(self) -> str:
+        return "" if self.width == FULL else f".p/{self.width}"
+
+    def hash_indexes(self) -> list[int]:
+        """The stored-hash indexes of the tile's hashes, in order."""
+        start = self.index << HEIGHT
+        level = self.level * HEIGHT
+        return [stored_hash_index(level, n) for n in range(start, start + self.width)]
+
+
+def _encode_index(n: int) -> str:
+    groups = [f"{n % 1000:03d}"]
+    n //= 1000
+    while n > 0:
+        groups.append(f"x{n % 1000:03d}")
+        n //= 1000
+    return "/".join(reversed(groups))
+
+
+def tile_for_size(level: int, index: int, size: int) -> Tile:
+    """The tile ``(level, index)`` as it stands in a tree of ``size`` leaves: full, or the
+    partial tile at the right edge; raises MalformedNote if it does not exist yet."""
+    span = size >> (HEIGHT * level)  # complete subtrees at that height
+    width = min(FULL, span - (index << HEIGHT))
+    if width <= 0:
+        raise MalformedNote(f"tile {level}/{index} does not exist in a tree of size {size}")
+    return Tile(level, index, width)
+
+
+def parse_path(path: str) -> tuple[int | None, int, int]:
+    """``tile/<L>/<N>[.p/<W>]`` or ``tile/entries/…`` → (level or None for entries, N, W)."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != "tile":
+        raise MalformedNote(f"not a tile path: {path!r}")
+    width = FULL
+    if len(parts) >= 4 and parts[-2].endswith(".p"):
+        width = _number(parts[-1], path)
+        parts = [*parts[:-2], parts[-2][:-2]]
+    level = None if parts[1] == "entries" else _number(parts[1], path)
+    *heads, last = parts[2:]
+    widths_ok = all(len(p) == 3 + p.startswith("x") for p in parts[2:])
+    if not widths_ok or not all(h.startswith("x") for h in heads) or last.startswith("x"):
+        raise MalformedNote(f"not a tile index: {path!r}")
+    n = 0
+    for group in [h[1:] for h in heads] + [last]:
+        n = n * 1000 + _number(group, path, padded=True)
+    return level, n, width
+
+
+def _number(text: str, path: str, *, padded: bool = False) -> int:
+    if not text.isascii() or not text.isdigit() or (not padded and text != str(int(text))):
+        raise MalformedNote(f"not a tile path: {path!r}")
+    return int(text)
+
+
+def entry_bundle(entries: list[bytes]) -> bytes:
+    """Entries as big-endian uint16 length-prefixed records."""
+    out = bytearray()
+    for data in entries:
+        if len(data) > 0xFFFF:
+            raise MalformedNote(f"an entry of {len(data)} bytes does not fit a bundle")
+        out += len(data).to_bytes(2, "big") + data
+    return bytes(out)
