@@ -11,7 +11,9 @@ takes a size argument:
 - ``naive_baseline``: JSON, a confirm per message, a commit per event, end to end;
 - ``fuzz``: random and mutated bytes through decode and open_envelope;
 - ``registry_bench``, ``reconcile_bench`` (when present): the registry's and the
-  reconciler's figures.
+  reconciler's figures;
+- ``node_web_bench``: the node's HTTP API against ``kpx node submit``, and a page of 50
+  certificates among 100,000.
 
 Every measuring module returns :class:`Row` objects (``registry_bench`` and
 ``reconcile_bench`` return dicts; ``__main__`` turns them into rows); ``__main__`` writes

@@ -190,6 +190,9 @@ def run_all(scale: float) -> tuple[list[Row], list[str]]:
         notes.append("benchmarks.reconcile_bench is missing: reconciler figures skipped.")
     else:
         step("reconcile_bench", lambda: reconcile_rows(reconcile.run(size(100_000))))
+    node_web = _optional("node_web_bench")
+    if node_web is not None:  # the node's API against kpx node submit; a page of 50
+        step("node_web_bench", lambda: node_web.run(size(5_000), certificates=size(100_000)))
     return rows, notes
 
 

@@ -39,11 +39,14 @@ from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.wire import topology
 from exchange.wire.envelope import MAX_EVENT_BYTES
 from nodes import register as register_store
-from nodes import store
+from nodes import requests, store
 
 log = logging.getLogger(__name__)
 
 SCHEMA_INVALID = "SCHEMA_INVALID"
+ISSUE_KEYS = frozenset({"op", "member", "request_id", "certificate"})
+
+Recorder = Callable[[Cursor, list["Result"]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +58,12 @@ class Result:
     subject: str = ""
     code: str = ""
     sentence: str = ""
+    already: bool = False  # the request_id had been applied before: this is its answer
 
     def __str__(self) -> str:
         if self.ok:
-            return f"{self.line} ok {self.subject}"
+            text = f"{self.line} ok {self.subject}"
+            return text + " (already applied)" if self.already else text
         return f"{self.line} refused {self.code} {self.sentence}"
 
 
@@ -83,22 +88,40 @@ class Node:
 
     # -- entry points --
 
-    def submit(self, conn: Connection, lines: Iterable[str], chunk: int = 500) -> Iterator[Result]:
-        """Apply JSON Lines operations; yield one Result per line, after its chunk committed."""
-        pending: list[tuple[int, str]] = []
+    def submit(
+        self,
+        conn: Connection,
+        lines: Iterable[str | Mapping[str, Any]],
+        chunk: int = 500,
+        record: Recorder | None = None,
+    ) -> Iterator[Result]:
+        """Apply JSON Lines operations; yield one Result per line, after its chunk committed.
+
+        A line may also be an operation already parsed (with ``parse_float=Decimal``), as the
+        HTTP API has it: the same rules apply, without parsing it twice.
+
+        ``record(cur, results)`` runs inside each chunk's transaction, after its operations:
+        what the caller writes there (an audit trail) commits with them or not at all.
+        """
+        pending: list[tuple[int, str | Mapping[str, Any]]] = []
         for number, line in enumerate(lines, start=1):
             pending.append((number, line))
             if len(pending) >= chunk:
-                yield from self._apply_chunk(conn, pending)
+                yield from self._apply_chunk(conn, pending, record)
                 pending = []
         if pending:
-            yield from self._apply_chunk(conn, pending)
+            yield from self._apply_chunk(conn, pending, record)
 
     def apply(self, conn: Connection, operation: Mapping[str, Any]) -> Result:
         """Apply one operation (already parsed) in its own transaction."""
         return next(iter(self._apply_chunk(conn, [(1, json.dumps(operation, default=str))])))
 
-    def _apply_chunk(self, conn: Connection, lines: list[tuple[int, str]]) -> list[Result]:
+    def _apply_chunk(
+        self,
+        conn: Connection,
+        lines: list[tuple[int, str | Mapping[str, Any]]],
+        record: Recorder | None = None,
+    ) -> list[Result]:
         # Consecutive issue operations are validated in Python first and then written as a
         # group: one statement numbers them, one inserts them (a few round trips for the
         # whole group instead of several per certificate). Any other operation runs alone
@@ -108,24 +131,59 @@ class Node:
         results: dict[int, Result] = {}
         self._events = []
         with transaction(conn) as cur:
+            parsed = _parse_all(lines, results)
+            todo, repeats = self._skip_applied(cur, parsed, results)
             book = self._book(cur)
             self._register = register_store.load(cur, self.code)
             group: list[tuple[int, CertificateDraft]] = []
-            for number, line in lines:
-                try:
-                    op = _parse(line)
-                    if op.get("op") == "issue":
+            for number, op in todo:
+                if op.get("op") == "issue":
+                    try:
+                        _reject_unknown(op, ISSUE_KEYS)
                         group.append((number, self._draft(op.get("certificate"), book)))
-                        continue
-                except Refusal as refusal:
-                    results[number] = _refused(number, refusal)
+                    except Refusal as refusal:
+                        results[number] = _refused(number, refusal)
                     continue
                 self._issue_group(cur, group, results)
                 group = []
                 results[number] = self._apply_one(cur, number, op, book)
             self._issue_group(cur, group, results)
             self._flush_events(cur)
+            requests.answer_repeats(repeats, results)
+            store.remember_requests(cur, requests.applied(parsed, results))
+            if record is not None:
+                record(cur, [results[number] for number, _ in lines])
         return [results[number] for number, _ in lines]
+
+    def _skip_applied(
+        self,
+        cur: Cursor,
+        parsed: list[tuple[int, Mapping[str, Any], str | None]],
+        results: dict[int, Result],
+    ) -> tuple[list[tuple[int, Mapping[str, Any]]], dict[int, int]]:
+        """The operations to apply; those whose request_id was applied get its answer.
+
+        The request ids are locked first (until commit), so two submissions carrying the
+        same id one after the other — a national system retrying after a timeout while its
+        first request still runs — apply it once. Returns the operations to apply and the
+        repeats inside this chunk (line -> the earlier line with the same request_id).
+        """
+        ids = {rid for _, _, rid in parsed if rid is not None}
+        store.lock_requests(cur, ids)
+        done = store.applied_requests(cur, ids)
+        todo: list[tuple[int, Mapping[str, Any]]] = []
+        first: dict[str, int] = {}
+        repeats: dict[int, int] = {}
+        for number, op, rid in parsed:
+            if rid is not None and rid in done:
+                results[number] = Result(number, True, subject=done[rid], already=True)
+            elif rid is not None and rid in first:
+                repeats[number] = first[rid]
+            else:
+                if rid is not None:
+                    first[rid] = number
+                todo.append((number, op))
+        return todo, repeats
 
     def _apply_one(
         self, cur: Cursor, number: int, op: Mapping[str, Any], book: Mapping[str, str]
@@ -160,7 +218,7 @@ class Node:
 
     def _dispatch(self, cur: Cursor, op: Mapping[str, Any], book: Mapping[str, str]) -> str:
         kind = op.get("op")
-        body = {k: v for k, v in op.items() if k not in ("op", "member")}
+        body = {k: v for k, v in op.items() if k not in ("op", "member", "request_id")}
         if kind == "void":
             return self.void(cur, body)
         if kind == "confirm_import":
@@ -174,6 +232,11 @@ class Node:
             "op must be issue, void, confirm_import, declare_production, register or revoke, "
             f"got {kind!r}",
         )
+
+    def check_issue(self, cur: Cursor, certificate: Any) -> CertificateDraft:
+        """Validate an issue's certificate by the node's rules, writing nothing (a draft is
+        checked so before it is saved). Raises Refusal."""
+        return self._draft(certificate, self._book(cur))
 
     # -- operations (inside the caller's transaction) --
 
@@ -359,6 +422,32 @@ def _duplicate(number: int, certificate_id: str) -> Result:
         code="DUPLICATE_CERTIFICATE",
         sentence=f"certificate_id {certificate_id} was already issued by this node",
     )
+
+
+def _reject_unknown(op: Mapping[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(op) - known)
+    if unknown:
+        raise Refusal(SCHEMA_INVALID, f"{unknown[0]} is not a known field")
+
+
+def _parse_all(
+    lines: list[tuple[int, str | Mapping[str, Any]]], results: dict[int, Result]
+) -> list[tuple[int, Mapping[str, Any], str | None]]:
+    """Each parsable line with its operation and request_id; the others refused now."""
+    parsed = []
+    for number, line in lines:
+        try:
+            op = _parse(line) if isinstance(line, str) else _parsed(line)
+            parsed.append((number, op, requests.request_id(op)))
+        except Refusal as refusal:
+            results[number] = _refused(number, refusal)
+    return parsed
+
+
+def _parsed(op: object) -> Mapping[str, Any]:
+    if not isinstance(op, dict):
+        raise Refusal(SCHEMA_INVALID, 'the line must be a JSON object with an "op" field')
+    return op
 
 
 def _parse(line: str) -> Mapping[str, Any]:

@@ -7,6 +7,7 @@ Every function takes a cursor inside the caller's transaction; none commits. The
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
@@ -116,12 +117,54 @@ def insert_confirmation(cur: Cursor, c: ImportConfirmation, event_id: str) -> No
 
 
 def insert_production(cur: Cursor, p: ProductionDeclaration, event_id: str) -> None:
-    """Store a production declaration."""
+    """Store a production declaration; a second one for the period and producer replaces
+    the first (a revision, DESIGN §9) and counts the revisions."""
     cur.execute(
         "INSERT INTO production (event_id, period, producer_id, carats, value_usd) "
-        "VALUES (%s, %s, %s, %s, %s)",
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (period, producer_id) DO UPDATE SET "
+        "event_id = EXCLUDED.event_id, carats = EXCLUDED.carats, "
+        "value_usd = EXCLUDED.value_usd, revision = production.revision + 1",
         (event_id, p.period, p.producer_id, p.carats, p.value_usd),
     )
+
+
+# ---------------------------------------------------------------- request ids
+
+# A namespace for the advisory locks of request ids (two-key form), apart from other locks.
+_REQUEST_LOCKS = 0x6B7078  # "kpx"
+
+
+def lock_requests(cur: Cursor, request_ids: Iterable[str]) -> None:
+    """Lock ``request_ids`` until commit, in one sorted order (waiters never deadlock)."""
+    ids = sorted(set(request_ids))
+    if ids:
+        cur.execute(
+            "SELECT count(pg_advisory_xact_lock(%s, h)) FROM "
+            "(SELECT DISTINCT hashtext(x) AS h FROM unnest(%s::text[]) AS x ORDER BY h) AS t",
+            (_REQUEST_LOCKS, ids),
+        )
+
+
+def applied_requests(cur: Cursor, request_ids: Iterable[str]) -> dict[str, str]:
+    """The subject (certificate id, period/producer) of each of ``request_ids`` applied."""
+    ids = list(set(request_ids))
+    if not ids:
+        return {}
+    cur.execute(
+        "SELECT request_id, subject FROM applied_requests WHERE request_id = ANY(%s)", (ids,)
+    )
+    return {str(rid): str(subject) for rid, subject in cur.fetchall()}
+
+
+def remember_requests(cur: Cursor, rows: list[tuple[str, str, str]]) -> None:
+    """Remember applied operations' (request_id, op, subject), in the same transaction."""
+    if rows:
+        psycopg2.extras.execute_values(
+            cur,
+            "INSERT INTO applied_requests (request_id, op, subject) VALUES %s",
+            rows,
+            page_size=500,
+        )
 
 
 def participant_overrides(cur: Cursor) -> dict[str, str]:

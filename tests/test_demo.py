@@ -51,3 +51,4 @@ def test_a_short_demo_finds_exactly_the_seeded_anomalies_and_stops_cleanly(
     assert "precision 1.00  recall 1.00" in output
     assert "found 19 of 19 seeded anomalies, 0 false positive(s)" in output
     assert "kpx demo: ok" in output
+    assert "/verify/XS-" in output and "password" in output  # the portal's URLs

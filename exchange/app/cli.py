@@ -46,7 +46,12 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("", "exchange.registry.commands:registry"),  # kpx registry …
     ("registry", "exchange.registry.logcommands:log_group"),  # kpx registry log … (DESIGN §12)
     ("node", "exchange.app.logaudit:audit"),  # kpx node audit (DESIGN §12)
+    ("node", "nodes.web.commands:serve"),  # kpx node serve (DESIGN §13)
+    ("node", "nodes.web.commands:users"),  # kpx node users add
+    ("node", "nodes.web.commands:tokens"),  # kpx node tokens create|revoke
     ("registry", "exchange.reconciler.commands:discrepancies"),  # kpx registry discrepancies
+    ("registry", "exchange.registry.web.commands:serve"),  # kpx registry serve (DESIGN §13)
+    ("registry", "exchange.registry.web.commands:users"),  # kpx registry users add (§13)
     ("registry", "exchange.registry.keycommands:keys"),  # kpx registry keys add|revoke|list
     ("", "exchange.reconciler.commands:reconciler"),  # kpx reconciler run
     ("", "exchange.reconciler.commands:reconcile"),  # kpx reconcile --as-of

@@ -40,18 +40,21 @@ from exchange.app.settings import Settings
 from exchange.errors import ServiceFailed
 from exchange.messaging.outbox import OutboxWriter
 
-from . import setup
+from . import portal, setup
 from .anomalies import KINDS, make_plan
 from .driver import Driver, Submit
 from .monitor import Monitor
-from .processes import Fleet, kept_alive, kpx_command, services
+from .processes import PORTAL_PORT, Fleet, kept_alive, kpx_command, services
 from .report import print_final, progress
 from .score import Score, score
 from .traffic import Plan, load_profiles
 
 TICK = 0.5
+PORTAL_URL = f"http://127.0.0.1:{PORTAL_PORT}"
 DRAIN_TIMEOUT = 90.0
 DEFER_TIMEOUT = 30.0  # how long an operation may wait for the registry after the traffic
+# A ready officer on every node web app: the demo region is private and lives minutes.
+DEMO_USER, DEMO_PASSWORD = "officer", "kpx-demo-officer"
 
 
 @click.command("demo")
@@ -156,6 +159,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, folder: Path) -> int:
+    _demo_users(rt)
     fleet.start()
     fleet.write_pids(folder / "pids")
     with console.status(
@@ -166,12 +170,19 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         console.print(f"[red]services did not start: {'; '.join(problems)} (logs in {fleet.logs})")
         _stop(console, fleet)
         return 1
+    webs = ", ".join(s.metrics_url for s in fleet.services if s.name.startswith("web "))
+    console.print(f"node web apps (user {DEMO_USER}, password {DEMO_PASSWORD}): {webs}")
+    kpx = [*kpx_command(), "--region", str(rt.settings.region_path)]
+    user = portal.ready_user(kpx, _service_env(rt))
+    console.print("\n".join(portal.lines(PORTAL_URL, user, None)))
     monitor = Monitor(rt)
     try:
         driver = _drive(console, rt, plan, fleet, monitor)
         drained = _drain(console, rt)
         result, stats = _reconcile(console, rt, plan)
         print_final(console, plan, driver, monitor.read(), stats, result, fleet.services)
+        sample = portal.sample_certificate(rt.registry_dsn)
+        console.print("\n".join(portal.lines(PORTAL_URL, user, sample)))
     finally:
         monitor.close()
     problems = _problems(result, drained, fleet, driver)
@@ -185,6 +196,19 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
     )
     console.print(verdict)
     return 0 if not problems else 1
+
+
+def _demo_users(rt: Runtime) -> None:
+    """A ready officer on every node web app, so a first-time user can click through."""
+    from nodes.web import access  # the demo's composition root: see the module notes
+
+    for code in rt.region.node_codes:
+        conn = postgres.connect(rt.node_dsn(code), application_name="kpx-demo")
+        try:
+            with postgres.transaction(conn) as cur:
+                access.add_user(cur, DEMO_USER, "officer", DEMO_PASSWORD, "Demo Officer")
+        finally:
+            conn.close()
 
 
 def _problems(result: Score, drained: bool, fleet: Fleet, driver: Driver) -> list[str]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REGISTRY_PORT, RECONCILER_PORT, FIRST_NODE_PORT = 9501, 9502, 9510
+FIRST_WEB_PORT = 8410  # the node web apps (DESIGN §13's default ports)
+PORTAL_PORT = 8400  # the region file's default public_url, so the QR codes' URLs open
 
 
 def kpx_command() -> list[str]:
@@ -39,10 +41,11 @@ class Service:
     argv: list[str]
     metrics_port: int
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    path: str = "/metrics"  # what the final report links to ("/" for a web app)
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://127.0.0.1:{self.metrics_port}{self.path}"
 
 
 def services(region_file: Path, node_codes: list[str]) -> list[Service]:
@@ -60,10 +63,16 @@ def services(region_file: Path, node_codes: list[str]) -> list[Service]:
             RECONCILER_PORT,
         ),
     ]
+    portal = [*kpx, "registry", "serve", "--port", str(PORTAL_PORT)]
+    out.append(Service("portal", portal, PORTAL_PORT))  # serves /healthz like the others
     for i, code in enumerate(node_codes):
         port = FIRST_NODE_PORT + i
         argv = [*kpx, "node", "run", "--member", code, "--metrics-port", str(port)]
         out.append(Service(f"node {code}", argv, port))
+    for i, code in enumerate(node_codes):  # the web apps answer /healthz like the services
+        port = FIRST_WEB_PORT + i
+        argv = [*kpx, "node", "serve", "--member", code, "--port", str(port)]
+        out.append(Service(f"web {code}", argv, port, path="/"))
     return out
 
 

@@ -4,7 +4,12 @@ Layout (``deploy/region.example.toml`` is the annotated example)::
 
     [region]            code, name
     [broker]            vhost                       (default "kpx")
-    [registry]          database                    (default "kpx_registry")
+    [registry]          database                    (default "kpx_registry"),
+                        public_url                  (default "http://127.0.0.1:8400": the base
+                                                    of the verify URL in QR codes),
+                        publish_statistics          "aggregates" (default: the Annex III
+                                                    figures of `kpx stats` on /statistics)
+                                                    or "none" (console only)
     [members.BW]        name, authority, database?, broker_user?
     [partners.EU]       name, authority, database?, broker_user?, status?
     [participants]      RU = { name?, status }      other KP participants, no node
@@ -43,6 +48,9 @@ _CODE = re.compile(r"[A-Z]{2}")
 # Unquoted PostgreSQL identifier: nothing to escape when `region init` creates the database.
 _DATABASE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _BROKER_NAME = re.compile(r"[A-Za-z0-9._/-]{1,64}")
+_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?")
+_PUBLISH = re.compile(r"aggregates|none")
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8400"
 _SECRET_WORDS = ("password", "secret", "private")
 
 
@@ -106,6 +114,8 @@ class Region:
     partners: tuple[NodeSettings, ...]
     participants: tuple[Participant, ...]
     policy: Policy
+    public_url: str = DEFAULT_PUBLIC_URL
+    publish_statistics: str = "aggregates"
 
     @property
     def node_codes(self) -> tuple[str, ...]:
@@ -244,7 +254,7 @@ def parse_region(data: Mapping[str, Any]) -> Region:
     head.only("code", "name")
     broker, registry = root.table("broker"), root.table("registry")
     broker.only("vhost")
-    registry.only("database")
+    registry.only("database", "public_url", "publish_statistics")
     region = Region(
         code=head.string("code", pattern=_CODE),
         name=head.string("name"),
@@ -254,6 +264,8 @@ def parse_region(data: Mapping[str, Any]) -> Region:
         partners=_nodes(root.table("partners"), "partner"),
         participants=_participants(root.table("participants")),
         policy=_policy(root.table("policy")),
+        public_url=registry.string("public_url", DEFAULT_PUBLIC_URL, _URL).rstrip("/"),
+        publish_statistics=registry.string("publish_statistics", "aggregates", _PUBLISH),
     )
     if not region.members:
         raise ConfigError("members must list at least one member")

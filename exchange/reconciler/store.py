@@ -307,14 +307,33 @@ def list_discrepancies(
     return out
 
 
-def resolve(cur: Cursor, discrepancy_id: int, note: str) -> str:
-    """Mark a discrepancy RESOLVED with a note; return its kind. Raises NotFound."""
+def resolve(cur: Cursor, discrepancy_id: int, note: str, author: str = "cli") -> str:
+    """Mark a discrepancy RESOLVED with a note; return its kind. Raises NotFound.
+
+    The note is added to the discrepancy's history (``discrepancy_notes``, never overwritten);
+    ``note`` on the discrepancy itself is the latest one, as ``discrepancies --json`` shows.
+    """
+    return _set_status(cur, discrepancy_id, "RESOLVED", note, author)
+
+
+def reopen(cur: Cursor, discrepancy_id: int, note: str, author: str = "cli") -> str:
+    """Set a discrepancy OPEN again with a note saying why; return its kind. Raises NotFound."""
+    return _set_status(cur, discrepancy_id, "OPEN", note, author)
+
+
+def _set_status(cur: Cursor, discrepancy_id: int, status: str, note: str, author: str) -> str:
     cur.execute(
-        "UPDATE recon.discrepancies SET status = 'RESOLVED', note = %s, resolved_at = now()"
+        "UPDATE recon.discrepancies SET status = %s, note = %s,"
+        " resolved_at = CASE WHEN %s = 'RESOLVED' THEN now() END"
         " WHERE id = %s RETURNING kind",
-        (note, discrepancy_id),
+        (status, note, status, discrepancy_id),
     )
     row = cur.fetchone()
     if row is None:
         raise NotFound(f"discrepancy {discrepancy_id} does not exist")
+    cur.execute(
+        "INSERT INTO discrepancy_notes (discrepancy_id, status, note, author)"
+        " VALUES (%s, %s, %s, %s)",
+        (discrepancy_id, status, note, author),
+    )
     return str(row[0])

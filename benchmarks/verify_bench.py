@@ -1,0 +1,331 @@
+"""Public verification under load, beside the same server's static rate, while ingest runs.
+
+``python -m benchmarks.verify_bench [--certificates 100000] [--events 6000] [--seconds 5]``.
+In a throw-away database and vhost:
+
+1. 100,000 accepted certificates are written straight into the registry's tables (COPY; the
+   lookups need rows, not their history);
+2. the **lookup ceiling**: the same verification without HTTP (a thread per connection of
+   the portal's 4-connection pool) — what the database round trip allows at all on this machine;
+3. the portal (``exchange.registry.web``, the app ``kpx registry serve`` runs, rate limit off)
+   serves in its own process; a closed-loop client with 16 keep-alive connections measures
+   the **static rate** (``/healthz``) and the **verify rate** (``/api/v1/verify/{id}`` of
+   random known numbers), each for ``--seconds``;
+4. **ingest alone**: N signed CertificateIssued events in kpx.registry, one registry process,
+   events/s;
+5. **together**: N more events ingested while the client asks for verifications open-loop at
+   half the verify rate: ingest events/s (goal: ≥ 0.9 of alone) and verify p99 (goal < 20 ms).
+
+The client is a minimal HTTP/1.1 keep-alive client on asyncio streams (httpx would be the
+bottleneck on two cores). Client, portal, registry, RabbitMQ and PostgreSQL share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import multiprocessing
+import os
+import random
+import secrets
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks import database_server_url
+from benchmarks.registry_bench import (
+    MEMBERS,
+    _messages,
+    _publish,
+    _registry_process,
+    _setup,
+    _url,
+)
+from exchange.adapters import postgres
+from exchange.adapters.management import Admin
+from exchange.domain.certnumber import regional_number
+from exchange.wire import topology
+from exchange.wire.signing import generate_key
+
+CONNECTIONS = 16
+PREFILL_MEMBER = "LS"  # the prefilled certificates' member: no clash with the ingested ones
+
+
+def prefill(dsn: str, n: int) -> list[str]:
+    """COPY ``n`` accepted certificates into the registry tables; their numbers."""
+    numbers = [regional_number("XS", PREFILL_MEMBER, 2025, i + 1) for i in range(n)]
+    out = io.StringIO()
+    for i, number in enumerate(numbers):
+        state = "ISSUED" if i % 10 else "VOIDED"
+        out.write(f"{number}\tLS\tXS\tLS\tZA\tINTRA_REGIONAL\tUNMIXED\t{{LS}}\t2026-11-01\t"
+                  f"2026-12-31\t1\t100.00\t15000.00\t{{}}\t\\\\x00\t{state}\t\\N\t"
+                  f"{_uuid(i)}\n")  # fmt: skip
+    out.seek(0)
+    conn = postgres.connect(dsn)
+    try:
+        with postgres.transaction(conn) as cur:
+            cur.copy_expert(
+                "COPY certificates (certificate_id, producer, issuing_participant,"
+                " issuing_member, destination, scope, origin_type, origin_countries,"
+                " date_of_issue, date_of_expiry, number_of_parcels, total_carats,"
+                " total_value_usd, body, content_hash, state, replaced_by, event_id) FROM STDIN",
+                out,
+            )
+        with postgres.transaction(conn) as cur:
+            cur.execute("ANALYZE certificates")
+    finally:
+        conn.close()
+    return numbers
+
+
+def _uuid(i: int) -> str:
+    return f"00000000-0000-4000-8000-{i:012d}"
+
+
+# ------------------------------------------------------------------ the portal process
+
+
+def serve_main(dsn: str, vhost: str, port: int) -> None:
+    """The portal on ``dsn`` (child process entry point)."""
+    import uvicorn
+
+    from benchmarks.registry_bench import _region
+    from exchange.registry.web.app import build
+    from exchange.registry.web.portal import Limits, Portal
+    from exchange.registry.web.reads import PublicPool
+    from exchange.wire.codec import default_store
+
+    portal = Portal(
+        region=_region(vhost), schemas=default_store(), signer=lambda: generate_key("XS"),
+        amqp_url=lambda: "", broker_user="", public=PublicPool(dsn, 4, read_only=True),
+        work=PublicPool(dsn, 2), limits=Limits(verify_rate=1e9, verify_burst=1e9),
+    )  # fmt: skip
+    uvicorn.run(build(portal, secrets.token_bytes(32)), host="127.0.0.1", port=port,
+                log_level="warning", access_log=False)  # fmt: skip
+
+
+# ------------------------------------------------------------------ the client
+
+
+async def _request(reader: Any, writer: Any, path: str) -> int:
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
+    return status
+
+
+async def closed_loop(port: int, paths: list[str], seconds: float) -> float:
+    """Requests per second with CONNECTIONS connections each sending back to back."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def one() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < stop:
+            assert await _request(reader, writer, random.choice(paths)) == 200
+            done += 1
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(CONNECTIONS)))
+    return done / (time.perf_counter() - start)
+
+
+async def open_loop(port: int, paths: list[str], rate: float, seconds: float) -> list[float]:
+    """Latencies (s) of requests sent at ``rate``/s spread over the connections."""
+    latencies: list[float] = []
+    per_conn = rate / CONNECTIONS
+    stop = time.perf_counter() + seconds
+
+    async def one(offset: float) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        due = time.perf_counter() + offset
+        while due < stop:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            assert await _request(reader, writer, random.choice(paths)) == 200
+            # From when it was due, not when it was sent: a slow answer delays the next
+            # request, and that wait is latency too (no coordinated omission).
+            latencies.append(time.perf_counter() - due)
+            due += 1 / per_conn
+        writer.close()
+
+    await asyncio.gather(*(one(i / rate) for i in range(CONNECTIONS)))
+    return latencies
+
+
+def db_ceiling(dsn: str, numbers: list[str], seconds: float) -> float:
+    """The same lookup without HTTP: one thread per connection of a 4-connection pool; per s."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import date
+
+    from exchange.registry.web.reads import PublicPool, verify
+
+    pool = PublicPool(dsn, 4, read_only=True)
+    stop = time.perf_counter() + seconds
+
+    def one() -> int:
+        n = 0
+        while time.perf_counter() < stop:
+            verify(pool, random.choice(numbers), "XS", date(2026, 12, 1))
+            n += 1
+        return n
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(4) as threads:
+        done = sum(threads.map(lambda _: one(), range(4)))
+    pool.close()
+    return done / (time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ ingest
+
+
+def ingest(dsn: str, url: str, vhost: str, target: int) -> float:
+    """Run one registry process until ``target`` events are decided; events/s."""
+    spawn = multiprocessing.get_context("spawn")
+    stop = spawn.Event()
+    worker = spawn.Process(target=_registry_process, args=(dsn, url, vhost, stop, 250, 500))
+    worker.start()
+    conn = postgres.connect(dsn)
+    count = "SELECT count(*) AS n FROM event_log"
+    first = postgres.fetch_all(conn, count)[0]["n"]
+    while postgres.fetch_all(conn, count)[0]["n"] == first:
+        time.sleep(0.005)
+    start, begin = time.perf_counter(), postgres.fetch_all(conn, count)[0]["n"]
+    while (now := postgres.fetch_all(conn, count)[0]["n"]) < target:
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    worker.join(timeout=60)
+    conn.close()
+    return float(now - begin) / elapsed
+
+
+def _queued(admin_url: str, vhost: str, n: int) -> None:
+    admin = Admin(admin_url)
+    try:
+        while {q["name"]: q.get("messages", 0) for q in admin.queues(vhost)}.get(
+            topology.REGISTRY_QUEUE
+        ) != n:
+            time.sleep(0.5)
+    finally:
+        admin.close()
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(certificates: int = 100_000, events: int = 6000, seconds: float = 5.0) -> dict[str, Any]:
+    """Every figure of the module docstring; printed and returned."""
+    admin_url = os.environ.get("KPX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    name = f"kpxb_{secrets.token_hex(4)}"
+    dsn = postgres.dsn_for(database_server_url(), name)
+    postgres.create_database(database_server_url(), name)
+    _setup(admin_url, name)
+    portal = None
+    try:
+        from benchmarks.registry_bench import _region
+        from exchange.registry import service, store
+
+        conn = postgres.connect(dsn)
+        service.prepare_database(conn, _region(name))
+        signers = {m: generate_key(m) for m in MEMBERS}
+        with postgres.transaction(conn) as cur:
+            for signer in signers.values():
+                store.register_key(cur, signer.verify_key)
+        conn.close()
+        from exchange.reconciler import service as reconciler_service
+
+        reconciler_service.prepare(dsn)
+        numbers = prefill(dsn, certificates)
+        port = _free_port()
+        portal = subprocess.Popen([sys.executable, "-m", "benchmarks.verify_bench", "--serve",
+                                   dsn, name, str(port)])  # fmt: skip
+        _wait_up(port)
+        paths = [f"/api/v1/verify/{n}" for n in random.sample(numbers, min(5000, len(numbers)))]
+        ceiling = db_ceiling(dsn, numbers, seconds)
+        static = asyncio.run(closed_loop(port, ["/healthz"], seconds))
+        verify = asyncio.run(closed_loop(port, paths, seconds))
+        messages = _messages(2 * events, signers)
+        registry_url = _url(admin_url, name, topology.registry_user(name))
+        _publish(admin_url, name, messages[:events])
+        _queued(admin_url, name, events)
+        alone = ingest(dsn, registry_url, name, events)
+        _publish(admin_url, name, messages[events:])
+        _queued(admin_url, name, events)
+        result: dict[str, Any] = {}
+
+        async def together() -> list[float]:
+            loop = asyncio.get_running_loop()
+            job = loop.run_in_executor(None, ingest, dsn, registry_url, name, 2 * events)
+            # verify load over the whole time the ingest is expected to take
+            lat = await open_loop(port, paths, verify / 2, events / alone + 0.5)
+            result["ingest_with_load"] = await job
+            return lat
+
+        latencies = asyncio.run(together())
+    finally:
+        if portal is not None:
+            portal.terminate()
+            portal.wait(timeout=30)
+        admin = Admin(admin_url)
+        admin.delete_vhost(name)
+        admin.close()
+        postgres.drop_database(database_server_url(), name)
+    result.update(certificates=certificates, static_per_s=static, verify_per_s=verify,
+                  lookup_without_http_per_s=ceiling,
+                  ratio=verify / static, ingest_alone=alone, p50_ms=_p(latencies, 0.5) * 1000,
+                  p99_ms=_p(latencies, 0.99) * 1000, requests=len(latencies),
+                  half_rate=verify / 2)  # fmt: skip
+    result["ingest_kept"] = result["ingest_with_load"] / alone
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_up(port: int) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("the portal did not start")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--serve"]:
+        serve_main(args[1], args[2], int(args[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--certificates", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=6000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    ns = parser.parse_args(args)
+    run(ns.certificates, ns.events, ns.seconds)
+
+
+if __name__ == "__main__":
+    main()

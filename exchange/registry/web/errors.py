@@ -1,0 +1,18 @@
+"""Errors as RFC 9457 problem details under /api/, as the foundation's error page elsewhere."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from exchange.web.app import wants_problem
+from exchange.web.problems import ProblemResponse
+from exchange.web.templating import render
+
+
+def problem(request: Request, status: int, title: str, detail: str) -> Response:
+    """A problem details answer for an API client, the translated error page for a browser."""
+    if wants_problem(request):
+        return ProblemResponse(status, title, detail)
+    translate = request.state.translator.gettext
+    return render(request, "error.html", {"status": status, "detail": translate(detail)}, status)
