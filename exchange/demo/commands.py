@@ -77,7 +77,15 @@ DEMO_USER, DEMO_PASSWORD = "officer", "kpx-demo-officer"
 )
 @click.option("--seed", type=int, default=2026, show_default=True, help="Seed of the plan.")
 @click.option("--keep", is_flag=True, help="Leave the services running at the end.")
-def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> None:
+@click.option(
+    "--serve/--no-serve",
+    default=None,
+    help="After the report, keep the region up for you to click through until Ctrl-C "
+    "(default: when run in a terminal).",
+)
+def demo(
+    duration: float, rate: float, members: str, seed: int, keep: bool, serve: bool | None
+) -> None:
     """A simulated region on real KP figures: live progress, then the final report."""
     console = Console()
     base = Settings.from_env(region=str(setup.EXAMPLE))
@@ -108,7 +116,8 @@ def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> N
     code = 1
     with _stop_on_sigterm():
         try:
-            code = _run(console, rt, plan, fleet, keep, folder)
+            stay = sys.stdin.isatty() and sys.stdout.isatty() if serve is None else serve
+            code = _run(console, rt, plan, fleet, (keep, stay), folder)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping every service …")
             _stop(console, fleet)
@@ -158,7 +167,16 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, folder: Path) -> int:
+def _run(
+    console: Console,
+    rt: Runtime,
+    plan: Plan,
+    fleet: Fleet,
+    ending: tuple[bool, bool],
+    folder: Path,
+) -> int:
+    """Run the demo; ``ending`` is (leave the services running, serve them until Ctrl-C)."""
+    keep, stay = ending
     _demo_users(rt)
     fleet.start()
     fleet.write_pids(folder / "pids")
@@ -183,9 +201,12 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         print_final(console, plan, driver, monitor.read(), stats, result, fleet.services)
         sample = portal.sample_certificate(rt.registry_dsn)
         console.print("\n".join(portal.lines(PORTAL_URL, user, sample)))
+        console.print(f"node web apps (user {DEMO_USER}, password {DEMO_PASSWORD}): {webs}")
     finally:
         monitor.close()
     problems = _problems(result, drained, fleet, driver)
+    if stay and not keep:
+        _serve_until_interrupted(console)
     if keep:
         _print_keep(console, fleet)
     else:
@@ -332,6 +353,16 @@ def _stop(console: Console, fleet: Fleet) -> dict[str, int]:
     style = "green" if all(c == 0 for c in codes.values()) else "red"
     console.print(f"[{style}]stopped; exit codes: {text}")
     return codes
+
+
+def _serve_until_interrupted(console: Console) -> None:
+    """Keep the region up for a first-time user to open the URLs above; Ctrl-C ends it."""
+    console.print("[bold]the region stays up: open the URLs above; press Ctrl-C to stop it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping every service …")
 
 
 def _print_keep(console: Console, fleet: Fleet) -> None:
