@@ -26,6 +26,7 @@ from exchange.domain.certificate import Certificate, JsonObject, from_symbol, re
 from exchange.domain.codes import Decision as _Decision
 from exchange.domain.codes import DiscrepancyKind as DiscrepancyKind
 from exchange.domain.codes import Reason
+from exchange.domain.keyevents import KeyRevocation, KeyRotation
 from exchange.domain.register import RegisterEntry, Revocation
 from exchange.errors import Refusal
 
@@ -42,6 +43,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "RegisterEntryRevoked",
     "LogCheckpoint",
     "LogCosigned",
+    "KeyRotated",
+    "KeyRevoked",
 )
 
 # kpx.ReasonCode without its reader default UNKNOWN (DESIGN §7).
@@ -351,6 +354,8 @@ Payload = (
     | Revocation
     | CheckpointNotice
     | Cosignature
+    | KeyRotation
+    | KeyRevocation
 )
 
 PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
@@ -368,6 +373,8 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         Revocation,
         CheckpointNotice,
         Cosignature,
+        KeyRotation,
+        KeyRevocation,
     )
 }
 
