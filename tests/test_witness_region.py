@@ -146,6 +146,7 @@ def kpx_audit(env: Env, keys: Path, nodes: dict[str, str], code: str) -> Result:
         registry_dsn=env.dsn,
         node_dsn=lambda c: nodes[c],
         keys_dir=keys,
+        trusted_dir=lambda c: keys,
         region=SimpleNamespace(code="XS"),
     )
     return CliRunner().invoke(audit, ["--member", code], obj=obj)

@@ -109,7 +109,7 @@ def init_node_site(rt: Runtime, code: str, prepare_node: PrepareNode) -> VerifyK
 
 def trusted_dir(rt: Runtime, code: str) -> str:
     """Where a node keeps the registry's and the reconciler's public keys."""
-    return str(rt.settings.node_dir(rt.region.vhost, code) / "trusted")
+    return str(rt.trusted_dir(code))
 
 
 def _trust_registry(rt: Runtime, code: str) -> None:

@@ -64,6 +64,10 @@ class Runtime:
         """A node's own key folder (at the member's site)."""
         return self.settings.node_keys_dir(self.region.vhost, code)
 
+    def trusted_dir(self, code: str) -> Path:
+        """The public keys a node was given: the registry's signing keys and the log's key."""
+        return self.settings.node_dir(self.region.vhost, code) / "trusted"
+
     def key_folder(self, producer: str) -> Path:
         """Where ``producer``'s private keys live: its node folder, or the registry's."""
         if producer in self.region.node_codes:
