@@ -55,6 +55,8 @@ DRAIN_TIMEOUT = 90.0
 DEFER_TIMEOUT = 30.0  # how long an operation may wait for the registry after the traffic
 # A ready officer on every node web app: the demo region is private and lives minutes.
 DEMO_USER, DEMO_PASSWORD = "officer", "kpx-demo-officer"
+# Four eyes (DESIGN §13): a clerk drafts, the officer authorises; the demo has one of each.
+DEMO_CLERK, DEMO_CLERK_PASSWORD = "clerk", "kpx-demo-clerk"
 
 
 @click.command("demo")
@@ -189,7 +191,7 @@ def _run(
         _stop(console, fleet)
         return 1
     webs = ", ".join(s.metrics_url for s in fleet.services if s.name.startswith("web "))
-    console.print(f"node web apps (user {DEMO_USER}, password {DEMO_PASSWORD}): {webs}")
+    console.print(_web_line(webs))
     kpx = [*kpx_command(), "--region", str(rt.settings.region_path)]
     user = portal.ready_user(kpx, _service_env(rt))
     console.print("\n".join(portal.lines(PORTAL_URL, user, None)))
@@ -201,7 +203,7 @@ def _run(
         print_final(console, plan, driver, monitor.read(), stats, result, fleet.services)
         sample = portal.sample_certificate(rt.registry_dsn)
         console.print("\n".join(portal.lines(PORTAL_URL, user, sample)))
-        console.print(f"node web apps (user {DEMO_USER}, password {DEMO_PASSWORD}): {webs}")
+        console.print(_web_line(webs))
     finally:
         monitor.close()
     problems = _problems(result, drained, fleet, driver)
@@ -228,6 +230,7 @@ def _demo_users(rt: Runtime) -> None:
         try:
             with postgres.transaction(conn) as cur:
                 access.add_user(cur, DEMO_USER, "officer", DEMO_PASSWORD, "Demo Officer")
+                access.add_user(cur, DEMO_CLERK, "clerk", DEMO_CLERK_PASSWORD, "Demo Clerk")
         finally:
             conn.close()
 
@@ -353,6 +356,13 @@ def _stop(console: Console, fleet: Fleet) -> dict[str, int]:
     style = "green" if all(c == 0 for c in codes.values()) else "red"
     console.print(f"[{style}]stopped; exit codes: {text}")
     return codes
+
+
+def _web_line(webs: str) -> str:
+    return (
+        f"node web apps (officer {DEMO_USER} / {DEMO_PASSWORD}, "
+        f"clerk {DEMO_CLERK} / {DEMO_CLERK_PASSWORD}): {webs}"
+    )
 
 
 def _serve_until_interrupted(console: Console) -> None:
