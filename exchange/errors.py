@@ -6,7 +6,9 @@ should do about it::
     KpxError
     ├── TransientError              retry with bounded backoff; the input is fine
     │   ├── BrokerUnavailable       RabbitMQ unreachable, connection or channel lost, blocked
-    │   └── DatabaseUnavailable     PostgreSQL unreachable, connection lost, serialization failure
+    │   ├── DatabaseUnavailable     PostgreSQL unreachable, connection lost, serialization failure
+    │   └── KeyNotYetKnown          a key id the source of truth does not hold yet (a verifier
+    │                               downstream of the registry: the key is on its way)
     └── PermanentError              never retried: reject, refuse or dead-letter
         ├── ConfigError             a bad or missing setting (names the key)
         ├── CodecError              bytes that are not a kpx Avro message
@@ -54,6 +56,10 @@ class BrokerUnavailable(TransientError):
 
 class DatabaseUnavailable(TransientError):
     """PostgreSQL cannot be reached, the connection was lost, or a transaction must be retried."""
+
+
+class KeyNotYetKnown(TransientError):
+    """A key id not registered yet where the verifier looks it up: retry, never dead-letter."""
 
 
 class PermanentError(KpxError):

@@ -7,17 +7,20 @@ import logging
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import click
 
 from exchange.adapters import postgres
 from exchange.adapters.signals import stop_on_signals
+from exchange.app import provision
 from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, current_runtime
 from exchange.errors import KeyFileError, TransientError
 from exchange.messaging.outbox import OutboxWriter
 from exchange.wire import topology
+from nodes import keys as node_keys
 from nodes import store
 from nodes.operations import Node, Result
 from nodes.service import NodeService, migrate
@@ -39,12 +42,16 @@ def _rt() -> Runtime:
 
 
 def _node(rt: Runtime, code: str) -> Node:
-    return Node(code, rt.region, OutboxWriter(rt.store, rt.signer(code)))
+    return Node(code, rt.region, OutboxWriter(rt.store, node_keys.current_signer(rt, code)))
 
 
 @click.group()
 def node() -> None:
     """A national node: run it, submit operations, read its certificates and shipments."""
+
+
+node.add_command(node_keys.node_init)
+node.add_command(node_keys.node_keys)
 
 
 @node.command("run")
@@ -61,7 +68,7 @@ def run(member: str, metrics_port: int | None) -> None:
         dsn=rt.node_dsn(member),
         amqp_url=rt.amqp_url(topology.node_user(member, rt.region.vhost)),
         schemas=rt.store,
-        keyring=rt.keyring(),
+        keyring=node_keys.node_keyring(rt, member),
         senders=frozenset({rt.region.code, rt.reconciler_producer}),
         witness=_witness(rt, member),
     )
@@ -77,7 +84,8 @@ def run(member: str, metrics_port: int | None) -> None:
 def _witness(rt: Runtime, code: str) -> Witness | None:
     """The node's witness of the registry's log (DESIGN §12); None without the log key."""
     try:
-        log_key = load_log_key(rt.keys_dir)
+        # The registry's public keys a node trusts live in its own folder (DESIGN §15).
+        log_key = load_log_key(Path(provision.trusted_dir(rt, code)))
     except KeyFileError as exc:  # a node set up before the log: it runs, but cannot witness
         log.warning("node %s: not witnessing the registry's log: %s", code, exc)
         return None

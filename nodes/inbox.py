@@ -23,11 +23,12 @@ from exchange.domain.events import (
     ShipmentNotice,
     StatusChange,
 )
+from exchange.domain.keyevents import KeyRevocation
 from exchange.errors import PermanentError
 from exchange.messaging.consumer import Database, Decoded
 from exchange.wire.codec import SchemaStore
 from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
-from nodes import store
+from nodes import keystore, store
 from nodes.witness import Witness
 
 log = logging.getLogger(__name__)
@@ -106,5 +107,7 @@ class Inbox:
             store.record_status(cur, s.participant, s.status.value, s.effective_on, s.reason)
         elif envelope.event_type == "LogCheckpoint" and self.witness is not None:
             self.witness.receive(cur, payload)  # DESIGN §12
+        elif envelope.event_type == "KeyRevoked":  # DESIGN §15: one of this node's keys
+            keystore.record_revocation(cur, KeyRevocation.from_record(payload))
         else:
             log.warning("node %s: ignoring a %s event", self.code, envelope.event_type)

@@ -75,7 +75,8 @@ ALLOWED = {
 # The command-line faces of the services use the runtime and the exit codes of exchange/app.
 COMMAND_FACES = {"exchange/registry/commands.py", "exchange/reconciler/commands.py",
                  "nodes/commands.py", "exchange/registry/logcommands.py",
-                 "exchange/registry/web/commands.py", "nodes/web/commands.py"}  # fmt: skip
+                 "exchange/registry/web/commands.py", "nodes/web/commands.py",
+                 "exchange/registry/keycommands.py", "nodes/keys.py"}  # fmt: skip
 NODES_IMPORTERS = {"exchange/app/cli.py", "exchange/demo/commands.py", "exchange/demo/setup.py",
                    "exchange/app/logaudit.py"}  # fmt: skip
 

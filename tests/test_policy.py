@@ -322,7 +322,7 @@ def test_a_confirmation_before_its_certificate_waits_and_is_matched_when_it_arri
     reg = Registry()
     conf = event("AE", 1, confirmation(1))
     assert reg.deliver(conf).outcome is Decision.ACCEPTED  # a fact reported by the importer
-    assert reg.view.waiting == {number(1): [conf.event_id]}
+    assert reg.view.waiting == {number(1): [(conf.event_id, "AE")]}  # kept with its importer
     assert reg.changes.confirmations == [Confirmed(conf.payload, conf.event_id, False)]
     reg.deliver(issued(1, 1))
     assert reg.state(1) == CertificateState.IMPORT_CONFIRMED

@@ -53,7 +53,11 @@ def region(
                         member, issuance(certificate(member, serial, destination=dest))
                     )
                 )
+        # Two announced checkpoints at least (one per batch that accepted an event): the tests
+        # below need an older one to show a late witness; the first batch must land first.
+        wait_until(lambda: _announced(env) >= 1, timeout=30, what="a first checkpoint")
         _issue_at(env, "BW", nodes["BW"], count=3)
+        wait_until(lambda: _announced(env) >= 2, timeout=30, what="a second checkpoint")
         wait_until(lambda: _cosigned_latest(env), timeout=30, what="BW's cosignature served")
         yield env, keys, nodes
     finally:
@@ -61,6 +65,11 @@ def region(
         for thread in threads:
             thread.join(timeout=30)
         env.publisher.close()
+
+
+def _announced(env: Env) -> int:
+    rows = env.query("SELECT count(*) AS n FROM log_checkpoints WHERE announced")
+    return int(rows[0]["n"])
 
 
 def _issue_at(env: Env, code: str, dsn: str, count: int) -> None:
@@ -137,6 +146,7 @@ def kpx_audit(env: Env, keys: Path, nodes: dict[str, str], code: str) -> Result:
         registry_dsn=env.dsn,
         node_dsn=lambda c: nodes[c],
         keys_dir=keys,
+        trusted_dir=lambda c: keys,
         region=SimpleNamespace(code="XS"),
     )
     return CliRunner().invoke(audit, ["--member", code], obj=obj)

@@ -77,6 +77,11 @@ class Admin:
         """Create or update a user with a password and no tags."""
         self._call("PUT", f"/users/{quote(name, safe='')}", {"password": password, "tags": ""})
 
+    def put_user_limit(self, name: str, limit: str, value: int) -> None:
+        """Set a per-user limit (``max-connections``, ``max-channels``) of user ``name``."""
+        path = f"/user-limits/{quote(name, safe='')}/{quote(limit, safe='')}"
+        self._call("PUT", path, {"value": value})
+
     def apply(self, definitions: dict[str, Any], admin_user: str) -> None:
         """Apply exchanges, queues, bindings, permissions and topic permissions."""
         vhost = definitions["vhosts"][0]["name"]

@@ -26,6 +26,16 @@ from exchange.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Where /metrics and /healthz listen: loopback unless the settings open them to a scrape
+# network (KPX_METRICS_HOST, set once by the composition root through listen_on).
+_BIND = ["127.0.0.1"]
+
+
+def listen_on(host: str) -> None:
+    """The address every later :func:`serve` binds (default 127.0.0.1)."""
+    _BIND[0] = host
+
+
 # Publish confirms on a local broker take about a millisecond; across a region, tens.
 _CONFIRM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # End to end (committed at a node -> committed at the registry) includes batching and, after
@@ -125,9 +135,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(
-    port: int, health: Callable[[], tuple[bool, str]], host: str = "0.0.0.0"
+    port: int, health: Callable[[], tuple[bool, str]], host: str | None = None
 ) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz on ``port`` from a daemon thread; returns the server."""
+    """Serve /metrics and /healthz on ``port`` from a daemon thread; returns the server.
+
+    ``host`` defaults to the address of :func:`listen_on` (loopback unless opened).
+    """
+    host = _BIND[0] if host is None else host
     handler = type("Handler", (_Handler,), {"health": staticmethod(health)})
     try:
         server = ThreadingHTTPServer((host, port), handler)

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import click
 
+from exchange.adapters import terminal
 from exchange.app import provision
 from exchange.app.exits import ExitCode, exit_code, message
 from exchange.app.runtime import REGION_OPTION, Runtime, pass_runtime
+from exchange.app.settings import PUBLISHED_PASSWORDS
 from exchange.errors import ConfigError, KpxError
 from exchange.wire import topology
 from exchange.wire.signing import generate_key, save_key
@@ -39,7 +41,7 @@ log = logging.getLogger("kpx")
 
 # (parent group, "module:attribute" of a click command or group). One line per command group.
 COMMANDS: tuple[tuple[str, str], ...] = (
-    ("", "nodes.commands:node"),  # kpx node run|submit|certificates|shipments
+    ("", "nodes.commands:node"),  # kpx node run|submit|certificates|shipments|init|keys
     ("", "nodes.commands:submit_all"),  # kpx submit
     ("", "exchange.registry.commands:registry"),  # kpx registry …
     ("registry", "exchange.registry.logcommands:log_group"),  # kpx registry log … (DESIGN §12)
@@ -50,6 +52,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("registry", "exchange.reconciler.commands:discrepancies"),  # kpx registry discrepancies
     ("registry", "exchange.registry.web.commands:serve"),  # kpx registry serve (DESIGN §13)
     ("registry", "exchange.registry.web.commands:users"),  # kpx registry users add (§13)
+    ("registry", "exchange.registry.keycommands:keys"),  # kpx registry keys add|revoke|list
     ("", "exchange.reconciler.commands:reconciler"),  # kpx reconciler run
     ("", "exchange.reconciler.commands:reconcile"),  # kpx reconcile --as-of
     ("", "exchange.reconciler.commands:stats"),  # kpx stats --period
@@ -130,20 +133,43 @@ def topology_() -> None:
     help="Administrator created at boot (a broker loading definitions makes no guest); "
     "its password comes from $KPX_BROKER_ADMIN_PASSWORD.",
 )
+@click.option(
+    "--no-admin", is_flag=True, help="No administrator: the template committed to the repository."
+)
+@click.option(
+    "--mode",
+    default="0600",
+    show_default=True,
+    help="File mode with an administrator (0644 when the broker runs as another user).",
+)
 @pass_runtime
-def topology_export(rt: Runtime, output: Path, admin_user: str) -> None:
+def topology_export(rt: Runtime, output: Path, admin_user: str, no_admin: bool, mode: str) -> None:
     """Write the topology as RabbitMQ definitions (service users without passwords:
-    `kpx region init` sets them)."""
-    # The password is read from the settings, never from an option: an option's value is
-    # visible to every user of the machine (ps) and a default would be printed by --help.
-    password = rt.settings.admin_password()
-    admin = (admin_user, topology.password_hash(password, os.urandom(4)))
+    `kpx region init` sets them). Refuses a missing, short or published admin password."""
+    admin = None
+    if not no_admin:
+        # The password is read from the settings, never from an option: an option's value is
+        # visible to every user of the machine (ps) and a default would be printed by --help.
+        password = _strong(rt.settings.admin_password())
+        admin = (admin_user, topology.password_hash(password, os.urandom(4)))
     definitions = topology.definitions(rt.region.vhost, rt.region.node_codes, admin)
     try:
         output.write_text(json.dumps(definitions, indent=2) + "\n", encoding="utf-8")
+        if admin is not None:
+            output.chmod(int(mode, 8))  # it holds a salted password hash
     except OSError as exc:  # e.g. the default path outside a checkout: a usage error
         raise ConfigError(f"--output {str(output)!r} cannot be written: {exc.strerror}") from exc
     click.echo(f"wrote {output}")
+
+
+def _strong(password: str) -> str:
+    """``password``, unless it is a published default or shorter than 12 characters."""
+    if password in PUBLISHED_PASSWORDS or len(password) < 12:
+        raise ConfigError(
+            "KPX_BROKER_ADMIN_PASSWORD is a published default or shorter than 12 characters; "
+            "generate one at deploy time (`openssl rand -base64 24`)"
+        )
+    return password
 
 
 @cli.group()
@@ -160,8 +186,14 @@ def keys() -> None:
 )
 @pass_runtime
 def keys_generate(rt: Runtime, member: str) -> None:
-    """Generate a new Ed25519 key; register it with `kpx region init` (key rotation)."""
-    private, public = save_key(generate_key(member.upper()), rt.keys_dir)
+    """A new key of the registry or the reconciler (a node rotates with `kpx node keys rotate`)."""
+    producer = member.upper()
+    if producer in rt.region.node_codes:
+        raise click.UsageError(
+            f"{producer} is a node: its key is made and kept at its site; rotate it with "
+            f"`kpx node keys rotate --member {producer}` (DESIGN §15)"
+        )
+    private, public = save_key(generate_key(producer), rt.keys_dir)
     click.echo(f"private key {private}\npublic key {public}")
 
 
@@ -207,7 +239,33 @@ def attach_commands(root: click.Group = cli) -> None:
 
 
 def run(args: list[str] | None = None) -> int:
-    """Run ``kpx`` with ``args`` (default: sys.argv) inside the error boundary; the exit code."""
+    """Run ``kpx`` with ``args`` (default: sys.argv) inside the error boundary; the exit code.
+
+    Stored text reaches the terminal escaped, whatever the command: its output, its logs and
+    the boundary's own message (exchange/adapters/terminal.py) — except the demo's, whose
+    live display writes terminal codes on purpose.
+    """
+    argv = sys.argv[1:] if args is None else args
+    restore = None if _subcommand(argv) == "demo" else terminal.install()
+    try:
+        return _run(args)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _subcommand(argv: list[str]) -> str | None:
+    """The first command name in ``argv`` (skipping the group's options)."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--region":
+            next(tokens, None)
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def _run(args: list[str] | None) -> int:
     attach_commands()
     try:
         result = cli.main(args, prog_name="kpx", standalone_mode=False)

@@ -15,7 +15,7 @@ from exchange.adapters.postgres import Connection, connect, transaction
 from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, pass_runtime
 from exchange.registry import log as registry_log
-from exchange.tlog import proof
+from exchange.tlog import note, proof
 from nodes.audit import audit as run_audit
 from nodes.witness import load_log_key
 
@@ -45,6 +45,11 @@ class RegistryDatabase:
             return proof.prove_consistency(old, new, registry_log.reader(cur))
 
 
+def _log_key(rt: Runtime, code: str) -> note.Verifier:
+    """The log key the node was given (its ``trusted/`` folder), never the registry's copy."""
+    return load_log_key(rt.trusted_dir(code))
+
+
 @click.command("audit")
 @click.option("--member", required=True, metavar="XX", help="The node to audit.")
 @pass_runtime
@@ -55,9 +60,7 @@ def audit(rt: Runtime, member: str) -> None:
     registry, node = connect(rt.registry_dsn), connect(rt.node_dsn(code))
     try:
         with transaction(node) as cur:
-            report = run_audit(
-                cur, RegistryDatabase(registry), load_log_key(rt.keys_dir), rt.region.code
-            )
+            report = run_audit(cur, RegistryDatabase(registry), _log_key(rt, code), rt.region.code)
     finally:
         registry.close()
         node.close()

@@ -19,10 +19,13 @@ from typing import Concatenate, ParamSpec, TypeVar, cast
 
 import click
 
+from exchange.adapters import metrics, postgres
 from exchange.app.settings import Settings
 from exchange.domain.region import Region, load_region
+from exchange.registry import keys as registry_keys
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore, default_store
+from exchange.wire.keyring import RefreshingKeyring
 from exchange.wire.signing import Keyring, Signer, latest_signer
 
 
@@ -54,8 +57,22 @@ class Runtime:
 
     @property
     def keys_dir(self) -> Path:
-        """Where the authority keys of this region live."""
+        """The registry's and the reconciler's keys (never a member's: DESIGN §15)."""
         return self.settings.keys_dir(self.region.vhost)
+
+    def node_keys_dir(self, code: str) -> Path:
+        """A node's own key folder (at the member's site)."""
+        return self.settings.node_keys_dir(self.region.vhost, code)
+
+    def trusted_dir(self, code: str) -> Path:
+        """The public keys a node was given: the registry's signing keys and the log's key."""
+        return self.settings.node_dir(self.region.vhost, code) / "trusted"
+
+    def key_folder(self, producer: str) -> Path:
+        """Where ``producer``'s private keys live: its node folder, or the registry's."""
+        if producer in self.region.node_codes:
+            return self.node_keys_dir(producer)
+        return self.keys_dir
 
     @property
     def reconciler_producer(self) -> str:
@@ -63,14 +80,39 @@ class Runtime:
         return topology.reconciler_producer(self.region.code)
 
     def keyring(self) -> Keyring:
-        """Every public key in the keys directory."""
+        """Every public key in this machine's key folders (the registry's and each node's)."""
         ring = Keyring()
-        ring.load_dir(self.keys_dir)
+        for folder in (self.keys_dir, *map(self.node_keys_dir, self.region.node_codes)):
+            if folder.is_dir():
+                ring.load_dir(folder)
         return ring
 
+    def registered_keys(self) -> RefreshingKeyring:
+        """The registry's key table as a verifier downstream of the registry sees it.
+
+        The reconciler's: every event it gets was accepted by the registry, whose key row
+        committed before any event signed with the key existed, so a key id it does not hold
+        is looked up in the table; still unknown means late (KeyNotYetKnown: the batch is
+        retried), never a dead letter (issue 11: a rotation lost accepted events that way).
+        """
+        dsn = self.registry_dsn
+
+        def load() -> Keyring:
+            conn = postgres.connect(dsn, application_name="kpx-keyring")
+            try:
+                return registry_keys.load_keyring(conn)
+            finally:
+                conn.close()
+
+        return RefreshingKeyring(load, transient_unknown=True, max_age=5.0)
+
     def signer(self, producer: str) -> Signer:
-        """The newest private key of ``producer``; raises KeyFileError when there is none."""
-        return latest_signer(self.keys_dir, producer)
+        """The newest private key of ``producer`` in its own folder; KeyFileError if none.
+
+        A node's rotated key waits in ``pending/`` until the registry accepted it
+        (nodes/keys.py), so it is not picked here before.
+        """
+        return latest_signer(self.key_folder(producer), producer)
 
     def amqp_url(self, user: str | None) -> str:
         """The broker URL of the region's vhost as ``user`` (None: the administrator)."""
@@ -92,7 +134,9 @@ def current_runtime() -> Runtime:
     root = click.get_current_context().find_root()
     if root.obj is None:
         region = root.meta.get(REGION_OPTION)
-        root.obj = Runtime.load(Settings.from_env(region=region))
+        settings = Settings.from_env(region=region)
+        metrics.listen_on(settings.metrics_host)  # loopback unless KPX_METRICS_HOST opens it
+        root.obj = Runtime.load(settings)
     # Tests may hand the commands a stand-in with the same attributes (click's obj=...).
     return cast(Runtime, root.obj)
 

@@ -14,7 +14,18 @@ Every setting kpx reads from the environment is here and nowhere else:
 ``KPX_STATE_DIR``              authority keys and broker passwords, per vhost; default var
 ``KPX_BROKER_ADMIN_PASSWORD``  the administrator ``kpx topology export`` writes into the
                                broker definitions; no default
+``KPX_METRICS_HOST``           where /metrics and /healthz listen; default 127.0.0.1 (open
+                               it only to a scrape network)
 =============================  ==========================================================
+
+Key custody (DESIGN §15): under ``<state>/<vhost>/`` the registry's folder ``registry/``
+holds the registry's and the reconciler's keys only; each node has its own folder
+``nodes/<CODE>/`` (its key, and the registry's public keys it trusts). At a member's site only
+that member's folder exists; on one machine (demo, tests) they sit side by side, and no
+member's private key is ever written into the registry's folder. Every folder is 0700.
+
+A published or guessed broker password (``kpx-admin`` …) in ``KPX_AMQP_URL``, or ``guest``
+beyond loopback, is refused at start: better one clear line than a broker opened by default.
 
 Secrets never appear in a repr, a log line or ``--help``: URLs are shown without their
 password and the administrator password as ``***``.
@@ -33,10 +44,15 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from exchange.adapters.management import Admin
 from exchange.adapters.postgres import dsn_for, redact
 from exchange.errors import ConfigError
+from exchange.wire.signing import private_dir
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_STATE_DIR = "var"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+# Passwords that were ever shipped as examples or are guessed first: refused at start.
+PUBLISHED_PASSWORDS = frozenset({"kpx-admin", "admin", "password", "changeme", "secret", "kpx"})
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _URLS = frozenset({"amqp_url", "database_url", "management_url"})
 _PASSWORDS = frozenset({"broker_admin_password"})
 
@@ -59,6 +75,7 @@ class Settings:
     state_dir: Path
     management_url: str | None = field(default=None, repr=False)
     broker_admin_password: str | None = field(default=None, repr=False)
+    metrics_host: str = DEFAULT_METRICS_HOST
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={self._shown(f.name)!r}" for f in fields(self))
@@ -83,6 +100,7 @@ class Settings:
         management = env.get("KPX_AMQP_MANAGEMENT_URL") or None
         if management is not None:
             management = _url(env, "KPX_AMQP_MANAGEMENT_URL", "", ("http", "https"))
+        _refuse_default_credentials(amqp_url)
         named = region or env.get("KPX_REGION")
         region_path = Path(named) if named else example_region_path()
         if not region_path.is_file():
@@ -94,6 +112,7 @@ class Settings:
             Path(env.get("KPX_STATE_DIR") or DEFAULT_STATE_DIR),
             management_url=management,
             broker_admin_password=env.get("KPX_BROKER_ADMIN_PASSWORD") or None,
+            metrics_host=env.get("KPX_METRICS_HOST") or DEFAULT_METRICS_HOST,
         )
 
     def admin_password(self) -> str:
@@ -114,9 +133,21 @@ class Settings:
         """The state directory of one vhost (keys and broker passwords)."""
         return self.state_dir / vhost
 
+    def registry_dir(self, vhost: str) -> Path:
+        """The regional body's own state folder (its and the reconciler's keys)."""
+        return self.vhost_dir(vhost) / "registry"
+
     def keys_dir(self, vhost: str) -> Path:
-        """Where the authority keys of this region live."""
-        return self.vhost_dir(vhost) / "keys"
+        """The registry's and the reconciler's keys (never a member's)."""
+        return self.registry_dir(vhost) / "keys"
+
+    def node_dir(self, vhost: str, code: str) -> Path:
+        """A node's own state folder, at the member's site."""
+        return self.vhost_dir(vhost) / "nodes" / code
+
+    def node_keys_dir(self, vhost: str, code: str) -> Path:
+        """A node's signing keys (private 0600) and public halves."""
+        return self.node_dir(vhost, code) / "keys"
 
     def broker_password(self, vhost: str, user: str, *, create: bool = False) -> str:
         """The generated password of a broker user; created (mode 0600) when ``create``."""
@@ -128,7 +159,8 @@ class Settings:
                 f"no broker password for {user!r} in {str(path.parent)!r}: "
                 "run `kpx region init` first"
             )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in (self.state_dir, self.vhost_dir(vhost), path.parent):
+            private_dir(folder)  # 0700 whatever the umask
         password = secrets.token_urlsafe(24)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -154,3 +186,19 @@ def _url(env: Mapping[str, str], key: str, default: str, schemes: tuple[str, ...
         wanted = " or ".join(f"{s}://" for s in schemes)
         raise ConfigError(f"{key} must be a URL starting {wanted}, got {redact(url)!r}")
     return url
+
+
+def _refuse_default_credentials(amqp_url: str) -> None:
+    """ConfigError for a published password, or guest beyond loopback (the broker refuses
+    guest there anyway: better one clear line at start than a retry loop)."""
+    parts = urlsplit(amqp_url)
+    if parts.password is not None and parts.password in PUBLISHED_PASSWORDS:
+        raise ConfigError(
+            f"KPX_AMQP_URL: the broker password of {parts.username!r} is a published default; "
+            "generate one (e.g. `openssl rand -base64 24`) and set it at deploy time"
+        )
+    if parts.username in (None, "guest") and parts.hostname not in _LOOPBACK:
+        raise ConfigError(
+            f"KPX_AMQP_URL: guest may log in over loopback only, not on {parts.hostname!r}; "
+            "name the broker administrator created at deploy time"
+        )

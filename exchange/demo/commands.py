@@ -55,6 +55,8 @@ DRAIN_TIMEOUT = 90.0
 DEFER_TIMEOUT = 30.0  # how long an operation may wait for the registry after the traffic
 # A ready officer on every node web app: the demo region is private and lives minutes.
 DEMO_USER, DEMO_PASSWORD = "officer", "kpx-demo-officer"
+# Four eyes (DESIGN §13): a clerk drafts, the officer authorises; the demo has one of each.
+DEMO_CLERK, DEMO_CLERK_PASSWORD = "clerk", "kpx-demo-clerk"
 
 
 @click.command("demo")
@@ -77,7 +79,15 @@ DEMO_USER, DEMO_PASSWORD = "officer", "kpx-demo-officer"
 )
 @click.option("--seed", type=int, default=2026, show_default=True, help="Seed of the plan.")
 @click.option("--keep", is_flag=True, help="Leave the services running at the end.")
-def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> None:
+@click.option(
+    "--serve/--no-serve",
+    default=None,
+    help="After the report, keep the region up for you to click through until Ctrl-C "
+    "(default: when run in a terminal).",
+)
+def demo(
+    duration: float, rate: float, members: str, seed: int, keep: bool, serve: bool | None
+) -> None:
     """A simulated region on real KP figures: live progress, then the final report."""
     console = Console()
     base = Settings.from_env(region=str(setup.EXAMPLE))
@@ -108,7 +118,8 @@ def demo(duration: float, rate: float, members: str, seed: int, keep: bool) -> N
     code = 1
     with _stop_on_sigterm():
         try:
-            code = _run(console, rt, plan, fleet, keep, folder)
+            stay = sys.stdin.isatty() and sys.stdout.isatty() if serve is None else serve
+            code = _run(console, rt, plan, fleet, (keep, stay), folder)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping every service …")
             _stop(console, fleet)
@@ -158,7 +169,16 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, folder: Path) -> int:
+def _run(
+    console: Console,
+    rt: Runtime,
+    plan: Plan,
+    fleet: Fleet,
+    ending: tuple[bool, bool],
+    folder: Path,
+) -> int:
+    """Run the demo; ``ending`` is (leave the services running, serve them until Ctrl-C)."""
+    keep, stay = ending
     _demo_users(rt)
     fleet.start()
     fleet.write_pids(folder / "pids")
@@ -171,7 +191,7 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         _stop(console, fleet)
         return 1
     webs = ", ".join(s.metrics_url for s in fleet.services if s.name.startswith("web "))
-    console.print(f"node web apps (user {DEMO_USER}, password {DEMO_PASSWORD}): {webs}")
+    console.print(_web_line(webs))
     kpx = [*kpx_command(), "--region", str(rt.settings.region_path)]
     user = portal.ready_user(kpx, _service_env(rt))
     console.print("\n".join(portal.lines(PORTAL_URL, user, None)))
@@ -183,9 +203,12 @@ def _run(console: Console, rt: Runtime, plan: Plan, fleet: Fleet, keep: bool, fo
         print_final(console, plan, driver, monitor.read(), stats, result, fleet.services)
         sample = portal.sample_certificate(rt.registry_dsn)
         console.print("\n".join(portal.lines(PORTAL_URL, user, sample)))
+        console.print(_web_line(webs))
     finally:
         monitor.close()
     problems = _problems(result, drained, fleet, driver)
+    if stay and not keep:
+        _serve_until_interrupted(console)
     if keep:
         _print_keep(console, fleet)
     else:
@@ -207,6 +230,7 @@ def _demo_users(rt: Runtime) -> None:
         try:
             with postgres.transaction(conn) as cur:
                 access.add_user(cur, DEMO_USER, "officer", DEMO_PASSWORD, "Demo Officer")
+                access.add_user(cur, DEMO_CLERK, "clerk", DEMO_CLERK_PASSWORD, "Demo Clerk")
         finally:
             conn.close()
 
@@ -332,6 +356,23 @@ def _stop(console: Console, fleet: Fleet) -> dict[str, int]:
     style = "green" if all(c == 0 for c in codes.values()) else "red"
     console.print(f"[{style}]stopped; exit codes: {text}")
     return codes
+
+
+def _web_line(webs: str) -> str:
+    return (
+        f"node web apps (officer {DEMO_USER} / {DEMO_PASSWORD}, "
+        f"clerk {DEMO_CLERK} / {DEMO_CLERK_PASSWORD}): {webs}"
+    )
+
+
+def _serve_until_interrupted(console: Console) -> None:
+    """Keep the region up for a first-time user to open the URLs above; Ctrl-C ends it."""
+    console.print("[bold]the region stays up: open the URLs above; press Ctrl-C to stop it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping every service …")
 
 
 def _print_keep(console: Console, fleet: Fleet) -> None:

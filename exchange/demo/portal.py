@@ -45,9 +45,14 @@ def sample_certificate(registry_dsn: str) -> str | None:
 def lines(base: str, user: tuple[str, str], certificate_id: str | None) -> list[str]:
     """The portal's URLs, one audience per line."""
     verify = f"{base}/verify/{certificate_id}" if certificate_id else f"{base}/verify"
+    hint = [
+        "                  (the simulated trade is dated in the past, so most of it has expired:",
+        "                  issue one at a node web app below to see VALID on its printed QR code)",
+    ]
     return [
         f"portal            {base}/",
         f"  verification    {verify}",
+        *(hint if certificate_id else []),
         f"  statistics      {base}/statistics",
         f"  the log         {base}/log  ({base}/log/checkpoint)",
         f"  console         {base}/console  (user {user[0]}, password {user[1]})",

@@ -371,11 +371,27 @@ def certificate_findings(
     cid, who = confs[0].certificate_id, _concerned(cert, confs)
     broken = [c for c in confs if not c.seal_intact]
     found = [_seal(broken[0])] if broken else []
-    if len(confs) > 1:
-        found.append(_duplicate(confs))
+    # Member isolation (DESIGN §15): a third party's confirmation is WRONG_DESTINATION, not a
+    # second presentation of the certificate, so only the destination's count as re-use.
+    presented = confs if cert is None else _by_destination(cert, confs, region, members)
+    if len(presented) > 1:
+        found.append(_duplicate(presented))
     if cert is not None:
         found += _against_certificate(cert, confs, limits, region, members)
     return [Discrepancy(d.kind, d.detail, cid, who) for d in found]
+
+
+def _by_destination(
+    cert: CertificateFacts,
+    confs: Sequence[ConfirmationFacts],
+    region: str,
+    members: Collection[str],
+) -> list[ConfirmationFacts]:
+    return [
+        c
+        for c in confs
+        if destination_matches(cert.destination, c.importing_participant, region, members)
+    ]
 
 
 def _seal(c: ConfirmationFacts) -> Discrepancy:

@@ -27,6 +27,7 @@ from exchange.domain.certificate import Certificate, JsonObject, from_symbol, re
 from exchange.domain.codes import Decision as _Decision
 from exchange.domain.codes import DiscrepancyKind as DiscrepancyKind
 from exchange.domain.codes import Reason
+from exchange.domain.keyevents import KeyRevocation, KeyRotation
 from exchange.domain.register import RegisterEntry, Revocation
 from exchange.errors import Refusal
 
@@ -43,6 +44,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "RegisterEntryRevoked",
     "LogCheckpoint",
     "LogCosigned",
+    "KeyRotated",
+    "KeyRevoked",
     "ShipmentCancelled",
 )
 
@@ -400,6 +403,8 @@ Payload = (
     | Revocation
     | CheckpointNotice
     | Cosignature
+    | KeyRotation
+    | KeyRevocation
 )
 
 PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
@@ -417,6 +422,8 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         Revocation,
         CheckpointNotice,
         Cosignature,
+        KeyRotation,
+        KeyRevocation,
         ShipmentCancellation,
     )
 }

@@ -25,6 +25,13 @@ Decisions taken here (the contract leaves them open):
 - Import confirmations are refused only for what the importing authority can fix (its own
   identity, a mistyped number, non-positive quantities, an issuer that is no participant in
   good standing); everything that compares them with the certificate is reconciliation.
+- Member isolation (DESIGN §15): a confirmation changes a certificate's state only when it
+  comes from the certificate's destination (:func:`is_destination`). Anyone else's is a fact
+  recorded for the reconciler (WRONG_DESTINATION), never a change to another member's
+  certificate, so it can neither block the issuer's void nor make ``verify`` answer "valid".
+- Blank text (issuing authority, exporter and importer fields, container id, seal numbers) and
+  an empty seal list are SCHEMA_INVALID here, not only in the node's operation parser, so an
+  event crafted past a node meets the checks the node would have made.
 """
 
 from __future__ import annotations
@@ -333,6 +340,31 @@ def check_issue_day(
     return None
 
 
+def _blank(value: str) -> bool:
+    return not value.strip()
+
+
+def check_text_fields(cert: CertificateContent) -> Refusal | None:
+    """SCHEMA_INVALID for a blank text field or an empty seal list (see the module notes)."""
+    named: list[tuple[str, str]] = [("issuing_authority", cert.issuing_authority)]
+    for side in ("exporter", "importer"):
+        party = getattr(cert, side)
+        named += [(f"{side}.{f.name}", getattr(party, f.name)) for f in fields(party)]
+    named.append(("container.container_id", cert.container.container_id))
+    if not cert.container.seal_numbers:
+        return Refusal("SCHEMA_INVALID", "container.seal_numbers must name at least one seal")
+    named += [
+        (f"container.seal_numbers[{i}]", s) for i, s in enumerate(cert.container.seal_numbers)
+    ]
+    named += [
+        (f"lawful_import_evidence[{i}]", n) for i, n in enumerate(cert.lawful_import_evidence)
+    ]
+    for field, value in named:
+        if _blank(value):
+            return Refusal("SCHEMA_INVALID", f"{field} must be a non-empty string")
+    return None
+
+
 def check_certificate(
     cert: AnyCertificate,
     producer: str,
@@ -345,15 +377,16 @@ def check_certificate(
 ) -> Refusal | None:
     """The first refusal for an issued certificate, or None.
 
-    Order: issuer, number, destination and scope, origins, HS codes, quantities, totals,
-    dates — who and which number first, then where to and from, then contents. A draft
-    without a number skips the number check; without ``applied_on`` (the day the node
-    applied the operation) the date of issue is not compared with it.
+    Order: issuer, number, destination and scope, text fields, origins, HS codes,
+    quantities, totals, dates — who and which number first, then where to and from, then
+    contents. A draft without a number skips the number check; without ``applied_on`` (the
+    day the node applied the operation) the date of issue is not compared with it.
     """
     return (
         check_issuer(cert, producer, region_code=region_code, members=members)
         or check_number(cert, region_code=region_code)
         or check_destination(cert, book, region_code=region_code, members=members)
+        or check_text_fields(cert)
         or check_origins(cert, book)
         or check_hs_codes(cert)
         or check_quantities(cert)
@@ -483,3 +516,13 @@ def check_production(
     return check_period(declaration.period) or check_magnitudes(
         [(f, getattr(declaration, f)) for f in ("carats", "value_usd")]
     )
+
+
+def is_destination(destination: str, importer: str) -> bool:
+    """Whether ``importer``'s confirmation may change a certificate naming ``destination``.
+
+    Only the destination's own confirmation does (DESIGN §15). The registry never accepts a
+    certificate naming the region itself (check_destination refuses it as its own issuer),
+    so the reconciler's "a member confirms for the region" case does not arise here.
+    """
+    return importer == destination

@@ -56,7 +56,7 @@ def run(obj: Runtime, metrics_port: int) -> None:
             obj.amqp_url(topology.reconciler_user(obj.region.vhost)),
             obj.region,
             obj.store,
-            obj.keyring(),
+            obj.registered_keys(),  # the registry's key table, refreshed (DESIGN §15)
             obj.signer(producer),
             stop,
             health,

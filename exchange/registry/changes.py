@@ -6,11 +6,13 @@ Frozen values with named fields: they cross from the pure policy to the SQL of t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from exchange.domain.certificate import Certificate
 from exchange.domain.codes import CertificateState
 from exchange.domain.events import ImportConfirmation, ProductionDeclaration
+from exchange.domain.keyevents import KeyRotation
 from exchange.domain.register import RegisterChange
 
 if TYPE_CHECKING:  # the policy's Event; the policy imports this module
@@ -80,6 +82,15 @@ class Gap:
     sequence: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyAnnounced:
+    """An accepted KeyRotated: the member's next public key (DESIGN §15)."""
+
+    rotation: KeyRotation
+    event_id: str
+    produced_at: datetime
+
+
 @dataclass(slots=True)
 class Changes:
     """Rows to write, collected while applying verdicts (see store.write_changes)."""
@@ -95,3 +106,4 @@ class Changes:
     gaps_filled: list[Gap] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
     register: list[RegisterChange] = field(default_factory=list)  # §14, in acceptance order
+    keys: list[KeyAnnounced] = field(default_factory=list)

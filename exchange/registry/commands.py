@@ -166,7 +166,7 @@ def dead_letters(ctx: click.Context, as_json: bool) -> None:
 @click.argument("message_ids", nargs=-1)
 @pass_runtime
 def reinject(obj: Runtime, everything: bool, message_ids: tuple[str, ...]) -> None:
-    """Publish dead letters back to kpx.events so they are decided again after a fix."""
+    """Publish dead letters back where they failed, to be decided again after a fix."""
     if not everything and not message_ids:
         raise click.UsageError("name MESSAGE_ID… or --all")
     user = topology.registry_user(obj.region.vhost)

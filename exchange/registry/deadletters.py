@@ -2,9 +2,13 @@
 
 Listing takes every message without acknowledging it and closes the channel, which returns
 them all to the queue: nothing is consumed for good. Re-injecting publishes the chosen
-messages back to ``kpx.events`` under their original routing key as the registry's own
-broker user (the ingest then trusts the envelope's producer, proven by its signature), waits
-for the broker's confirm, and only then acks the dead copy; the others go back to the queue.
+messages back *where they failed* (the ``x-kpx-queue`` header the consumer set): a registry
+dead letter to ``kpx.events``, a reconciler's to ``kpx.accepted``, a node inbox's to
+``kpx.notify`` — under their original routing key, as the registry's own broker user (the
+ingest then trusts the envelope's producer, proven by its signature). Handing a reconciler's
+dead letter to the registry instead only made it a duplicate there, lost to the reconciler
+for good (issue 11). It waits for the broker's confirm, and only then acks the dead copy; the
+others go back to the queue.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def list_dead(amqp_url: str) -> list[dict[str, Any]]:
 
 
 def reinject(amqp_url: str, user: str, message_ids: Collection[str] | None = None) -> int:
-    """Re-publish dead letters (all when ``message_ids`` is None) to kpx.events; return how many.
+    """Re-publish dead letters (all when ``message_ids`` is None) where they failed; how many.
 
     ``user`` is the broker user of ``amqp_url`` (the registry's), set as ``user_id``. Raises
     BrokerUnavailable or BrokerRefused; a message whose publish is not confirmed stays dead.
@@ -110,13 +114,10 @@ def reinject(amqp_url: str, user: str, message_ids: Collection[str] | None = Non
                     if props.message_id not in wanted:
                         continue  # left unacked: back to the queue when the channel closes
                     wanted.discard(props.message_id)
+                target = failed_at((props.headers or {}).get("x-kpx-queue"))
                 try:
                     publish.basic_publish(
-                        topology.EVENTS,
-                        _routing_key(method, props),
-                        body,
-                        _props(props, user),
-                        True,
+                        target, _routing_key(method, props), body, _props(props, user), True
                     )
                 except (pika.exceptions.UnroutableError, pika.exceptions.NackError):
                     continue  # not confirmed: the dead copy stays in the queue
@@ -129,6 +130,16 @@ def reinject(amqp_url: str, user: str, message_ids: Collection[str] | None = Non
         if conn.is_open:
             conn.close()
     return count
+
+
+def failed_at(queue: object) -> str:
+    """The exchange that feeds the queue a dead letter failed in (kpx.events by default)."""
+    name = queue.decode() if isinstance(queue, bytes) else str(queue or "")
+    if name == topology.RECONCILER_QUEUE:
+        return topology.ACCEPTED
+    if name.startswith(topology.node_queue("")):
+        return topology.NOTIFY
+    return topology.EVENTS
 
 
 def _props(props: BasicProperties, user: str) -> BasicProperties:

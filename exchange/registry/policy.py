@@ -20,6 +20,11 @@ Decisions taken here (the contract leaves them open):
   aside) even for an unknown, voided or already confirmed certificate; the reconciler raises
   those discrepancies. An unknown certificate's confirmation waits (``matched = false``) and is
   matched when the certificate arrives, which then becomes IMPORT_CONFIRMED.
+- **Member isolation** (DESIGN §15, rules.is_destination): only a confirmation by the
+  certificate's destination makes it IMPORT_CONFIRMED, whether it came before or after the
+  certificate. Anyone else's is accepted as a recorded fact (the reconciler raises
+  WRONG_DESTINATION) and changes no state: the issuer can still void, the destination can
+  still confirm, ``verify`` answers as before.
 - **A replayed (producer, sequence)** under another event id is NOT_ALLOWED; events a node may
   not produce (decisions, notices, status changes) are NOT_ALLOWED too.
 - Signature and schema failures never reach this module: their sequence number is not
@@ -34,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from exchange.domain import keyevents, rules
 from exchange.domain import register as register_rules
-from exchange.domain import rules
 from exchange.domain.certificate import Certificate, certificate_json_text
 from exchange.domain.codes import CertificateState, Decision, Reason
 from exchange.domain.events import (
@@ -46,6 +51,7 @@ from exchange.domain.events import (
     ProductionDeclaration,
     Voiding,
 )
+from exchange.domain.keyevents import KeyRotation
 from exchange.domain.region import Policy
 from exchange.domain.register import Register, RegisterEntry, Revocation
 from exchange.errors import Refusal
@@ -55,6 +61,7 @@ from exchange.registry.changes import (
     Declared,
     Gap,
     HistoryEntry,
+    KeyAnnounced,
     NewCertificate,
     SequenceUse,
     StateChange,
@@ -68,6 +75,7 @@ NODE_EVENTS = frozenset(
         "ProductionDeclared",
         "RegisterEntryRecorded",
         "RegisterEntryRevoked",
+        "KeyRotated",
     }
 )
 
@@ -123,6 +131,7 @@ class CertRecord:
     digest: bytes
     body: Mapping[str, Any] | None = None
     parsed: Certificate | None = None
+    destination: str = ""  # only its confirmation changes the state (member isolation)
 
     def certificate(self) -> Certificate:
         """The stored certificate (parsed from its JSON body on first use)."""
@@ -142,7 +151,8 @@ class View:
     used: dict[tuple[str, int], str] = field(default_factory=dict)
     high_water: dict[str, int] = field(default_factory=dict)
     open_gaps: dict[str, set[int]] = field(default_factory=dict)
-    waiting: dict[str, list[str]] = field(default_factory=dict)
+    # certificate id -> unmatched confirmations: (event id, importing participant)
+    waiting: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     held: dict[str, list[Event]] = field(default_factory=dict)
     register: Register = field(default_factory=Register)  # of the batch's producers (§14)
     # certificate id -> what was confirmed for it (see confirmation_fact)
@@ -194,7 +204,7 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         )
         if refusal is not None:
             return _rejected(refusal)
-        return _repeated_confirmation(payload, view) or Verdict(Decision.ACCEPTED)
+        return _repeated_confirmation(payload, view) or _confirmation_verdict(payload, view)
     if isinstance(payload, ProductionDeclaration):
         refusal = rules.check_production(
             payload, event.producer, members=ctx.members
@@ -208,6 +218,9 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
     if isinstance(payload, Cosignature):  # a witness's cosignature: the log writer checks it
         return Verdict(Decision.ACCEPTED)
+    if isinstance(payload, KeyRotation):
+        refusal = keyevents.check_rotation(payload, event.producer, node_codes=ctx.node_codes)
+        return Verdict(Decision.ACCEPTED) if refusal is None else _rejected(refusal)
     return Verdict(
         Decision.REJECTED,
         Reason.NOT_ALLOWED,
@@ -237,6 +250,19 @@ def _repeated_confirmation(c: ImportConfirmation, view: View) -> Verdict | None:
         detail=f"{c.importing_participant} already confirmed certificate {c.certificate_id} "
         "with the same figures; nothing changed",
         changed=False,
+    )
+
+
+def _confirmation_verdict(confirmation: ImportConfirmation, view: View) -> Verdict:
+    """Accepted; a third party's confirmation is said to change nothing (member isolation)."""
+    record = view.certs.get(confirmation.certificate_id)
+    importer = confirmation.importing_participant
+    if record is None or rules.is_destination(record.destination, importer):
+        return Verdict(Decision.ACCEPTED)
+    return Verdict(
+        Decision.ACCEPTED,
+        detail=f"recorded: {importer} is not the destination ({record.destination}) of "
+        f"{record.certificate_id}, so its state stays {record.state} (WRONG_DESTINATION)",
     )
 
 
@@ -345,6 +371,8 @@ def apply(event: Event, verdict: Verdict, view: View, out: Changes) -> None:
     elif isinstance(payload, RegisterEntry | Revocation):
         register_rules.apply_event(payload, view.register)
         out.register.append((payload, event.event_id))
+    elif isinstance(payload, KeyRotation):
+        out.keys.append(KeyAnnounced(payload, event.event_id, event.produced_at))
 
 
 def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes) -> None:
@@ -356,6 +384,7 @@ def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes
         event.event_id,
         event.cert_digest,
         parsed=cert,
+        destination=cert.destination,
     )
     view.certs[cert.certificate_id] = record
     waiting = view.waiting.pop(cert.certificate_id, [])
@@ -365,8 +394,8 @@ def _apply_certificate(cert: Certificate, event: Event, view: View, out: Changes
             cert.certificate_id, event.event_id, event.event_type, CertificateState.ISSUED, ""
         )
     )
-    for confirmation_id in sorted(waiting):
-        _confirm(record, confirmation_id, out)
+    for confirmation_id, importer in sorted(waiting):
+        _confirm(record, confirmation_id, importer, out)
         out.matched.append(confirmation_id)
 
 
@@ -378,15 +407,24 @@ def _apply_confirmation(
     view.confirmed.setdefault(confirmation.certificate_id, set()).add(
         confirmation_fact(confirmation)
     )
+    importer = confirmation.importing_participant
     if record is None:
-        view.waiting.setdefault(confirmation.certificate_id, []).append(event.event_id)
+        waiting = view.waiting.setdefault(confirmation.certificate_id, [])
+        waiting.append((event.event_id, importer))
         return
-    _confirm(record, event.event_id, out)
+    _confirm(record, event.event_id, importer, out)
 
 
-def _confirm(record: CertRecord, confirmation_id: str, out: Changes) -> None:
-    """A confirmation matched to its certificate: ISSUED becomes IMPORT_CONFIRMED."""
+def _confirm(record: CertRecord, confirmation_id: str, importer: str, out: Changes) -> None:
+    """A confirmation matched to its certificate: by its destination, ISSUED becomes
+    IMPORT_CONFIRMED; by anyone else, the state stays (member isolation)."""
     cert_id = record.certificate_id
+    if not rules.is_destination(record.destination, importer):
+        detail = f"WRONG_DESTINATION: confirmed by {importer}, not {record.destination}"
+        out.history.append(
+            HistoryEntry(cert_id, confirmation_id, "ImportConfirmed", record.state, detail)
+        )
+        return
     if record.state == CertificateState.ISSUED:
         record.state = CertificateState.IMPORT_CONFIRMED
         out.state_changes.append(StateChange(cert_id, None, CertificateState.IMPORT_CONFIRMED))

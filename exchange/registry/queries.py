@@ -78,7 +78,7 @@ def verify(conn: Connection, certificate_id: str, region_code: str, on: date) ->
     )
     if not rows:
         return False, _never_accepted(conn, number)
-    return _judge(number, rows[0], on, _confirmations(conn, number))
+    return _judge(number, rows[0], on, _confirmations(conn, number, rows[0]["destination"]))
 
 
 def _never_accepted(conn: Connection, number: str) -> str:
@@ -100,12 +100,13 @@ def _never_accepted(conn: Connection, number: str) -> str:
     )
 
 
-def _confirmations(conn: Connection, number: str) -> list[dict[str, Any]]:
+def _confirmations(conn: Connection, number: str, destination: str) -> list[dict[str, Any]]:
+    # Only the destination's confirmations count (DESIGN §15): a third party's is no re-use.
     return fetch_all(
         conn,
         "SELECT importing_participant, received_on FROM import_confirmations "
-        "WHERE certificate_id = %s ORDER BY received_on",
-        (number,),
+        "WHERE certificate_id = %s AND importing_participant = %s ORDER BY received_on",
+        (number, destination),
     )
 
 

@@ -99,7 +99,7 @@ def ingest(
     log_signer: note.Signer | None = None,
 ) -> Ingest:
     """The registry's handler for the consumer: opener, outbox writer, policy context, log."""
-    keys = KeySource(lambda: store.load_keyring(db.get()))
+    keys = KeySource(lambda: store.load_keyring(db.get()), max_age=1.0)
     opener = Opener(
         schemas, keys, node_users(region), region.node_codes, topology.registry_user(region.vhost)
     )

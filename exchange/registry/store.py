@@ -16,11 +16,11 @@ import psycopg2
 import psycopg2.extras
 
 from exchange.adapters.pgcopy import copy_rows
-from exchange.adapters.postgres import Connection, Cursor, fetch_all
+from exchange.adapters.postgres import Connection, Cursor
 from exchange.domain.certificate import Certificate
 from exchange.domain.codes import CertificateState, Decision
 from exchange.domain.region import Region
-from exchange.registry import limits, register
+from exchange.registry import keys, limits, register
 from exchange.registry.changes import Changes, Declared
 from exchange.registry.policy import CertRecord, Event, View
 from exchange.wire.signing import Keyring, VerifyKey
@@ -115,12 +115,12 @@ def load_view(
     _load_certificates(cur, view, certificate_ids)
     _load_sequences(cur, view, producers, sequences)
     cur.execute(
-        "SELECT certificate_id, event_id::text FROM import_confirmations "
+        "SELECT certificate_id, event_id::text, importing_participant FROM import_confirmations "
         "WHERE certificate_id = ANY(%s) AND NOT matched",
         (list(certificate_ids),),
     )
-    for cert_id, event_id in cur.fetchall():
-        view.waiting.setdefault(cert_id, []).append(event_id)
+    for cert_id, event_id, importer in cur.fetchall():
+        view.waiting.setdefault(cert_id, []).append((event_id, importer))
     _load_confirmed(cur, view, certificate_ids)
     return view
 
@@ -139,11 +139,14 @@ def _load_confirmed(cur: Cursor, view: View, certificate_ids: Sequence[str]) -> 
 def _load_certificates(cur: Cursor, view: View, certificate_ids: Sequence[str]) -> None:
     cur.execute(
         "SELECT certificate_id, COALESCE(issuing_member, issuing_participant), state, "
-        "event_id::text, content_hash, body FROM certificates WHERE certificate_id = ANY(%s)",
+        "event_id::text, content_hash, body, destination FROM certificates "
+        "WHERE certificate_id = ANY(%s)",
         (list(certificate_ids),),
     )
-    for cert_id, issuer, state, event_id, digest, body in cur.fetchall():
-        view.certs[cert_id] = CertRecord(cert_id, issuer, state, event_id, bytes(digest), body)
+    for cert_id, issuer, state, event_id, digest, body, dest in cur.fetchall():
+        view.certs[cert_id] = CertRecord(
+            cert_id, issuer, state, event_id, bytes(digest), body, destination=dest
+        )
 
 
 def _load_sequences(
@@ -223,6 +226,7 @@ def write_changes(cur: Cursor, out: Changes) -> None:
     """Write the sequence bookkeeping and the state rows the verdicts produced."""
     _write_sequences(cur, out)
     register.write(cur, out.register)
+    keys.write_rotations(cur, out.keys)
     _write_certificates(cur, out)
     _write_confirmations(cur, out)
     _values(
@@ -430,11 +434,5 @@ def register_key(cur: Cursor, key: VerifyKey) -> bool:
 
 
 def load_keyring(conn: Connection) -> Keyring:
-    """Every registered authority key (retired keys still verify history)."""
-    rows = fetch_all(conn, "SELECT key_id, producer, public_key, registered_at FROM authority_keys")
-    return Keyring(
-        [
-            VerifyKey(r["key_id"], r["producer"], bytes(r["public_key"]), r["registered_at"])
-            for r in rows
-        ]
-    )
+    """Every registered authority key, with its revocation (see exchange/registry/keys.py)."""
+    return keys.load_keyring(conn)

@@ -27,6 +27,13 @@ while the keyring holds the old public key. Key files are JSON::
 Keys are unpadded base64url of the raw 32 bytes (as in RFC 8037 JWKs); ``created_at`` is the
 UTC instant the key was generated and orders keys made on the same day.
 
+Custody (DESIGN §15): a private key file must be mode 0600 in a folder of mode 0700;
+:func:`load_signer` refuses one that its group or others can read (a key that others could
+have copied is no proof of who signed), and :func:`private_dir` creates folders 0700 whatever
+the umask. The public half travels as one *key line* (:func:`key_line`), what ``kpx node
+init`` prints and ``kpx registry keys add --key`` reads: ``<key_id> ed25519:<base64url key>``.
+The key id carries the fingerprint of the key, so a mistyped line is caught.
+
 Errors: :class:`~exchange.errors.KeyFileError` for any key file that cannot be read or
 written (naming the file), :class:`~exchange.errors.UnknownKey` and
 :class:`~exchange.errors.BadSignature` from :meth:`Keyring.verify` (naming the key id).
@@ -56,9 +63,12 @@ __all__ = [
     "Signer",
     "VerifyKey",
     "generate_key",
+    "key_line",
     "latest_signer",
     "load_public",
     "load_signer",
+    "parse_key_line",
+    "private_dir",
     "save_key",
 ]
 
@@ -82,11 +92,23 @@ class VerifyKey:
     producer: str
     public_key: bytes
     created_at: datetime
+    # Events it signed on or after this day are refused (a compromised key); None: in force.
+    revoked_from: date | None = None
+    # ... and, once revoked, any event numbered above the producer's sequence at revocation.
+    revoked_above: int | None = None
     _verifier: nacl.signing.VerifyKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Parsing the point once here keeps it off the per-message verify path.
         object.__setattr__(self, "_verifier", nacl.signing.VerifyKey(self.public_key))
+
+    def signed_in_force(self, produced_at: datetime, sequence: int | None = None) -> bool:
+        """Whether an event (``produced_at``, ``sequence``) was signed before any revocation."""
+        if self.revoked_from is None:
+            return True
+        if produced_at.astimezone(UTC).date() >= self.revoked_from:
+            return False
+        return self.revoked_above is None or sequence is None or sequence <= self.revoked_above
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Check ``signature`` over ``message``; raises BadSignature if it does not verify."""
@@ -217,11 +239,7 @@ def save_key(signer: Signer, directory: Path | str) -> tuple[Path, Path]:
     Returns (private_path, public_path). Never overwrites a key file. Raises KeyFileError
     naming the file that cannot be written.
     """
-    folder = Path(directory)
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KeyFileError(f"{folder}: cannot create the key directory: {exc}") from exc
+    folder = private_dir(directory)
     public_doc = _public_document(signer.verify_key)
     private_doc = {**public_doc, "kind": "private", "private_key": _b64(signer.private_bytes())}
     private_path = folder / f"{signer.key_id}{PRIVATE_SUFFIX}"
@@ -232,8 +250,10 @@ def save_key(signer: Signer, directory: Path | str) -> tuple[Path, Path]:
 
 
 def load_signer(path: Path | str) -> Signer:
-    """Read a private key file. Raises KeyFileError naming the file and what is wrong."""
+    """Read a private key file. Raises KeyFileError naming the file and what is wrong,
+    including a file or folder its group or others may read (see the module notes)."""
     file = Path(path)
+    _check_private(file)
     doc = _read_document(file, kind="private")
     public_key = _key_bytes(file, doc, "public_key")
     private_key = _key_bytes(file, doc, "private_key")
@@ -274,7 +294,63 @@ def latest_signer(directory: Path | str, producer: str) -> Signer:
     return max(candidates, key=lambda s: (_key_id_day(s.key_id), s.created_at, s.key_id))
 
 
+def private_dir(directory: Path | str) -> Path:
+    """Create ``directory`` (and parents) if needed and make it mode 0700, whatever the umask.
+
+    Raises KeyFileError naming the folder when it cannot be created or changed.
+    """
+    folder = Path(directory)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise KeyFileError(f"{folder}: cannot create a private (0700) folder: {exc}") from exc
+    return folder
+
+
+def key_line(key: VerifyKey) -> str:
+    """The one-line form of a public key: ``<key_id> ed25519:<base64url public key>``."""
+    return f"{key.key_id} ed25519:{_b64(key.public_key)}"
+
+
+def parse_key_line(line: str, *, created_at: datetime | None = None) -> VerifyKey:
+    """The public key of a key line; raises KeyFileError saying what is wrong with it."""
+    parts = line.strip().split()
+    if len(parts) != 2 or not parts[1].startswith("ed25519:"):
+        raise KeyFileError(f"key line {line.strip()[:120]!r} is not '<key_id> ed25519:<key>'")
+    key_id, encoded = parts[0], parts[1].removeprefix("ed25519:")
+    producer = _KEY_ID_TAIL.split(key_id)[0]
+    try:
+        public_key = _unb64(encoded)
+    except (binascii.Error, ValueError) as exc:
+        raise KeyFileError(f"key line of {key_id!r}: the key is not base64url") from exc
+    doc = {"key_id": key_id, "producer": producer, "created_at": "-"}
+    if len(public_key) != KEY_BYTES:
+        raise KeyFileError(f"key line of {key_id!r}: {len(public_key)} bytes, not {KEY_BYTES}")
+    when = created_at or datetime.now(UTC)
+    _identity(Path("key line"), {**doc, "created_at": when.isoformat()}, public_key)
+    try:
+        return VerifyKey(key_id, producer, public_key, when)
+    except nacl.exceptions.CryptoError as exc:
+        raise KeyFileError(f"key line of {key_id!r}: not an Ed25519 public key") from exc
+
+
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _check_private(file: Path) -> None:
+    """Refuse a private key that others could have read (file or folder open to them)."""
+    for path, what in ((file, "key file"), (file.parent, "key folder")):
+        try:
+            mode = os.stat(path).st_mode & 0o777
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot read {what}: {exc}") from exc
+        if mode & 0o077:
+            wanted = "0600" if what == "key file" else "0700"
+            raise KeyFileError(
+                f"{path}: {what} is mode {mode:04o}, readable by group or others; refusing "
+                f"to load a private key that may have been copied (chmod {wanted})"
+            )
 
 
 def _fingerprint(public_key: bytes) -> str:

@@ -10,6 +10,7 @@ from exchange.adapters import postgres
 from exchange.app.runtime import Runtime, current_runtime
 from exchange.errors import ConfigError
 from exchange.messaging.outbox import OutboxWriter
+from nodes.keys import current_signer
 from nodes.operations import Node
 from nodes.service import migrate
 from nodes.web import access
@@ -43,7 +44,8 @@ def node_web(rt: Runtime, code: str, *, allow_self_authorise: bool = False) -> N
     """The node's context for the web app (migrates its database first)."""
     dsn = rt.node_dsn(code)
     migrate(dsn)
-    node = Node(code, rt.region, OutboxWriter(rt.store, rt.signer(code)))
+    # The current key, a rotated one once the registry accepted it (nodes/keys.py).
+    node = Node(code, rt.region, OutboxWriter(rt.store, current_signer(rt, code)))
     # The QR code's base URL is the registry's public one (`[registry] public_url`, DESIGN §13).
     return NodeWeb(code, rt.region, node, Pool(dsn), rt.region.public_url, allow_self_authorise)
 
