@@ -13,7 +13,6 @@ others go back to the queue.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -23,16 +22,6 @@ from pika.spec import BasicProperties
 from exchange.adapters.rabbitmq import blocking_connection, translated
 from exchange.wire import topology
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(value: object) -> str:
-    """``value`` as text with control characters escaped (``\x1b``): a reason or routing key
-    comes from whoever published the message, and raw terminal escape codes must not reach
-    the operator's terminal."""
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
 
 def _routing_key(method: Any, props: BasicProperties) -> str:
     """The routing key the message had before it was dead-lettered."""
@@ -41,12 +30,15 @@ def _routing_key(method: Any, props: BasicProperties) -> str:
 
 
 def _describe(method: Any, props: BasicProperties, body: bytes) -> dict[str, Any]:
+    """The dead letter as stored: its text is whoever published it wrote, shown escaped by
+    the terminal boundary (exchange/adapters/terminal.py), exact in ``--json``."""
     headers = props.headers or {}
+    reason = headers.get("x-kpx-reason", "")
     return {
-        "message_id": None if props.message_id is None else printable(props.message_id),
-        "reason": printable(headers.get("x-kpx-reason", "")),
-        "routing_key": printable(_routing_key(method, props)),
-        "type": None if props.type is None else printable(props.type),
+        "message_id": props.message_id,
+        "reason": reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason),
+        "routing_key": _routing_key(method, props),
+        "type": props.type,
         "size": len(body),
     }
 
