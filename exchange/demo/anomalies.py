@@ -143,14 +143,28 @@ def top_up_history(b: Builder) -> tuple[str, str]:
 
 def seed_closed_half(b: Builder, outlier: tuple[str, str], mirror_pair: tuple[str, str]) -> None:
     """The seeds that keep every mirror comparison intact, and the mirror seed itself."""
-    start = b.timeline.clean.first
+    # The order is the order of the random draws: changing it changes every seed's plan.
+    _seed_unconfirmed_expired(b)
+    _seed_imported_after_expiry(b)
+    _confirmed_with(
+        b, "SEAL_BROKEN", "the container seal was not intact on arrival", seal_intact=False
+    )
+    _confirmed_with(
+        b, "PARCEL_MISMATCH", "one parcel fewer arrived (same weight: repacked?)", parcels_short=1
+    )
+    _seed_outlier(b, *outlier)
+    _seed_mirror(b, *mirror_pair)
+
+
+def _seed_unconfirmed_expired(b: Builder) -> None:
+    """An export to a participant without a node here, so no confirmation ever comes back."""
     m = b.rng.choice(b.members)
     dest = b.rng.choice(NO_NODE)
     s = b.ship(
         _at(b),
         m,
         dest,
-        start + timedelta(days=b.rng.randint(0, 10)),
+        b.timeline.clean.first + timedelta(days=b.rng.randint(0, 10)),
         _member_parcels(b, m),
         validity=30,
         label="UNCONFIRMED_EXPIRED",
@@ -162,13 +176,16 @@ def seed_closed_half(b: Builder, outlier: tuple[str, str], mirror_pair: tuple[st
         f"confirmation came back before {s.date_of_expiry} + grace",
     )
 
+
+def _seed_imported_after_expiry(b: Builder) -> None:
+    """A short-lived certificate that a hub confirms a few days after it expired."""
     m, hub = b.rng.choice(b.members), b.rng.choice(HUB_CODES)
     at = _at(b)
     s = b.ship(
         at,
         m,
         hub,
-        start + timedelta(days=b.rng.randint(5, 15)),
+        b.timeline.clean.first + timedelta(days=b.rng.randint(5, 15)),
         _member_parcels(b, m),
         validity=14,
         label="IMPORTED_AFTER_EXPIRY",
@@ -178,15 +195,6 @@ def seed_closed_half(b: Builder, outlier: tuple[str, str], mirror_pair: tuple[st
     b.seed(
         "IMPORTED_AFTER_EXPIRY", s, f"{hub} received it on {late}, after expiry {s.date_of_expiry}"
     )
-
-    _confirmed_with(
-        b, "SEAL_BROKEN", "the container seal was not intact on arrival", seal_intact=False
-    )
-    _confirmed_with(
-        b, "PARCEL_MISMATCH", "one parcel fewer arrived (same weight: repacked?)", parcels_short=1
-    )
-    _seed_outlier(b, *outlier)
-    _seed_mirror(b, *mirror_pair)
 
 
 def _confirmed_with(
@@ -265,7 +273,18 @@ def _seed_mirror(b: Builder, partner: str, member: str) -> None:
 
 def seed_open_quarter(b: Builder) -> None:
     """The seeds that add an import without its export, in the quarter not judged yet."""
-    q, last = b.timeline.open_quarter, b.timeline.open_last
+    # The order is the order of the random draws: changing it changes every seed's plan.
+    _seed_unknown_certificate(b)
+    _seed_duplicate_import(b)
+    _seed_wrong_destination(b)
+    _seed_voided_but_imported(b)
+    _seed_carat_mismatch(b)
+    _seed_value_mismatch(b)
+
+
+def _seed_unknown_certificate(b: Builder) -> None:
+    """A hub confirms a forged paper: a well-formed number its issuer never gave out."""
+    q = b.timeline.open_quarter
     m = b.rng.choice(b.members)
     forged = regional_number(b.region, m, q.first.year, 9_000_000 + b.rng.randint(1, 999_999))
     ghost = b.phantom(m, "AE", q.first, _member_parcels(b, m), certificate_id=forged)
@@ -278,18 +297,27 @@ def seed_open_quarter(b: Builder) -> None:
     )
     b.seed("UNKNOWN_CERTIFICATE", ghost, f"AE confirmed {forged}, a number {m} never issued")
 
+
+def _seed_duplicate_import(b: Builder) -> None:
+    """The destination confirms one certificate twice, the second time within the quarter."""
     s, at = _open_shipment(b, "DUPLICATE_IMPORT")
     b.confirm(
         b.later(at), s.destination, s, s.date_of_issue + timedelta(days=1), label="DUPLICATE_IMPORT"
     )
-    again = min(last, s.date_of_issue + timedelta(days=b.rng.randint(4, 8)))
+    again = min(b.timeline.open_last, s.date_of_issue + timedelta(days=b.rng.randint(4, 8)))
     b.confirm(b.later(at, 3.5, 6.0), s.destination, s, again, label="DUPLICATE_IMPORT")
     b.seed("DUPLICATE_IMPORT", s, f"{s.destination} confirmed it twice (re-used certificate)")
 
+
+def _seed_wrong_destination(b: Builder) -> None:
+    """A certificate bound for EU is confirmed by IN."""
     s, at = _open_shipment(b, "WRONG_DESTINATION", destination="EU")
     b.confirm(b.later(at), "IN", s, s.date_of_issue + timedelta(days=2), label="WRONG_DESTINATION")
     b.seed("WRONG_DESTINATION", s, "bound for EU, confirmed by IN")
 
+
+def _seed_voided_but_imported(b: Builder) -> None:
+    """The issuer voids a certificate the day after issue; it is presented at import anyway."""
     s, at = _open_shipment(b, "VOIDED_BUT_IMPORTED")
     void = {
         "op": "void",
@@ -309,6 +337,9 @@ def seed_open_quarter(b: Builder) -> None:
     )
     b.seed("VOIDED_BUT_IMPORTED", s, f"voided by {s.issuer}, then presented at import")
 
+
+def _seed_carat_mismatch(b: Builder) -> None:
+    """The destination receives 4 % fewer carats than the certificate states."""
     s, at = _open_shipment(b, "CARAT_MISMATCH")
     short = (s.carats * Decimal("0.96")).quantize(CENT)
     b.confirm(
@@ -321,6 +352,9 @@ def seed_open_quarter(b: Builder) -> None:
     )
     b.seed("CARAT_MISMATCH", s, f"{s.carats} ct stated, {short} ct received")
 
+
+def _seed_value_mismatch(b: Builder) -> None:
+    """The destination assesses the parcels at 10 % below the certificate's value."""
     s, at = _open_shipment(b, "VALUE_MISMATCH")
     low = (s.value_usd * Decimal("0.90")).quantize(CENT)
     b.confirm(

@@ -93,14 +93,29 @@ def demo(
     base = Settings.from_env(region=str(setup.EXAMPLE))
     chosen = _members(members, setup.example_region())
     folder = setup.demo_dir(base.state_dir.resolve())
+    _refuse_a_kept_demo(folder)
+    with console.status("setting up the private region kpx_demo …"):
+        rt = setup.prepare(dataclasses.replace(base, state_dir=base.state_dir.resolve()), chosen)
+    plan = _plan(rt, seed, duration, rate, chosen)
+    fleet = Fleet(
+        services(rt.settings.region_path, list(rt.region.node_codes)),
+        _service_env(rt),
+        folder / "logs",
+    )
+    stay = sys.stdin.isatty() and sys.stdout.isatty() if serve is None else serve
+    sys.exit(_guarded(console, fleet, lambda: _run(console, rt, plan, fleet, (keep, stay), folder)))
+
+
+def _refuse_a_kept_demo(folder: Path) -> None:
     still = kept_alive(folder / "pids")
     if still:
         pids = " ".join(map(str, still))
         click.echo(f"kpx demo: a kept demo still runs; stop it first: kill -TERM {pids}", err=True)
         sys.exit(ExitCode.FAILED)
-    with console.status("setting up the private region kpx_demo …"):
-        rt = setup.prepare(dataclasses.replace(base, state_dir=base.state_dir.resolve()), chosen)
-    plan = make_plan(
+
+
+def _plan(rt: Runtime, seed: int, duration: float, rate: float, chosen: list[str]) -> Plan:
+    return make_plan(
         seed=seed,
         duration=duration,
         rate=rate,
@@ -110,24 +125,20 @@ def demo(
         policy=rt.region.policy,
         today=datetime.now(UTC).date(),
     )
-    fleet = Fleet(
-        services(rt.settings.region_path, list(rt.region.node_codes)),
-        _service_env(rt),
-        folder / "logs",
-    )
-    code = 1
+
+
+def _guarded(console: Console, fleet: Fleet, run: Callable[[], int]) -> int:
+    """Run the demo; Ctrl-C, SIGTERM or an error stop every service before leaving."""
     with _stop_on_sigterm():
         try:
-            stay = sys.stdin.isatty() and sys.stdout.isatty() if serve is None else serve
-            code = _run(console, rt, plan, fleet, (keep, stay), folder)
+            return run()
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping every service …")
             _stop(console, fleet)
-            code = ExitCode.INTERRUPTED
+            return ExitCode.INTERRUPTED
         except Exception:
             _stop(console, fleet)  # never leave services behind on an error
             raise
-    sys.exit(code)
 
 
 def _members(option: str, example: dict[str, Any]) -> list[str]:
@@ -179,16 +190,7 @@ def _run(
 ) -> int:
     """Run the demo; ``ending`` is (leave the services running, serve them until Ctrl-C)."""
     keep, stay = ending
-    _demo_users(rt)
-    fleet.start()
-    fleet.write_pids(folder / "pids")
-    with console.status(
-        f"starting the registry, the reconciler and {len(rt.region.node_codes)} nodes …"
-    ):
-        problems = fleet.wait_ready(90.0)
-    if problems:
-        console.print(f"[red]services did not start: {'; '.join(problems)} (logs in {fleet.logs})")
-        _stop(console, fleet)
+    if not _start(console, rt, fleet, folder):
         return 1
     webs = ", ".join(s.metrics_url for s in fleet.services if s.name.startswith("web "))
     console.print(_web_line(webs))
@@ -209,16 +211,36 @@ def _run(
     problems = _problems(result, drained, fleet, driver)
     if stay and not keep:
         _serve_until_interrupted(console)
-    if keep:
-        _print_keep(console, fleet)
-    else:
-        codes = _stop(console, fleet)
-        problems += [f"{name} exited with {c}" for name, c in codes.items() if c != 0]
+    problems += _finish(console, fleet, keep)
     verdict = (
         "[green]kpx demo: ok" if not problems else f"[red]kpx demo: FAILED — {'; '.join(problems)}"
     )
     console.print(verdict)
     return 0 if not problems else 1
+
+
+def _start(console: Console, rt: Runtime, fleet: Fleet, folder: Path) -> bool:
+    """Create the demo's users, start every service and wait until each answers."""
+    _demo_users(rt)
+    fleet.start()
+    fleet.write_pids(folder / "pids")
+    with console.status(
+        f"starting the registry, the reconciler and {len(rt.region.node_codes)} nodes …"
+    ):
+        problems = fleet.wait_ready(90.0)
+    if problems:
+        console.print(f"[red]services did not start: {'; '.join(problems)} (logs in {fleet.logs})")
+        _stop(console, fleet)
+    return not problems
+
+
+def _finish(console: Console, fleet: Fleet, keep: bool) -> list[str]:
+    """Leave the services running (``--keep``) or stop them; a non-zero exit is a problem."""
+    if keep:
+        _print_keep(console, fleet)
+        return []
+    codes = _stop(console, fleet)
+    return [f"{name} exited with {c}" for name, c in codes.items() if c != 0]
 
 
 def _demo_users(rt: Runtime) -> None:

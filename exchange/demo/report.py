@@ -141,8 +141,18 @@ def print_final(
     fleet: Sequence[Service],
 ) -> None:
     """The whole final report."""
-    tl = plan.timeline
     console.rule("[bold]kpx demo — final report")
+    _print_run(console, plan, driver, final)
+    if stats is not None:
+        console.print(statistics_table(stats))
+    console.print(score_table(result))
+    _print_mistakes_and_totals(console, result)
+    console.print(_metrics_panel(fleet))
+
+
+def _print_run(console: Console, plan: Plan, driver: Driver, final: Snapshot) -> None:
+    """What was simulated and submitted, what the registry made of it, and any refusals."""
+    tl = plan.timeline
     console.print(
         f"simulated trade {tl.clean.first} .. {tl.clean.last} ({tl.clean.name}) and seeded "
         f"anomalies in {tl.open_quarter.name}; reconciled as of {tl.as_of}"
@@ -156,9 +166,10 @@ def print_final(
     )
     for line in driver.refused:
         console.print(f"[red]refused: {line}")
-    if stats is not None:
-        console.print(statistics_table(stats))
-    console.print(score_table(result))
+
+
+def _print_mistakes_and_totals(console: Console, result: Score) -> None:
+    """Each false positive and each miss, then the totals and precision and recall."""
     for item in result.false_positives:
         what = item.get("certificate_id") or f"{item.get('participants')} {item.get('period')}"
         console.print(f"[red]false positive[/] {item['kind']} {what}: {item['detail']}")
@@ -173,7 +184,11 @@ def print_final(
         f"{len(result.false_positives)} false positive(s)"
     )
     console.print(f"precision {result.precision:.2f}  recall {result.recall:.2f}", style="bold")
+
+
+def _metrics_panel(fleet: Sequence[Service]) -> Panel:
+    """Each service's metrics URL, in a panel."""
     urls = Table.grid(padding=(0, 2))
     for s in fleet:
         urls.add_row(s.name, s.metrics_url)
-    console.print(Panel(Group(urls), title="metrics", border_style="cyan"))
+    return Panel(Group(urls), title="metrics", border_style="cyan")

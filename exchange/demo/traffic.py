@@ -273,20 +273,34 @@ class Builder:
         """A certificate as ``issuer`` would state it, without issuing it (a forged paper)."""
         validity = validity or self.rng.randint(min(30, self.max_validity), self.max_validity)
         cid = certificate_id or self.certificate_id(issuer, issued.year)
+        expiry = issued + timedelta(days=validity)
+        body = self._certificate_body(cid, issuer, destination, issued, expiry, parcels)
+        return Shipment(cid, issuer, destination, issued, expiry, tuple(parcels), body)
+
+    def _certificate_body(
+        self,
+        cid: str,
+        issuer: str,
+        destination: str,
+        issued: date,
+        expiry: date,
+        parcels: Sequence[ParcelPlan],
+    ) -> dict[str, Any]:
+        """The certificate JSON; its draws keep their order, so a seed still gives the same plan."""
         member = issuer in self.members
         origin = (
             {"type": "UNMIXED", "countries": [issuer]}
             if member
             else {"type": "MIXED", "countries": ["RU", "CA"]}
         )
-        body = {
+        return {
             "certificate_id": cid,
             "destination": destination,
             "origin": origin,
             "exporter": self.party(issuer),
             "importer": self.party(destination),
             "date_of_issue": issued.isoformat(),
-            "date_of_expiry": (issued + timedelta(days=validity)).isoformat(),
+            "date_of_expiry": expiry.isoformat(),
             "parcels": [_parcel_json(i, p) for i, p in enumerate(parcels, start=1)],
             "container": {
                 "container_id": f"{issuer}-CT-{self.rng.randint(10000, 99999)}",
@@ -294,15 +308,6 @@ class Builder:
             },
             "scope": "INTRA_REGIONAL" if member and destination in self.members else "EXTERNAL",
         }
-        return Shipment(
-            cid,
-            issuer,
-            destination,
-            issued,
-            issued + timedelta(days=validity),
-            tuple(parcels),
-            body,
-        )
 
     @property
     def max_validity(self) -> int:

@@ -83,6 +83,8 @@ _PROBLEM_SCHEMA = {
 
 
 def _paths() -> dict[str, Any]:
+    """The paths object, a declarative table longer than 40 lines because, split up, it would
+    no longer read as the API it describes, one path after the other."""
     return {
         "/api/v1/operations": {"post": {
             "summary": "Apply operations (as kpx node submit), request_id honoured",

@@ -172,16 +172,33 @@ async def _authorise(request: Request, who: Principal, draft_id: int) -> Respons
         raise HTTPException(404, f"draft {draft_id} does not exist")
     if draft["state"] == "AUTHORISED":
         return RedirectResponse(f"/certificates/{draft['certificate_id']}", status_code=303)
+    _check_authorisable(request, who, draft, allow_self=nw.allow_self_authorise)
+    # request_id draft-<n>: a double click or a second officer never issues it twice
+    operation = dict(draft["operation"], request_id=f"draft-{draft_id}")
+    after = _record_authorisation(who, draft_id)
+    [result] = await run_in_threadpool(acts.apply, nw, who, [operation], after=after)
+    if result.ok:
+        return RedirectResponse(f"/certificates/{result.subject}", status_code=303)
+    return await _refused(request, draft, draft_id, result)
+
+
+def _check_authorisable(
+    request: Request, who: Principal, draft: dict[str, Any], *, allow_self: bool
+) -> None:
+    """HTTPException 409 when the draft was discarded, 403 when four eyes forbid ``who``."""
     if draft["state"] != "DRAFT":
         raise HTTPException(409, request.state.translator.gettext("This draft was discarded."))
-    if draft["drafted_by"] == who.name and not nw.allow_self_authorise:
+    if draft["drafted_by"] == who.name and not allow_self:
         raise HTTPException(
             403,
             request.state.translator.gettext(
                 "Four eyes: another officer must authorise a draft you prepared."
             ),
         )
-    operation = dict(draft["operation"], request_id=f"draft-{draft_id}")
+
+
+def _record_authorisation(who: Principal, draft_id: int) -> acts.After:
+    """The step that marks the draft and audits both ways, in the transaction that issues it."""
 
     def after(cur: Cursor, results: list[Result]) -> None:
         if results[0].ok:
@@ -189,9 +206,13 @@ async def _authorise(request: Request, who: Principal, draft_id: int) -> Respons
             access.audit(cur, who, "authorise", f"draft:{draft_id}", results[0].subject)
             access.audit(cur, who, "authorise", results[0].subject, f"draft:{draft_id}")
 
-    [result] = await run_in_threadpool(acts.apply, nw, who, [operation], after=after)
-    if result.ok:
-        return RedirectResponse(f"/certificates/{result.subject}", status_code=303)
+    return after
+
+
+async def _refused(
+    request: Request, draft: dict[str, Any], draft_id: int, result: Result
+) -> Response:
+    """The draft page again, 422, with the node's refusal explained."""
     trail = await db(request, lambda cur: access.audit_trail(cur, [f"draft:{draft_id}"]))
     refusal = explain(request.state.translator.gettext, result.code, result.sentence)
     return render(
