@@ -205,6 +205,12 @@ def decide(event: Event, view: View, ctx: Context) -> Verdict:
         if refusal is not None:
             return _rejected(refusal)
         return _repeated_confirmation(payload, view) or _confirmation_verdict(payload, view)
+    return _decide_declaration(event, view, ctx)
+
+
+def _decide_declaration(event: Event, view: View, ctx: Context) -> Verdict:
+    """Production, the register, cosignatures and key rotations; anything else is refused."""
+    payload = event.payload
     if isinstance(payload, ProductionDeclaration):
         refusal = rules.check_production(
             payload, event.producer, members=ctx.members

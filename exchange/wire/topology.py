@@ -132,8 +132,48 @@ def definitions(
     """The whole topology for ``vhost`` with one queue and user per node code.
 
     ``admin`` (user, password hash) adds an administrator: a broker that loads definitions at
-    boot creates no default user, and ``kpx region init`` needs one to log in.
+    boot creates no default user, and ``kpx region init`` needs one to log in. A little over
+    40 lines: the returned dict is the broker's definitions format, kept whole to be read.
     """
+    users = [registry_user(vhost), reconciler_user(vhost)]
+    users += [node_user(c, vhost) for c in node_codes]
+    user_entries = [
+        {"name": u, "password_hash": "", "hashing_algorithm": _HASHING, "tags": []} for u in users
+    ]
+    permissions = _permissions(vhost, node_codes)
+    if admin is not None:
+        user_entries.append(
+            {
+                "name": admin[0],
+                "password_hash": admin[1],
+                "hashing_algorithm": _HASHING,
+                "tags": ["administrator"],
+            }
+        )
+        permissions.append(_perm(vhost, admin[0], ".*", ".*", ".*"))
+    queues, bindings = _queues_and_bindings(vhost, node_codes)
+    return {
+        "rabbit_version": "3.10",
+        "vhosts": [{"name": vhost}],
+        "users": user_entries,
+        "permissions": permissions,
+        "topic_permissions": _topic_permissions(vhost, node_codes),
+        "exchanges": [
+            _exchange(vhost, EVENTS, "topic"),
+            _exchange(vhost, NOTIFY, "topic"),
+            _exchange(vhost, ACCEPTED, "topic"),
+            _exchange(vhost, DEAD, "fanout"),
+            _exchange(vhost, NODE_DEAD, "fanout"),
+        ],
+        "queues": queues,
+        "bindings": bindings,
+        "policies": [dead_letter_policy(vhost)],
+    }
+
+
+def _queues_and_bindings(
+    vhost: str, node_codes: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     queues = [
         _queue(vhost, REGISTRY_QUEUE),
         _queue(vhost, DEAD_QUEUE, dead_letter=False),
@@ -148,8 +188,11 @@ def definitions(
         _binding(vhost, ACCEPTED, RECONCILER_QUEUE, "#"),
     ]
     bindings += [_binding(vhost, NOTIFY, node_queue(c), f"{c}.#") for c in node_codes]
+    return queues, bindings
+
+
+def _permissions(vhost: str, node_codes: Sequence[str]) -> list[dict[str, Any]]:
     registry, reconciler = registry_user(vhost), reconciler_user(vhost)
-    users = [registry, reconciler, *(node_user(c, vhost) for c in node_codes)]
     permissions = [
         # The registry re-injects dead letters into kpx.events, hence its write there.
         _perm(
@@ -166,8 +209,12 @@ def definitions(
         _perm(vhost, node_user(c, vhost), "^$", _exact(EVENTS, NODE_DEAD), _exact(node_queue(c)))
         for c in node_codes
     ]
-    # Topic permissions: a node may only publish routing keys that start with its own code.
-    topic_permissions = [
+    return permissions
+
+
+def _topic_permissions(vhost: str, node_codes: Sequence[str]) -> list[dict[str, Any]]:
+    """A node may only publish routing keys that start with its own code."""
+    return [
         {
             "user": node_user(c, vhost),
             "vhost": vhost,
@@ -177,36 +224,6 @@ def definitions(
         }
         for c in node_codes
     ]
-    user_entries = [
-        {"name": u, "password_hash": "", "hashing_algorithm": _HASHING, "tags": []} for u in users
-    ]
-    if admin is not None:
-        user_entries.append(
-            {
-                "name": admin[0],
-                "password_hash": admin[1],
-                "hashing_algorithm": _HASHING,
-                "tags": ["administrator"],
-            }
-        )
-        permissions.append(_perm(vhost, admin[0], ".*", ".*", ".*"))
-    return {
-        "rabbit_version": "3.10",
-        "vhosts": [{"name": vhost}],
-        "users": user_entries,
-        "permissions": permissions,
-        "topic_permissions": topic_permissions,
-        "exchanges": [
-            _exchange(vhost, EVENTS, "topic"),
-            _exchange(vhost, NOTIFY, "topic"),
-            _exchange(vhost, ACCEPTED, "topic"),
-            _exchange(vhost, DEAD, "fanout"),
-            _exchange(vhost, NODE_DEAD, "fanout"),
-        ],
-        "queues": queues,
-        "bindings": bindings,
-        "policies": [dead_letter_policy(vhost)],
-    }
 
 
 def dead_letter_policy(vhost: str) -> dict[str, Any]:
