@@ -455,3 +455,28 @@ def test_commands_reconcile_list_resolve_and_publish_statistics(
     assert isinstance(out.exception, NotFound) and "does not exist" in str(out.exception)
     out = runner.invoke(commands.stats, ["--period", "2026-H1", "--format", "csv"], obj=obj)
     assert out.exit_code == 0 and out.output.startswith("section,participant,period,flow")
+
+
+def test_a_confirmation_by_a_third_party_does_not_silence_unconfirmed_expired(
+    db: Connection, region: Region, codec: SchemaStore, signers: dict[str, Signer],
+    keyring: Keyring,
+) -> None:  # fmt: skip
+    # Member isolation (DESIGN §15): only the destination's confirmation counts as confirmed.
+    ctx = service.context(region, codec, signers["XS-RECONCILER"])
+    ev, expired = Events(codec, signers), AS_OF - timedelta(days=31)
+    bodies = [
+        ev.issued(certificate(cid("NA", 3), issued=date(2026, 6, 1), expiry=expired)),
+        ev.confirmed(confirmation(cid("NA", 3), by="AE", on=date(2026, 6, 5))),
+        ev.issued(certificate(cid("NA", 4), issued=date(2026, 6, 1), expiry=expired)),
+        ev.confirmed(confirmation(cid("NA", 4), by="EU", on=date(2026, 6, 5))),
+        ev.issued(certificate(cid("NA", 5), dest="XS", issued=date(2026, 6, 1), expiry=expired)),
+        ev.confirmed(confirmation(cid("NA", 5), by="BW", on=date(2026, 6, 5))),  # a member
+    ]  # fmt: skip
+    apply(db, ctx, codec, keyring, bodies)
+    assert found(db) == {("WRONG_DESTINATION", cid("NA", 3))}
+
+    deadline_checks.reconcile(db, ctx, AS_OF)  # period checks fire too: not this test's subject
+    ours = {cid("NA", n) for n in (3, 4, 5)}
+    assert {(k, c) for k, c in found(db) if c in ours} == {
+        ("WRONG_DESTINATION", cid("NA", 3)), ("UNCONFIRMED_EXPIRED", cid("NA", 3)),
+    }  # fmt: skip

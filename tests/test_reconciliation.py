@@ -14,6 +14,7 @@ from exchange.domain.discrepancy import (
     Spread,
     SupplyPeriod,
     certificate_findings,
+    confirmed_by_destination,
     gap_finding,
     gap_overdue,
     is_outlier,
@@ -137,6 +138,14 @@ def test_unconfirmed_on_expiry_plus_grace_passes_and_the_day_after_fails() -> No
     assert unconfirmed_expired(EXPIRY, 30, last + timedelta(days=1), confirmed=False, voided=False)
     assert not unconfirmed_expired(EXPIRY, 30, date(2027, 1, 1), confirmed=True, voided=False)
     assert not unconfirmed_expired(EXPIRY, 30, date(2027, 1, 1), confirmed=False, voided=True)
+
+
+def test_only_the_destination_or_a_member_for_the_region_confirms_against_expiry() -> None:
+    assert confirmed_by_destination("EU", ["AE", "EU"], "XS", MEMBERS)
+    assert not confirmed_by_destination("EU", ["AE", "BW"], "XS", MEMBERS)
+    assert confirmed_by_destination("XS", ["BW"], "XS", MEMBERS)
+    assert not confirmed_by_destination("XS", ["AE"], "XS", MEMBERS)
+    assert not confirmed_by_destination("EU", [], "XS", MEMBERS)
 
 
 def test_unknown_certificate_waits_the_grace_period_unless_rejected() -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -144,10 +144,24 @@ def past_deadline(day: date, grace_days: int, as_of: date) -> bool:
     return as_of > day + timedelta(days=grace_days)
 
 
+def confirmed_by_destination(
+    destination: str, importers: Iterable[str], region: str, members: Collection[str]
+) -> bool:
+    """Some confirmation came from the destination: only these count as ``confirmed``.
+
+    Member isolation (DESIGN §15): a third party's confirmation is WRONG_DESTINATION and
+    changes nothing, so it must not silence UNCONFIRMED_EXPIRED either.
+    """
+    return any(destination_matches(destination, i, region, members) for i in importers)
+
+
 def unconfirmed_expired(
     date_of_expiry: date, grace_days: int, as_of: date, *, confirmed: bool, voided: bool
 ) -> bool:
-    """UNCONFIRMED_EXPIRED: a live certificate with no confirmation after expiry + grace."""
+    """UNCONFIRMED_EXPIRED: a live certificate with no confirmation after expiry + grace.
+
+    ``confirmed`` means confirmed by the destination (``confirmed_by_destination``).
+    """
     return not confirmed and not voided and past_deadline(date_of_expiry, grace_days, as_of)
 
 

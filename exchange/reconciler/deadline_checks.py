@@ -11,7 +11,9 @@ How each SQL predicate mirrors exchange.domain.discrepancy (the same edges are i
 
 - UNCONFIRMED_EXPIRED = ``unconfirmed_expired``: ``as_of > date_of_expiry + grace``
   (``past_deadline``); ``voided`` = a ``recon.voids`` row; ``confirmed`` = a confirmation
-  received on or before ``as_of``.
+  received on or before ``as_of`` whose importer is the destination (``destination_matches``:
+  the destination itself, or any member when the destination is the region). A third party's
+  confirmation is WRONG_DESTINATION and never silences this alarm (DESIGN §15).
 - UNKNOWN_CERTIFICATE = ``unknown_certificate``: a confirmation (received on or before
   ``as_of``) of a number of the regional format; ``accepted`` = a ``recon.certificates`` row;
   ``rejected`` = a REJECTED CertificateIssued of that number in the registry's ``event_log``;
@@ -74,7 +76,10 @@ FROM recon.certificates c
 WHERE %(as_of)s::date > c.date_of_expiry + %(grace)s
   AND NOT EXISTS (SELECT 1 FROM recon.voids v WHERE v.certificate_id = c.certificate_id)
   AND NOT EXISTS (SELECT 1 FROM recon.confirmations f
-                  WHERE f.certificate_id = c.certificate_id AND f.received_on <= %(as_of)s)
+                  WHERE f.certificate_id = c.certificate_id AND f.received_on <= %(as_of)s
+                    AND (f.importing_participant = c.destination
+                         OR (c.destination = %(region)s
+                             AND f.importing_participant = ANY(%(members)s))))
 ON CONFLICT (dedup_key) DO NOTHING
 """
 
@@ -225,6 +230,7 @@ def reconcile(conn: Connection, ctx: Context, as_of: date) -> RunSummary:
     params: dict[str, Any] = {
         "as_of": as_of,
         "grace": limits.grace_days,
+        "region": ctx.region,
         "regional": regional_pattern(ctx.region),
         "k": limits.outlier_k,
         "min_sample": limits.outlier_min_sample,
