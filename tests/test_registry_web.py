@@ -167,6 +167,21 @@ def test_the_verify_api_gives_exactly_the_public_fields(portal_region: Region) -
     }  # fmt: skip
 
 
+def test_the_keys_are_published_as_kpx_registry_keys_list_prints_them(
+    portal_region: Region,
+) -> None:
+    printed = portal_region.kpx("registry", "keys", "list", "--json")
+    assert printed.returncode == 0, printed.stderr
+    listed = json.loads(printed.stdout)
+    assert {k["member"] for k in listed} >= set(NODES)
+    assert httpx.get(f"{portal_region.url}/api/v1/keys").json() == listed
+    page = httpx.get(f"{portal_region.url}/keys?lang=fr")
+    assert page.status_code == 200 and "<script" not in page.text
+    assert "Clés de signature des membres" in page.text
+    assert all(k["key_id"] in page.text and k["public_key"] in page.text for k in listed)
+    assert 'href="/keys"' in httpx.get(f"{portal_region.url}/log").text  # nav and explanation
+
+
 def test_a_mistyped_number_is_caught_before_any_lookup(portal_region: Region) -> None:
     answer = httpx.get(f"{portal_region.url}/api/v1/verify/XS-BW-2026-0000001-00").json()
     assert (answer["valid"], answer["status"]) == (False, "MISTYPED")

@@ -1,7 +1,8 @@
 """``kpx registry serve``: one ASGI app for the three audiences (DESIGN §13).
 
 Public: ``/verify/{id}``, ``/api/v1/verify/{id}``, ``/statistics`` (+ ``.csv``, ``.json``),
-``/log`` (how to check the log), ``/log/checkpoint`` and ``/log/tile/…`` (C2SP tlog-tiles).
+``/log`` (how to check the log), ``/keys`` and ``/api/v1/keys`` (the members' public keys),
+``/log/checkpoint`` and ``/log/tile/…`` (C2SP tlog-tiles).
 Console (logged in): ``/console/…``. Built with the shared foundation (exchange/web/app.py):
 its security headers, body limit, signed sessions, CSRF, login rate limit, translations and
 problem details apply to every page here.
@@ -31,6 +32,7 @@ NAV = (
     ("/verify", "Verify"),
     ("/statistics", "Statistics"),
     ("/log", "Log"),
+    ("/keys", "Keys"),
     ("/console", "Console"),
 )
 # The console's forms are small; nothing here takes an upload.

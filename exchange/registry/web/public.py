@@ -1,7 +1,8 @@
-"""The public pages: verification (page, form, JSON API) and the published statistics.
+"""The public pages: verification (page, form, JSON API), the published statistics and keys.
 
-No login, no JavaScript. Verification is rate-limited per client and reads through the
-bounded public pool; statistics are what ``kpx stats`` prints, cached for a few seconds.
+No login, no JavaScript. Verification and the key list are rate-limited per client and read
+through the bounded public pool; statistics are what ``kpx stats`` prints, cached for a few
+seconds; the keys are what ``kpx registry keys list --json`` prints (the same function).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.routing import Route
 
 from exchange.domain.kpstats import Period, quarter_of, render
 from exchange.errors import ConfigError
+from exchange.registry import keys as registry_keys
 from exchange.registry.web import figures
 from exchange.registry.web.errors import problem
 from exchange.registry.web.portal import Portal
@@ -62,6 +64,33 @@ async def verify_api(request: Request) -> Response:
     if verdict is None:
         return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
     return JSONResponse(verdict.to_json(), headers={"cache-control": "no-store"})
+
+
+def _list_keys(portal: Portal) -> list[dict[str, Any]]:
+    with portal.public.connection() as conn:
+        return registry_keys.list_keys(conn)
+
+
+async def _keys(request: Request) -> list[dict[str, Any]] | None:
+    """Every member's key (DESIGN §15), or None when the client asked too often."""
+    portal = _portal(request)
+    if not portal.verify_limit.allow(client_address(request)):
+        return None
+    return await run_in_threadpool(_list_keys, portal)
+
+
+async def keys_page(request: Request) -> Response:
+    rows = await _keys(request)
+    if rows is None:
+        return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
+    return _portal(request).render(request, "keys.html", {"keys": rows})
+
+
+async def keys_api(request: Request) -> Response:
+    rows = await _keys(request)
+    if rows is None:
+        return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
+    return JSONResponse(rows, headers={"cache-control": "no-store"})
 
 
 async def health(request: Request) -> Response:
@@ -155,4 +184,6 @@ ROUTES = [
     Route("/statistics.csv", download_csv),
     Route("/statistics.json", download_json),
     Route("/log", log_page),
+    Route("/keys", keys_page),
+    Route("/api/v1/keys", keys_api),
 ]
