@@ -3,7 +3,8 @@
 Issue 11, item 7: a jump of 10^6 in one producer's sequence numbers left a million open gap
 rows, and every later batch of that producer loaded all of them. The batch now reads only the
 gaps it fills and the producer's lowest other one. Creates a scratch database on
-``KPX_DATABASE_URL``, writes N open gaps for BW, and times ``store.load_view`` for a batch of
+``KPX_DATABASE_URL``, writes N open gaps for BW (N one-number ranges: the worst case since gaps
+are stored as ranges), and times ``store.load_view`` for a batch of
 100 events above them (best of five).
 
     python -m benchmarks.gaps_bench [--gaps N]
@@ -37,14 +38,14 @@ def run(gaps: int) -> dict[str, float]:
         conn = connect(dsn_for(SERVER, name))
         migrate(conn, "exchange.registry")
         with transaction(conn) as cur:
-            cur.execute(
-                "INSERT INTO sequence_gaps (producer, sequence) "
-                "SELECT 'BW', g FROM generate_series(2, %s) g",
-                (gaps + 1,),
+            cur.execute(  # every other number missing: as many ranges as gaps, the worst case
+                "INSERT INTO sequence_gap_ranges (producer, first_sequence, last_sequence) "
+                "SELECT 'BW', g, g FROM generate_series(2, %s, 2) g",
+                (2 * gaps,),
             )
-            cur.execute("INSERT INTO producer_progress VALUES ('BW', %s)", (gaps + 2,))
-            cur.execute("ANALYZE sequence_gaps")
-        batch = [("BW", gaps + 3 + i) for i in range(100)]
+            cur.execute("INSERT INTO producer_progress VALUES ('BW', %s)", (2 * gaps + 2,))
+            cur.execute("ANALYZE sequence_gap_ranges")
+        batch = [("BW", 2 * gaps + 3 + i) for i in range(100)]
         best, loaded = float("inf"), 0
         for _ in range(5):
             started = time.perf_counter()

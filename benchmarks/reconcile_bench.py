@@ -125,8 +125,8 @@ def _extras(conn: Connection, n: int) -> None:
             " TABLESAMPLE SYSTEM (0.1) ON CONFLICT DO NOTHING"
         )
         cur.execute(
-            "INSERT INTO sequence_gaps (producer, sequence, detected_at)"
-            " SELECT 'BW', s, '2026-09-01' FROM generate_series(100, 120) s"
+            "INSERT INTO sequence_gap_ranges (producer, first_sequence, last_sequence,"
+            " detected_at) VALUES ('BW', 100, 120, '2026-09-01')"
         )
         cur.execute("SELECT setval('recon.confirmations_seq_seq', %s)", (n + 1,))
         cur.execute("ANALYZE")

@@ -1,19 +1,28 @@
-"""Issue 11, item 13: the date of issue against the day the node applies the operation, and
-filters given in lower case or without a year."""
+"""Issue 11, item 13: the date of issue against the day the node applies the operation, filters
+given in lower case or without a year, and ``kpx reconcile --as-of`` a future day (refused, by
+the command, on a provisioned region)."""
 
 from __future__ import annotations
 
-from datetime import date
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from support.region import provisioned_region
 from support.registry import REGION_DATA
+from support.services import unique_name
 
+from exchange.app.runtime import Runtime
 from exchange.domain.region import parse_region
 from exchange.domain.rules import check_issue_day
 from exchange.errors import ConfigError
 from exchange.reconciler.commands import discrepancy_filters
 
 APPLIED = date(2026, 6, 10)
+KPX = Path(sys.executable).with_name("kpx")
 
 
 def test_a_future_date_of_issue_has_one_day_of_slack() -> None:
@@ -44,3 +53,38 @@ def test_discrepancy_filters_are_normalised_or_refused_never_silently_empty() ->
         discrepancy_filters(None, "Q4")
     with pytest.raises(ConfigError, match="--participant"):
         discrepancy_filters("botswana", None)
+
+
+@pytest.fixture(scope="module")
+def rt(
+    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
+) -> Iterator[Runtime]:
+    tmp = tmp_path_factory.mktemp("region")
+    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
+        yield runtime
+
+
+def _reconcile(rt: Runtime, day: date) -> subprocess.CompletedProcess[str]:
+    env = {"KPX_STATE_DIR": str(rt.settings.state_dir), "KPX_AMQP_URL": rt.settings.amqp_url,
+           "KPX_DATABASE_URL": rt.settings.database_url, "PATH": ""}  # fmt: skip
+    return subprocess.run(
+        [str(KPX), "--region", str(rt.settings.region_path), "reconcile", "--as-of",
+         day.isoformat(), "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_reconcile_as_of_a_future_day_is_refused_naming_the_day_and_today(rt: Runtime) -> None:
+    today = datetime.now(UTC).date()
+    tomorrow = today + timedelta(days=1)
+    done = _reconcile(rt, tomorrow)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"--as-of {tomorrow} is in the future (today is {today}, UTC)" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_reconcile_as_of_today_runs(rt: Runtime) -> None:
+    today = datetime.now(UTC).date()
+    done = _reconcile(rt, today)
+    assert done.returncode == 0, done.stderr
+    assert f'"as_of": "{today}"' in done.stdout

@@ -321,13 +321,17 @@ def simulate_registry(conn: Connection) -> None:
             " 'REJECTED', 'TOTALS_MISMATCH', 'parcel sums differ', '\\x00')",
             (str(uuid.uuid4()), cid("BW", 903)),
         )
-        gaps = [("BW", n, end - timedelta(hours=25), None) for n in (5, 6, 7)]
-        gaps += [("ZA", 3, end - timedelta(hours=24), None)]  # exactly at the timeout
-        gaps += [("NA", 9, end - timedelta(days=5), end - timedelta(days=4))]  # filled
+        gaps = [("BW", 5, 7, end - timedelta(hours=25))]
+        gaps += [("ZA", 3, 3, end - timedelta(hours=24))]  # exactly at the timeout
         cur.executemany(
-            "INSERT INTO sequence_gaps (producer, sequence, detected_at, filled_at)"
-            " VALUES (%s, %s, %s, %s)",
+            "INSERT INTO sequence_gap_ranges (producer, first_sequence, last_sequence,"
+            " detected_at) VALUES (%s, %s, %s, %s)",
             gaps,
+        )
+        cur.execute(  # filled: no longer open
+            "INSERT INTO sequence_gap_fills (producer, sequence, detected_at, filled_at)"
+            " VALUES ('NA', 9, %s, %s)",
+            (end - timedelta(days=5), end - timedelta(days=4)),
         )
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from importlib import resources
 from typing import Any
 
 import pytest
 from support.registry import Env, certificate, issuance, make_env, voiding, wait_until
 
+from exchange.adapters.postgres import connect, transaction
 from exchange.domain.events import Outcome
 from exchange.registry.opening import Opener
 
@@ -101,3 +103,62 @@ def test_held_voids_are_bounded_by_bytes_too(make_vhost: Any, make_database: Any
     finally:
         running.stop()
         env.publisher.close()
+
+
+def test_a_jump_is_stored_as_one_gap_range_that_late_numbers_split(
+    make_vhost: Any, make_database: Any
+) -> None:
+    """Item 7: a jump of 9,999 wrote 9,999 gap rows (10**6: 1,000,059); now one range row,
+    split by the numbers that arrive late; a void above the range is held until it closes."""
+    vhost, database = make_vhost(), make_database()
+    env = make_env(vhost.name, vhost.amqp_url, database.url)
+    p = env.producers
+    first = p.seal("BW", issuance(certificate("BW", 1)))  # sequence 1
+    late = {n: p.seal("BW", issuance(certificate("BW", n)), sequence=n) for n in (2, 5000, 10000)}
+    top = p.seal("BW", voiding(certificate("BW", 9999)), sequence=10001)  # not yet known
+    ranges = "SELECT first_sequence AS a, last_sequence AS b FROM sequence_gap_ranges ORDER BY 1"
+    running = env.run_registry()
+    try:
+        env.publisher.send(first)
+        env.publisher.send(top)
+        wait_until(lambda: env.query(ranges) == [{"a": 2, "b": 10000}], what="one range")
+        held = env.query("SELECT decision FROM event_log WHERE event_id = %s", (top.event_id,))
+        assert held == [{"decision": "HELD"}]
+        env.publisher.send(late[5000])
+        assert env.decision_for("BW", late[5000].event_id).decision is Outcome.ACCEPTED
+        assert env.query(ranges) == [{"a": 2, "b": 4999}, {"a": 5001, "b": 10000}]
+        for n in (2, 10000):
+            env.publisher.send(late[n])
+            assert env.decision_for("BW", late[n].event_id).decision is Outcome.ACCEPTED
+        assert env.query(ranges) == [{"a": 3, "b": 4999}, {"a": 5001, "b": 9999}]
+        fills = env.query("SELECT sequence FROM sequence_gap_fills ORDER BY 1")
+        assert fills == [{"sequence": 2}, {"sequence": 5000}, {"sequence": 10000}]
+        count = env.query("SELECT count(*) AS n FROM sequence_gaps WHERE filled_at IS NULL")
+        assert count == [{"n": 4997 + 4999}]  # the by-hand view expands the ranges
+        held = env.query("SELECT decision FROM event_log WHERE event_id = %s", (top.event_id,))
+        assert held == [{"decision": "HELD"}], "gaps remain below the void"
+    finally:
+        running.stop()
+        env.publisher.close()
+
+
+def test_the_migration_turns_per_number_gap_rows_into_ranges(make_database: Any) -> None:
+    """Item 7: what 001-006 stored (one row per number) is kept as ranges and fills."""
+    conn = connect(make_database().url)
+    try:
+        sql = resources.files("exchange.registry").joinpath("sql")
+        with transaction(conn) as cur:
+            for name in sorted(f.name for f in sql.iterdir() if f.name.endswith(".sql")):
+                if name.startswith("007"):
+                    cur.execute(
+                        "INSERT INTO sequence_gaps (producer, sequence, filled_at) SELECT 'BW', s,"
+                        " CASE WHEN s = 5 THEN now() END FROM generate_series(2, 9) s"
+                    )
+                cur.execute(sql.joinpath(name).read_text(encoding="utf-8"))
+            cur.execute("SELECT producer, first_sequence, last_sequence FROM sequence_gap_ranges"
+                        " ORDER BY 2")  # fmt: skip
+            assert cur.fetchall() == [("BW", 2, 4), ("BW", 6, 9)]
+            cur.execute("SELECT producer, sequence FROM sequence_gap_fills")
+            assert cur.fetchall() == [("BW", 5)]
+    finally:
+        conn.close()

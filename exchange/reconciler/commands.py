@@ -1,7 +1,8 @@
 """Click commands of the reconciler, attached to ``kpx`` by the composition root.
 
 - ``kpx reconciler run [--metrics-port 9402]``: the service; SIGTERM/SIGINT drain and exit 0.
-- ``kpx reconcile --as-of DATE``: the deadline and period checks; prints what it raised.
+- ``kpx reconcile --as-of DATE``: the deadline and period checks as of DATE, today or earlier
+  (a future day is a ConfigError, exit 2); prints what it raised.
 - ``kpx stats --period 2026-Q1|2026-H1|2026 --format csv|json|table``.
 - ``kpx registry discrepancies [--json] [--kind K] [--participant XX] [--period P]
   [--status OPEN|RESOLVED]`` and ``... discrepancies resolve N --note TEXT``.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import click
@@ -29,7 +30,7 @@ from exchange.domain.events import DiscrepancyKind
 from exchange.domain.kpstats import FORMATS, Period, render, summary_line
 from exchange.errors import ConfigError
 from exchange.messaging.consumer import Health
-from exchange.reconciler import aggregation, deadline_checks, service, store
+from exchange.reconciler import aggregation, service, store
 from exchange.wire import topology
 
 log = logging.getLogger(__name__)
@@ -68,19 +69,14 @@ def run(obj: Runtime, metrics_port: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_runtime
 def reconcile(obj: Runtime, as_of: Any, as_json: bool) -> None:
-    """Run the deadline and period checks as of DATE; print what was raised."""
+    """Run the deadline and period checks as of DATE (today or earlier); print what was raised."""
     day: date = as_of.date()
+    refuse_a_future_day(day, datetime.now(UTC).date())
     started = time.monotonic()
-    service.prepare(obj.registry_dsn)
-    ctx = service.context(
-        obj.region, obj.store, obj.signer(topology.reconciler_producer(obj.region.code))
+    producer = topology.reconciler_producer(obj.region.code)
+    summary = service.reconcile_as_of(
+        obj.registry_dsn, obj.region, obj.store, obj.signer(producer), day
     )
-    conn = connect(obj.registry_dsn, application_name="kpx-reconcile")
-    try:
-        summary = deadline_checks.reconcile(conn, ctx, day)
-        service.refresh_open_gauge(conn)
-    finally:
-        conn.close()
     metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
     if as_json:
         click.echo(json.dumps({"as_of": day.isoformat(), "run": summary.run_id,
@@ -89,6 +85,16 @@ def reconcile(obj: Runtime, as_of: Any, as_json: bool) -> None:
     click.echo(f"reconciled as of {day}: {summary.total} new discrepancies (run {summary.run_id})")
     for kind, n in sorted(summary.raised.items()):
         click.echo(f"  {kind:<22} {n}")
+
+
+def refuse_a_future_day(day: date, today: date) -> None:
+    """ConfigError for an as-of day after ``today``: deadlines not yet passed would be raised
+    as missed and stay raised (the demo's simulated future calls the service directly)."""
+    if day > today:
+        raise ConfigError(
+            f"--as-of {day.isoformat()} is in the future (today is {today.isoformat()}, UTC): "
+            "reconcile as of today or an earlier day"
+        )
 
 
 @click.command("stats")

@@ -24,7 +24,7 @@ How each SQL predicate mirrors exchange.domain.discrepancy (the same edges are i
   computes), MAD the same over |x - median|; fires when n >= min sample, MAD > 0 and
   |0.6745 (x - median) / MAD| > k. One finding per certificate: its most extreme parcel.
 - SEQUENCE_GAP = ``gap_overdue``: ``detected_at < (as_of + 1 day at 00:00 UTC) - timeout``,
-  ``filled_at IS NULL``; consecutive missing numbers of a producer form one finding.
+  per open range of ``sequence_gap_ranges`` (consecutive missing numbers): one finding.
 - EXPORTS_EXCEED_SUPPLY and MIRROR_MISMATCH: SQL sums, ``supply_balances`` /
   ``mirror_finding`` decide, for periods closed as of the date (``period_closed``).
 
@@ -154,14 +154,11 @@ ON CONFLICT (dedup_key) DO NOTHING
 """
 
 OPEN_GAPS = """
-SELECT producer, min(sequence), max(sequence), min(detected_at) FROM (
-    SELECT producer, sequence, detected_at,
-           sequence - row_number() OVER (PARTITION BY producer ORDER BY sequence) AS island
-    FROM sequence_gaps
-    WHERE filled_at IS NULL
-      AND detected_at < ((%(as_of)s::date + 1)::timestamp AT TIME ZONE 'UTC')
-                        - make_interval(hours => %(timeout)s)
-) g GROUP BY producer, island ORDER BY producer, min(sequence)
+SELECT producer, first_sequence, last_sequence, detected_at
+FROM sequence_gap_ranges
+WHERE detected_at < ((%(as_of)s::date + 1)::timestamp AT TIME ZONE 'UTC')
+                    - make_interval(hours => %(timeout)s)
+ORDER BY producer, first_sequence
 """
 
 _HALF = "to_char({d}, 'YYYY') || '-H' || CASE WHEN extract(month FROM {d}) <= 6 THEN 1 ELSE 2 END"

@@ -39,6 +39,7 @@ from exchange.messaging.consumer import (
     run_consumer,
 )
 from exchange.messaging.outbox import OutboxWriter
+from exchange.reconciler.deadline_checks import RunSummary, reconcile
 from exchange.reconciler.store import Context, Raised, apply_batch, open_counts
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
@@ -68,6 +69,25 @@ def prepare(dsn: str) -> None:
         migrate(conn, "exchange.reconciler")
     finally:
         conn.close()
+
+
+def reconcile_as_of(
+    dsn: str, region: Region, store: SchemaStore, signer: Signer, day: date
+) -> RunSummary:
+    """Run the deadline and period checks as of ``day`` and refresh the open gauge.
+
+    Any day: ``kpx reconcile`` refuses a future one before it calls this, the demo reconciles
+    as of its simulated day (after today) by calling it in-process. Raises
+    DatabaseUnavailable.
+    """
+    prepare(dsn)
+    conn = connect(dsn, application_name="kpx-reconcile")
+    try:
+        summary = reconcile(conn, context(region, store, signer), day)
+        refresh_open_gauge(conn)
+    finally:
+        conn.close()
+    return summary
 
 
 def count_raised(raised: list[Raised], conn: Connection) -> None:

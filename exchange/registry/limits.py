@@ -6,19 +6,25 @@ and be re-read by every batch. The region file bounds both (``[policy] max_seque
 ``max_held_events``, ``max_held_bytes``); past a bound the event is rejected with a reason
 like any other, never dropped.
 
-The checks are pure; the two reads take a cursor inside the batch's transaction, after its
-producer locks (so what they see cannot change before the commit).
+Open gaps are stored as ranges (``sequence_gap_ranges``, sql/007): a jump is one row, and a
+number that arrives late splits its range (its history goes to ``sequence_gap_fills``). The
+batch's view still holds the few open numbers it needs as a set (``load_open_gaps``).
+
+The checks are pure; the reads and writes take a cursor inside the batch's transaction, after
+its producer locks (so what they see cannot change before the commit).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from exchange.adapters.postgres import Cursor
 from exchange.domain.codes import Decision, Reason
 from exchange.domain.region import Policy
 from exchange.errors import Refusal
+from exchange.registry.changes import Gap
 from exchange.registry.policy import Event, Verdict
 
 
@@ -80,6 +86,21 @@ def load_budget(cur: Cursor, producers: Sequence[str], policy: Policy) -> HeldBu
     return HeldBudget(policy, {p: [int(n), int(b)] for p, n, b in cur.fetchall()})
 
 
+# The open range holding each (producer, sequence) of a batch, if any: ranges never overlap, so
+# it is the one starting last at or below the number (a walk of the primary key per number).
+_CONTAINING = (
+    "SELECT k.p, k.s, r.first_sequence, r.last_sequence, r.detected_at "
+    "FROM unnest(%s::text[], %s::bigint[]) AS k(p, s) CROSS JOIN LATERAL ("
+    " SELECT g.first_sequence, g.last_sequence, g.detected_at FROM sequence_gap_ranges g"
+    " WHERE g.producer = k.p AND g.first_sequence <= k.s"
+    " ORDER BY g.first_sequence DESC LIMIT 1) AS r WHERE r.last_sequence >= k.s"
+)
+
+
+def _columns(sequences: Sequence[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    return [p for p, _ in sequences], [s for _, s in sequences]
+
+
 def closing_producers(cur: Cursor, sequences: Sequence[tuple[str, int]]) -> list[str]:
     """Producers for which the batch brings an event that fills one of their open gaps.
 
@@ -87,13 +108,8 @@ def closing_producers(cur: Cursor, sequences: Sequence[tuple[str, int]]) -> list
     """
     if not sequences:
         return []
-    cur.execute(
-        "SELECT DISTINCT g.producer FROM sequence_gaps g "
-        "JOIN unnest(%s::text[], %s::bigint[]) AS k(p, s) ON g.producer = k.p "
-        "AND g.sequence = k.s WHERE g.filled_at IS NULL ORDER BY g.producer",
-        ([p for p, _ in sequences], [s for _, s in sequences]),
-    )
-    return [r[0] for r in cur.fetchall()]
+    cur.execute(_CONTAINING, _columns(sequences))
+    return sorted({r[0] for r in cur.fetchall()})
 
 
 def load_open_gaps(
@@ -106,27 +122,40 @@ def load_open_gaps(
     (policy._gap_below, policy.releasable). Loading every open gap made each batch of a
     producer with a million of them 20-30 times slower, for good.
     """
-    batch = ([p for p, _ in sequences], [s for _, s in sequences])
     gaps: dict[str, set[int]] = {}
+    batch: dict[str, set[int]] = {}
+    for producer, sequence in sequences:
+        batch.setdefault(producer, set()).add(sequence)
+    if sequences:
+        cur.execute(_CONTAINING, _columns(sequences))
+        for producer, sequence, *_ in cur.fetchall():
+            gaps.setdefault(producer, set()).add(int(sequence))
+    # A range wholly filled by the batch takes one of its numbers, so n + 1 ranges always
+    # hold the lowest open number the batch does not fill.
+    wanted = [(p, len(batch.get(p, ())) + 1) for p in producers]
     cur.execute(
-        "SELECT g.producer, g.sequence FROM sequence_gaps g "
-        "JOIN unnest(%s::text[], %s::bigint[]) AS k(p, s) ON g.producer = k.p "
-        "AND g.sequence = k.s WHERE g.filled_at IS NULL",
-        batch,
+        "SELECT q.p, g.first_sequence, g.last_sequence "
+        "FROM unnest(%s::text[], %s::int[]) AS q(p, n) CROSS JOIN LATERAL ("
+        " SELECT first_sequence, last_sequence FROM sequence_gap_ranges"
+        " WHERE producer = q.p ORDER BY first_sequence LIMIT q.n) AS g "
+        "ORDER BY q.p, g.first_sequence",
+        ([p for p, _ in wanted], [n for _, n in wanted]),
     )
-    for producer, sequence in cur.fetchall():
-        gaps.setdefault(producer, set()).add(int(sequence))
-    cur.execute(
-        "SELECT p, low.sequence FROM unnest(%s::text[]) AS p CROSS JOIN LATERAL ("
-        " SELECT g.sequence FROM sequence_gaps g WHERE g.producer = p AND g.filled_at IS NULL"
-        " AND NOT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::bigint[]) AS k(kp, ks)"
-        "  WHERE k.kp = p AND k.ks = g.sequence)"
-        " ORDER BY g.sequence LIMIT 1) AS low",
-        (list(producers), *batch),
-    )
-    for producer, sequence in cur.fetchall():
-        gaps.setdefault(producer, set()).add(int(sequence))
+    found: set[str] = set()
+    for producer, first, last in cur.fetchall():
+        low = None if producer in found else lowest_outside(first, last, batch.get(producer, set()))
+        if low is not None:
+            gaps.setdefault(producer, set()).add(low)
+            found.add(producer)
     return gaps
+
+
+def lowest_outside(first: int, last: int, taken: set[int]) -> int | None:
+    """The lowest number of ``first..last`` not in ``taken`` (at most len(taken) + 1 steps)."""
+    sequence = first
+    while sequence <= last and sequence in taken:
+        sequence += 1
+    return sequence if sequence <= last else None
 
 
 def count_open_gaps(cur: Cursor, producers: Sequence[str]) -> dict[str, int]:
@@ -134,8 +163,85 @@ def count_open_gaps(cur: Cursor, producers: Sequence[str]) -> dict[str, int]:
     if not producers:
         return {}
     cur.execute(
-        "SELECT p, (SELECT count(*) FROM sequence_gaps g WHERE g.producer = p "
-        "AND g.filled_at IS NULL) FROM unnest(%s::text[]) AS p",
+        "SELECT p, (SELECT COALESCE(sum(g.last_sequence - g.first_sequence + 1), 0)"
+        " FROM sequence_gap_ranges g WHERE g.producer = p) FROM unnest(%s::text[]) AS p",
         (list(producers),),
     )
     return {p: int(n) for p, n in cur.fetchall()}
+
+
+def runs(gaps: Iterable[Gap]) -> list[tuple[str, int, int]]:
+    """Missing numbers as ranges: (producer, first, last) per run of consecutive numbers."""
+    out: list[tuple[str, int, int]] = []
+    for gap in sorted(set(gaps), key=lambda g: (g.producer, g.sequence)):
+        if out and out[-1][0] == gap.producer and out[-1][2] == gap.sequence - 1:
+            out[-1] = (gap.producer, out[-1][1], gap.sequence)
+        else:
+            out.append((gap.producer, gap.sequence, gap.sequence))
+    return out
+
+
+def split(first: int, last: int, filled: Iterable[int]) -> list[tuple[int, int]]:
+    """What remains open of the range ``first..last`` once ``filled`` numbers arrived."""
+    pieces: list[tuple[int, int]] = []
+    start = first
+    for sequence in sorted(set(filled)):
+        if start <= sequence - 1:
+            pieces.append((start, sequence - 1))
+        start = sequence + 1
+    if start <= last:
+        pieces.append((start, last))
+    return pieces
+
+
+def write_gaps(cur: Cursor, opened: Sequence[Gap], filled: Sequence[Gap]) -> None:
+    """Store the batch's new gaps as ranges, then split the ranges its late numbers fill.
+
+    Opened first: a gap may open and fill within one batch. Filled numbers keep their
+    history in sequence_gap_fills.
+    """
+    ranges = runs(opened)
+    if ranges:
+        cur.execute(
+            "INSERT INTO sequence_gap_ranges (producer, first_sequence, last_sequence) "
+            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
+            "ON CONFLICT DO NOTHING",
+            ([p for p, _, _ in ranges], [f for _, f, _ in ranges], [x for _, _, x in ranges]),
+        )
+    if filled:
+        _fill(cur, filled)
+
+
+def _fill(cur: Cursor, filled: Sequence[Gap]) -> None:
+    """Replace each range a late number falls in by what remains open of it; keep the fill."""
+    cur.execute(_CONTAINING, _columns([(g.producer, g.sequence) for g in filled]))
+    hit: dict[tuple[str, int], tuple[int, Any, list[int]]] = {}
+    for producer, sequence, first, last, detected in cur.fetchall():
+        hit.setdefault((producer, int(first)), (int(last), detected, []))[2].append(int(sequence))
+    if not hit:
+        return
+    keys = list(hit)
+    cur.execute(
+        "DELETE FROM sequence_gap_ranges g USING unnest(%s::text[], %s::bigint[]) AS k(p, f) "
+        "WHERE g.producer = k.p AND g.first_sequence = k.f",
+        ([p for p, _ in keys], [f for _, f in keys]),
+    )
+    pieces = [
+        (p, a, b, detected)
+        for (p, first), (last, detected, numbers) in hit.items()
+        for a, b in split(first, last, numbers)
+    ]
+    fills = [(p, s, detected) for (p, _), (_, detected, numbers) in hit.items() for s in numbers]
+    if pieces:
+        cur.execute(
+            "INSERT INTO sequence_gap_ranges (producer, first_sequence, last_sequence, "
+            "detected_at) SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], "
+            "%s::timestamptz[])",
+            tuple(list(column) for column in zip(*pieces, strict=True)),
+        )
+    cur.execute(
+        "INSERT INTO sequence_gap_fills (producer, sequence, detected_at) "
+        "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[]) "
+        "ON CONFLICT DO NOTHING",
+        tuple(list(column) for column in zip(*fills, strict=True)),
+    )

@@ -294,17 +294,7 @@ def _write_sequences(cur: Cursor, out: Changes) -> None:
         "DO UPDATE SET high_water = GREATEST(producer_progress.high_water, EXCLUDED.high_water)",
         sorted(out.high_water.items()),
     )
-    _values(
-        cur,
-        "INSERT INTO sequence_gaps (producer, sequence) VALUES %s ON CONFLICT DO NOTHING",
-        [(g.producer, g.sequence) for g in out.gaps_opened],
-    )
-    _values(
-        cur,
-        "UPDATE sequence_gaps g SET filled_at = now() FROM (VALUES %s) AS v(producer, sequence) "
-        "WHERE g.producer = v.producer AND g.sequence = v.sequence::bigint",
-        [(g.producer, g.sequence) for g in out.gaps_filled],
-    )
+    limits.write_gaps(cur, out.gaps_opened, out.gaps_filled)
 
 
 def _write_certificates(cur: Cursor, out: Changes) -> None:
