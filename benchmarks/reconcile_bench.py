@@ -34,7 +34,7 @@ from exchange.adapters.postgres import (
     migrate,
 )
 from exchange.domain.region import load_region
-from exchange.reconciler import asof, service
+from exchange.reconciler import deadline_checks, service
 from exchange.wire.codec import default_store
 from exchange.wire.signing import generate_key
 
@@ -151,8 +151,8 @@ def run(n: int = 1_000_000, *, keep: bool = False) -> dict[str, Any]:
         region = load_region(REGION_FILE)
         ctx = service.context(region, default_store(), generate_key("XS-RECONCILER"))
         load_seconds, _ = _timed(lambda: load(conn, n))
-        first_seconds, first = _timed(lambda: asof.reconcile(conn, ctx, AS_OF))
-        second_seconds, second = _timed(lambda: asof.reconcile(conn, ctx, AS_OF))
+        first_seconds, first = _timed(lambda: deadline_checks.reconcile(conn, ctx, AS_OF))
+        second_seconds, second = _timed(lambda: deadline_checks.reconcile(conn, ctx, AS_OF))
         conn.close()
     finally:
         if not keep:
