@@ -310,10 +310,17 @@ def _seed_duplicate_import(b: Builder) -> None:
 
 
 def _seed_wrong_destination(b: Builder) -> None:
-    """A certificate bound for EU is confirmed by IN."""
+    """A certificate bound for EU is confirmed by IN, then by EU, which received it.
+
+    EU's own confirmation keeps the certificate from expiring unconfirmed: a third party's
+    confirmation never counts as the destination's (DESIGN §15), so without it the seed would
+    also, rightly, raise UNCONFIRMED_EXPIRED.
+    """
     s, at = _open_shipment(b, "WRONG_DESTINATION", destination="EU")
-    b.confirm(b.later(at), "IN", s, s.date_of_issue + timedelta(days=2), label="WRONG_DESTINATION")
-    b.seed("WRONG_DESTINATION", s, "bound for EU, confirmed by IN")
+    at = b.later(at)
+    b.confirm(at, "IN", s, s.date_of_issue + timedelta(days=2), label="WRONG_DESTINATION")
+    b.confirm(b.later(at), "EU", s, s.date_of_issue + timedelta(days=3))
+    b.seed("WRONG_DESTINATION", s, "bound for EU, confirmed by IN (and by EU, which received it)")
 
 
 def _seed_voided_but_imported(b: Builder) -> None:
