@@ -24,7 +24,7 @@ from exchange.wire.envelope import MAX_EVENT_BYTES
 from nodes.operations import Result
 from nodes.web import access, acts, queries
 from nodes.web.access import Principal
-from nodes.web.context import PAGE_SIZE, db, page_number, signed_in, web
+from nodes.web.context import Listing, db, listing, signed_in, web
 from nodes.web.openapi import document
 from nodes.web.pages_certificates import certificate_view, pdf_response
 
@@ -112,17 +112,16 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(row, default=str))  # type: ignore[no-any-return]
 
 
-async def list_certificates(request: Request, who: Principal) -> Response:
-    q = request.query_params.get("q", "")[:100]
-    page = page_number(request)
-    rows = await db(request, lambda cur: queries.certificates(cur, q, page, PAGE_SIZE))
+def _page_json(name: str, found: Listing) -> JSONResponse:
+    next_page = found.page + 1 if found.more else None
     return JSONResponse(
-        {
-            "certificates": [_jsonable(r) for r in rows[:PAGE_SIZE]],
-            "page": page,
-            "next_page": page + 1 if len(rows) > PAGE_SIZE else None,
-        }
+        {name: [_jsonable(r) for r in found.rows], "page": found.page, "next_page": next_page}
     )
+
+
+async def list_certificates(request: Request, who: Principal) -> Response:
+    found = await listing(request, queries.certificates)
+    return _page_json("certificates", found)
 
 
 async def one_certificate(request: Request, who: Principal) -> Response:
@@ -141,16 +140,10 @@ async def certificate_pdf(request: Request, who: Principal) -> Response:
 
 
 async def expected_shipments(request: Request, who: Principal) -> Response:
-    page = page_number(request)
-    q = request.query_params.get("q", "")[:100]
-    rows = await db(request, lambda cur: queries.shipments(cur, q, page, PAGE_SIZE, True))
-    return JSONResponse(
-        {
-            "shipments": [_jsonable(r) for r in rows[:PAGE_SIZE]],
-            "page": page,
-            "next_page": page + 1 if len(rows) > PAGE_SIZE else None,
-        }
+    found = await listing(
+        request, lambda cur, q, page, size: queries.shipments(cur, q, page, size, True)
     )
+    return _page_json("shipments", found)
 
 
 async def openapi(request: Request) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -71,6 +71,32 @@ def require(request: Request, *, act: bool = False, draft: bool = False) -> Prin
         t = request.state.translator.gettext
         raise HTTPException(403, t("Your role may not do this."))
     return who
+
+
+Search = Callable[[Cursor, str, int, int], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One page of a searchable list: what was searched, the page, its rows, if more follow."""
+
+    q: str
+    page: int
+    rows: list[dict[str, Any]]
+    more: bool
+
+    def context(self) -> dict[str, Any]:
+        """The template variables every list page reads."""
+        return {"rows": self.rows, "q": self.q, "page": self.page, "more": self.more}
+
+
+async def listing(request: Request, search: Search) -> Listing:
+    """Run ``search(cur, q, page, PAGE_SIZE)`` for the request's ``q`` (at most 100 characters)
+    and ``page``; ``search`` returns one row more than a page when more follow."""
+    q = request.query_params.get("q", "")[:100]
+    page = page_number(request)
+    rows = await db(request, lambda cur: search(cur, q, page, PAGE_SIZE))
+    return Listing(q, page, rows[:PAGE_SIZE], len(rows) > PAGE_SIZE)
 
 
 def page_number(request: Request) -> int:

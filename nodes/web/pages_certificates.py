@@ -15,25 +15,14 @@ from exchange.adapters.postgres import Cursor
 from exchange.web.forms import checked_form
 from exchange.web.templating import render
 from nodes.web import access, acts, pdf, queries
-from nodes.web.context import PAGE_SIZE, NodeWeb, db, page_number, require, web
+from nodes.web.context import NodeWeb, db, listing, require, web
 from nodes.web.reasons import explain
 
 
 async def list_page(request: Request) -> Response:
     require(request)
-    q = request.query_params.get("q", "")[:100]
-    page = page_number(request)
-    rows = await db(request, lambda cur: queries.certificates(cur, q, page, PAGE_SIZE))
-    return render(
-        request,
-        "certificates.html",
-        {
-            "rows": rows[:PAGE_SIZE],
-            "q": q,
-            "page": page,
-            "more": len(rows) > PAGE_SIZE,
-        },
-    )
+    found = await listing(request, queries.certificates)
+    return render(request, "certificates.html", found.context())
 
 
 def certificate_view(cur: Cursor, certificate_id: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from exchange.web.forms import checked_form
 from exchange.web.templating import render
 from nodes.web import acts, issue_form, queries
-from nodes.web.context import PAGE_SIZE, db, page_number, require, web
+from nodes.web.context import db, listing, require, web
 from nodes.web.reasons import explain
 
 CONFIRM_FIELDS = ("received_on", "parcels", "carats", "value_usd", "remarks")
@@ -22,21 +22,11 @@ CONFIRM_FIELDS = ("received_on", "parcels", "carats", "value_usd", "remarks")
 
 async def shipments_page(request: Request) -> Response:
     require(request)
-    q = request.query_params.get("q", "")[:100]
-    page = page_number(request)
     everything = request.query_params.get("all") == "1"
-    rows = await db(request, lambda cur: queries.shipments(cur, q, page, PAGE_SIZE, not everything))
-    return render(
-        request,
-        "shipments.html",
-        {
-            "rows": rows[:PAGE_SIZE],
-            "q": q,
-            "page": page,
-            "more": len(rows) > PAGE_SIZE,
-            "everything": everything,
-        },
+    found = await listing(
+        request, lambda cur, q, page, size: queries.shipments(cur, q, page, size, not everything)
     )
+    return render(request, "shipments.html", found.context() | {"everything": everything})
 
 
 def prefilled(body: dict[str, Any], today: str) -> dict[str, str]:

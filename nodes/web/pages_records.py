@@ -14,7 +14,7 @@ from starlette.routing import Route
 from exchange.web.forms import checked_form
 from exchange.web.templating import render
 from nodes.web import access, acts, issue_form, queries
-from nodes.web.context import PAGE_SIZE, db, page_number, require, web
+from nodes.web.context import db, listing, require, web
 from nodes.web.reasons import explain
 
 PRODUCTION_FIELDS = ("period", "producer", "carats", "value_usd")
@@ -59,36 +59,14 @@ async def production_post(request: Request) -> Response:
 
 async def discrepancies_page(request: Request) -> Response:
     require(request)
-    q = request.query_params.get("q", "")[:100]
-    page = page_number(request)
-    rows = await db(request, lambda cur: queries.discrepancies(cur, q, page, PAGE_SIZE))
-    return render(
-        request,
-        "discrepancies.html",
-        {
-            "rows": rows[:PAGE_SIZE],
-            "q": q,
-            "page": page,
-            "more": len(rows) > PAGE_SIZE,
-        },
-    )
+    found = await listing(request, queries.discrepancies)
+    return render(request, "discrepancies.html", found.context())
 
 
 async def rejections_page(request: Request) -> Response:
     require(request)
-    q = request.query_params.get("q", "")[:100]
-    page = page_number(request)
-    rows = await db(request, lambda cur: queries.rejections(cur, q, page, PAGE_SIZE))
-    return render(
-        request,
-        "rejections.html",
-        {
-            "rows": rows[:PAGE_SIZE],
-            "q": q,
-            "page": page,
-            "more": len(rows) > PAGE_SIZE,
-        },
-    )
+    found = await listing(request, queries.rejections)
+    return render(request, "rejections.html", found.context())
 
 
 async def audit_csv(request: Request) -> Response:
