@@ -42,10 +42,15 @@ async def verify_form(request: Request) -> Response:
     return _portal(request).render(request, "verify_form.html", {})
 
 
+def _limited(request: Request) -> Response | None:
+    """The 429 answer when this client looked up too often (verifications and keys alike)."""
+    if _portal(request).verify_limit.allow(client_address(request)):
+        return None
+    return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
+
+
 async def _verdict(request: Request) -> Any:
     portal = _portal(request)
-    if not portal.verify_limit.allow(client_address(request)):
-        return None
     number = request.path_params["number"]
     return await run_in_threadpool(
         verify, portal.public, number, portal.region.code, portal.today()
@@ -53,16 +58,18 @@ async def _verdict(request: Request) -> Any:
 
 
 async def verify_page(request: Request) -> Response:
+    refused = _limited(request)
+    if refused is not None:
+        return refused
     verdict = await _verdict(request)
-    if verdict is None:
-        return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
     return _portal(request).render(request, "verify.html", {"v": verdict})
 
 
 async def verify_api(request: Request) -> Response:
+    refused = _limited(request)
+    if refused is not None:
+        return refused
     verdict = await _verdict(request)
-    if verdict is None:
-        return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
     return JSONResponse(verdict.to_json(), headers={"cache-control": "no-store"})
 
 
@@ -71,25 +78,24 @@ def _list_keys(portal: Portal) -> list[dict[str, Any]]:
         return registry_keys.list_keys(conn)
 
 
-async def _keys(request: Request) -> list[dict[str, Any]] | None:
-    """Every member's key (DESIGN §15), or None when the client asked too often."""
-    portal = _portal(request)
-    if not portal.verify_limit.allow(client_address(request)):
-        return None
-    return await run_in_threadpool(_list_keys, portal)
+async def _keys(request: Request) -> list[dict[str, Any]]:
+    """Every member's key, as `kpx registry keys list --json` gives them."""
+    return await run_in_threadpool(_list_keys, _portal(request))
 
 
 async def keys_page(request: Request) -> Response:
+    refused = _limited(request)
+    if refused is not None:
+        return refused
     rows = await _keys(request)
-    if rows is None:
-        return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
     return _portal(request).render(request, "keys.html", {"keys": rows})
 
 
 async def keys_api(request: Request) -> Response:
+    refused = _limited(request)
+    if refused is not None:
+        return refused
     rows = await _keys(request)
-    if rows is None:
-        return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
     return JSONResponse(rows, headers={"cache-control": "no-store"})
 
 
