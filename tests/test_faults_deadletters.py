@@ -19,9 +19,10 @@ from pika.spec import BasicProperties
 from support.registry import Env, as_user, make_env, wait_until
 
 from exchange.adapters.management import Admin
+from exchange.adapters.postgres import connect, transaction
 from exchange.adapters.terminal import escape
 from exchange.app.quiescence import dead_letter_problems
-from exchange.registry import deadletters
+from exchange.registry import deadmover, deadstore
 from exchange.wire import topology
 
 
@@ -73,12 +74,17 @@ def test_control_characters_in_a_reason_are_escaped_when_listed(env: Env) -> Non
     registry = as_user(env.admin_url, topology.registry_user(env.vhost))
     evil = "SCHEMA_INVALID: \x1b[2J\x1b]0;owned\x07 gone"
     _publish(registry, topology.DEAD, b"body", {"x-kpx-reason": evil, "x-kpx-routing-key": "B\rW"})
-    wait_until(lambda: bool(deadletters.list_dead(registry)), what="the dead letter")
-    [listed] = deadletters.list_dead(registry)
+    conn = connect(env.dsn)
+    try:
+        assert deadmover.move_waiting(conn, registry) == 1
+        with transaction(conn) as cur:
+            [listed] = deadstore.page(cur, deadstore.Filter())
+    finally:
+        conn.close()
     # Listed exactly (--json says it as it is); the terminal boundary escapes what is shown
     # (main's exchange/adapters/terminal.py, which every command's output passes).
-    assert listed["reason"] == evil and listed["routing_key"] == "B\rW"
-    shown = escape(f"{listed['reason']} {listed['routing_key']}")
+    assert listed.reason == evil and listed.routing_key == "B\rW"
+    shown = escape(f"{listed.reason} {listed.routing_key}")
     assert not any(c in shown for c in "\x1b\x07\r")
 
 

@@ -13,7 +13,8 @@ import pika
 import pytest
 from support.registry import Env, make_env
 
-from exchange.registry import deadletters
+from exchange.adapters.postgres import connect
+from exchange.registry import deadletters, deadmover, reinjection
 from exchange.wire import topology
 
 
@@ -55,11 +56,19 @@ def test_a_dead_letter_goes_back_to_the_queue_it_failed_in(env: Env) -> None:
     dead_letter(env, topology.REGISTRY_QUEUE, "BW.CertificateIssued", "g-1")
     dead_letter(env, topology.node_queue("ZA"), "ZA.RegistryDecision", "n-1")
     user = topology.registry_user(env.vhost)
-    assert deadletters.reinject(env.registry_url, user) == 3
+    conn = connect(env.dsn)
+    try:
+        assert deadmover.move_waiting(conn, env.registry_url) == 3
+        assert take(env, topology.DEAD_QUEUE) == []  # moved into the store
+        done = reinjection.reinject(conn, env.registry_url, user, "test", None)
+    finally:
+        conn.close()
+    assert done.reinjected == ("g-1", "n-1", "r-1") and done.rows == 3
     assert take(env, topology.RECONCILER_QUEUE) == [b"body-r-1"]
     assert take(env, topology.REGISTRY_QUEUE) == [b"body-g-1"]
     assert take(env, topology.node_queue("ZA")) == [b"body-n-1"]
-    assert take(env, topology.DEAD_QUEUE) == []
+    rows = env.query("SELECT status, reinjected_by FROM dead_letters")
+    assert rows == [{"status": "reinjected", "reinjected_by": "test"}] * 3
 
 
 def test_the_way_back_is_named_by_the_failing_queue() -> None:

@@ -19,9 +19,10 @@ from support.registry import (
     wait_until,
 )
 
-from exchange.adapters.postgres import connect
+from exchange.adapters.postgres import connect, transaction
 from exchange.domain.events import Outcome, ParticipantStatus, StatusChange
-from exchange.registry import deadletters, participant, policy, queries
+from exchange.registry import deadstore, participant, policy, queries, reinjection
+from exchange.wire import topology
 from exchange.wire.codec import MAGIC
 
 
@@ -199,28 +200,43 @@ def test_show_verify_and_rejections(env: Env) -> None:
         conn.close()
 
 
-def test_dead_letters_are_listed_without_being_consumed_and_can_be_reinjected(env: Env) -> None:
+def stored_dead(env: Env, message_id: str) -> list[dict[str, Any]]:
+    """The store's rows of ``message_id`` (the running registry moves dead letters there)."""
+    return env.query(
+        "SELECT id, reason, routing_key, failed_queue, status, times_dead, reinjected_by "
+        "FROM dead_letters WHERE message_id = %s",
+        (message_id,),
+    )
+
+
+def test_dead_letters_are_stored_listed_and_can_be_reinjected(env: Env) -> None:
     message_id = "5b0c2f4e-0000-4000-8000-00000000dead"
     env.publisher.raw(
         env.user("AE"), "AE.ImportConfirmed", b"not avro at all", message_id=message_id
     )
-    url = env.registry_url
-    wait_until(
-        lambda: any(d["message_id"] == message_id for d in deadletters.list_dead(url)),
-        what="dead letter listed",
-    )
-    listed = [d for d in deadletters.list_dead(url) if d["message_id"] == message_id]
-    assert listed[0]["routing_key"] == "AE.ImportConfirmed"
-    assert listed[0]["reason"].startswith("SCHEMA_INVALID")
-    from exchange.wire import topology
-
-    user = topology.registry_user(env.vhost)
-    assert deadletters.reinject(url, user, {message_id}) == 1
-    # Still unreadable: decided again, and set aside again.
-    wait_until(
-        lambda: any(d["message_id"] == message_id for d in deadletters.list_dead(url)),
-        what="dead letter back after re-injection",
-    )
+    wait_until(lambda: bool(stored_dead(env, message_id)), what="dead letter stored")
+    conn = connect(env.dsn)
+    try:
+        with transaction(conn) as cur:
+            listed = [
+                d for d in deadstore.page(cur, deadstore.Filter(limit=10_000))
+                if d.message_id == message_id
+            ]  # fmt: skip
+        assert listed[0].routing_key == "AE.ImportConfirmed"
+        assert listed[0].failed_queue == "kpx.registry"
+        assert listed[0].reason.startswith("SCHEMA_INVALID")
+        user = topology.registry_user(env.vhost)
+        done = reinjection.reinject(conn, env.registry_url, user, "ops", {message_id})
+        assert done.reinjected == (message_id,)
+        # Still unreadable: decided again, set aside again, the same row dead twice now.
+        wait_until(
+            lambda: stored_dead(env, message_id)[0]["times_dead"] == 2,
+            what="dead letter back after re-injection",
+        )
+        [row] = stored_dead(env, message_id)
+        assert (row["status"], row["reinjected_by"]) == ("pending", "ops")
+    finally:
+        conn.close()
 
 
 def test_a_message_that_crashes_the_handler_is_dead_lettered_and_the_rest_recorded(
@@ -240,12 +256,8 @@ def test_a_message_that_crashes_the_handler_is_dead_lettered_and_the_rest_record
     env.publisher.send(bad)
     env.publisher.send(good)
     assert env.decision_for("BW", good.event_id).decision is Outcome.ACCEPTED
-    url = env.registry_url
     wait_until(
-        lambda: any(
-            d["message_id"] == bad.event_id and "a bug" in d["reason"]
-            for d in deadletters.list_dead(url)
-        ),
+        lambda: any("a bug" in d["reason"] for d in stored_dead(env, bad.event_id)),
         what="the culprit dead-lettered",
     )
 

@@ -100,3 +100,13 @@ def test_dead_letter_reasons_are_listed_escaped(rt: Runtime) -> None:
         assert_escaped(shown.stdout + shown.stderr)
     parsed = json.loads(kpx(rt, "registry", "dead-letters", "--json").stdout)
     assert parsed[0]["reason"] == f"SCHEMA_INVALID: {HOSTILE}"  # the JSON still says it exactly
+    checked = kpx(rt, "check")  # the queue's depth and the store's count, escaped too
+    assert "waiting in kpx.registry.dead" in checked.stdout, checked.stderr
+    assert "1 stored pending and 0 re-injected" in checked.stdout
+    done = kpx(rt, "registry", "dead-letters", "reinject", "m-1")
+    assert (done.returncode, done.stdout) == (0, "re-injected 1 message(s)\n"), done.stderr
+    again = kpx(rt, "registry", "dead-letters", "reinject", "m-1", "nobody")
+    assert again.returncode == 1 and again.stdout == "re-injected 0 message(s)\n"
+    assert "m-1: already re-injected at " in again.stderr and "by cli:" in again.stderr
+    assert "nobody: no such dead letter" in again.stderr
+    assert_escaped(checked.stdout + done.stdout + again.stdout + again.stderr)

@@ -215,11 +215,13 @@ def schemas_check() -> None:
 @pass_runtime
 def check(rt: Runtime, member: str | None) -> None:
     """Probe: broker, databases and queue consumers; exit 0 when all are fine."""
-    from exchange.app.quiescence import probe, probe_member
+    from exchange.app.quiescence import dead_letter_summary, probe, probe_member
 
     problems = probe(rt) if member is None else probe_member(rt, member.upper())
     for problem in problems:
         click.echo(problem, err=True)
+    if member is None:
+        click.echo(dead_letter_summary(rt))
     click.echo("ok" if not problems else f"{len(problems)} problem(s)")
     sys.exit(ExitCode.FAILED if problems else ExitCode.OK)
 

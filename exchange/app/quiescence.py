@@ -11,6 +11,8 @@ from exchange.adapters.rabbitmq import blocking_connection, translated
 from exchange.app.runtime import Runtime
 from exchange.errors import KpxError
 from exchange.messaging import outbox
+from exchange.registry import deadstore
+from exchange.registry.deadletters import Status
 from exchange.wire import topology
 
 # The management API refreshes queue statistics every 5 s (collect_statistics_interval): a
@@ -87,6 +89,34 @@ def dead_letter_problems(queues: list[dict[str, Any]]) -> list[str]:
         if q["name"] in topology.DEAD_QUEUES
         and q.get("messages", 0) >= DEAD_WARN_SHARE * topology.DEAD_LIMIT
     ]
+
+
+def dead_letter_summary(rt: Runtime) -> str:
+    """One line for ``kpx check``: dead letters waiting in each queue (the bounded buffer the
+    registry moves from) and those in the registry's store (listed and re-injected there)."""
+    parts: list[str] = []
+    admin = rt.settings.admin()
+    try:
+        depth = {q["name"]: int(q.get("messages", 0)) for q in admin.queues(rt.region.vhost)}
+        parts += [f"{depth.get(q, 0):,} waiting in {q}" for q in topology.DEAD_QUEUES]
+    except KpxError:
+        parts.append("queues unknown")
+    finally:
+        admin.close()
+    try:
+        conn = postgres.connect(rt.registry_dsn, application_name="kpx-check")
+        try:
+            with postgres.transaction(conn) as cur:
+                stored = deadstore.counts(cur)
+        finally:
+            conn.close()
+        parts.append(
+            f"{stored[Status.PENDING]:,} stored pending and "
+            f"{stored[Status.REINJECTED]:,} re-injected (`kpx registry dead-letters`)"
+        )
+    except KpxError:
+        parts.append("store unknown")
+    return "dead letters: " + ", ".join(parts)
 
 
 def amqp_problems(url: str, who: str, queue: str | None = None) -> list[str]:

@@ -8,6 +8,7 @@ every service's: SIGTERM or SIGINT sets the ``stop`` event (exchange/adapters/si
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -22,8 +23,19 @@ from exchange.adapters.signals import stop_on_signals
 from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, current_runtime, pass_runtime
 from exchange.domain.register import KIND_NAMES
-from exchange.registry import deadletters, participant, queries, register, service, trade
+from exchange.errors import BrokerRefused, BrokerUnavailable
+from exchange.registry import (
+    deadmover,
+    deadstore,
+    participant,
+    queries,
+    register,
+    reinjection,
+    service,
+    trade,
+)
 from exchange.registry import log as registry_log
+from exchange.registry.deadletters import Status
 from exchange.wire import topology
 
 DEFAULT_METRICS_PORT = 9401
@@ -144,36 +156,102 @@ participant_group.command("reinstate")(_status_command("reinstate"))
 
 
 @registry.group("dead-letters", invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, the text exactly as stored.")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in Status] + ["all"]),
+    default=Status.PENDING.value,
+    show_default=True,
+)
+@click.option("--queue", help="Only those that failed in this queue (e.g. kpx.reconciler).")
+@click.option("--reason", help="Only those whose reason starts with this (e.g. SCHEMA_INVALID).")
+@click.option("--since", type=click.DateTime(), help="Only those last seen at or after this.")
+@click.option("--after", type=int, default=0, help="The last id of the previous page.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.pass_context
-def dead_letters(ctx: click.Context, as_json: bool) -> None:
-    """List kpx.registry.dead without consuming it (see `reinject`)."""
+def dead_letters(
+    ctx: click.Context,
+    as_json: bool,
+    status: str,
+    queue: str | None,
+    reason: str | None,
+    since: datetime | None,
+    after: int,
+    limit: int,
+) -> None:
+    """List stored dead letters, a page at a time (see `reinject`).
+
+    What waits in kpx.registry.dead is moved into the store first (the registry service
+    does so continuously); the listing itself is one indexed query.
+    """
     if ctx.invoked_subcommand is not None:
         return
     obj = current_runtime()
-    url = obj.amqp_url(topology.registry_user(obj.region.vhost))
-    found = deadletters.list_dead(url)
+    _move_waiting(obj)
+    wanted = deadstore.Filter(
+        status=None if status == "all" else Status(status),
+        queue=queue,
+        reason=reason,
+        since=since.replace(tzinfo=since.tzinfo or UTC) if since is not None else None,
+        after=after,
+        limit=limit,
+    )
+    with _registry_db(obj) as conn, transaction(conn) as cur:
+        found = deadstore.page(cur, wanted)
     if as_json:
-        _print_json(found)
+        _print_json([d.to_json() for d in found])
         return
     for d in found:
-        click.echo(f"{d['message_id']}  {d['routing_key']}  {d['size']} B  {d['reason']}")
-    click.echo(f"{len(found)} dead letter(s)")
+        click.echo(
+            f"{d.id}  {d.message_id}  {d.failed_queue}  {d.routing_key}  {d.size} B  "
+            f"{d.status}  dead {d.times_dead}x  {d.reason}"
+        )
+    more = f"; next page: --after {found[-1].id}" if len(found) == limit else ""
+    click.echo(f"{len(found)} dead letter(s){more}")
+
+
+def _move_waiting(obj: Runtime) -> None:
+    """Move what waits in the queue into the store; a broker that does not answer only
+    makes the listing miss those (said on stderr), the store is listed all the same."""
+    url = obj.amqp_url(topology.registry_user(obj.region.vhost))
+    try:
+        with _registry_db(obj) as conn:
+            deadmover.move_waiting(conn, url)
+    except (BrokerUnavailable, BrokerRefused) as exc:
+        click.echo(f"{topology.DEAD_QUEUE} not read ({exc}): listing the store only", err=True)
 
 
 @dead_letters.command("reinject")
-@click.option("--all", "everything", is_flag=True, help="Re-inject every dead letter.")
+@click.option("--all", "everything", is_flag=True, help="Re-inject every pending dead letter.")
 @click.argument("message_ids", nargs=-1)
 @pass_runtime
 def reinject(obj: Runtime, everything: bool, message_ids: tuple[str, ...]) -> None:
-    """Publish dead letters back where they failed, to be decided again after a fix."""
-    if not everything and not message_ids:
-        raise click.UsageError("name MESSAGE_ID… or --all")
+    """Publish dead letters back where they failed, to be decided again after a fix.
+
+    Exits 1 when a chosen id is unknown or the broker did not confirm one.
+    """
+    if everything == bool(message_ids):
+        raise click.UsageError("name MESSAGE_ID… or --all (not both)")
     user = topology.registry_user(obj.region.vhost)
-    url = obj.amqp_url(user)
-    chosen = None if everything else set(message_ids)
-    count = deadletters.reinject(url, user, chosen)
-    click.echo(f"re-injected {count} message(s)")
+    _move_waiting(obj)
+    with _registry_db(obj) as conn:
+        done = reinjection.reinject(
+            conn,
+            obj.amqp_url(user),
+            user,
+            f"cli:{getpass.getuser()}",
+            None if everything else set(message_ids),
+        )
+    for d in done.already:
+        click.echo(f"{d.message_id}: already re-injected at {d.reinjected_at:%Y-%m-%d %H:%M:%S} "
+                   f"by {d.reinjected_by}", err=True)  # fmt: skip
+    for message_id in done.unknown:
+        click.echo(f"{message_id}: no such dead letter", err=True)
+    for message_id in done.unconfirmed:
+        click.echo(f"{message_id}: not confirmed by the broker, still pending", err=True)
+    click.echo(f"re-injected {done.rows} message(s)")
+    if done.unknown or done.unconfirmed:
+        sys.exit(ExitCode.FAILED)
 
 
 # ---------------------------------------------------------------- §14: register and trade data

@@ -1,127 +1,63 @@
-"""The dead-letter queue ``kpx.registry.dead``: list it, and re-inject messages after a fix.
+"""Dead letters as values: what a message of ``kpx.registry.dead`` says, and where it goes back.
 
-Listing takes every message without acknowledging it and closes the channel, which returns
-them all to the queue: nothing is consumed for good. Re-injecting publishes the chosen
-messages back *where they failed* (the ``x-kpx-queue`` header the consumer set): a registry
-dead letter to ``kpx.events``, a reconciler's to ``kpx.accepted``, a node inbox's to
-``kpx.notify`` — under their original routing key, as the registry's own broker user (the
-ingest then trusts the envelope's producer, proven by its signature). Handing a reconciler's
-dead letter to the registry instead only made it a duplicate there, lost to the reconciler
-for good (issue 11). It waits for the broker's confirm, and only then acks the dead copy; the
-others go back to the queue.
+A consumer that cannot take a message (exchange/messaging/consumer.py) sets it aside on
+``kpx.dead`` with the headers ``x-kpx-reason``, ``x-kpx-queue`` (the queue it failed in) and
+``x-kpx-routing-key``; the broker's own dead-lettering (a delivery limit reached) says the
+same in ``x-first-death-queue`` and ``x-first-death-reason``. :func:`from_message` reads
+either into a :class:`DeadLetter`, the row the store keeps (exchange/registry/deadstore.py).
+
+Going back *where it failed*: a registry dead letter to ``kpx.events``, a reconciler's to
+``kpx.accepted``, a node inbox's to ``kpx.notify``, under its original routing key. Handing
+a reconciler's dead letter to the registry instead only made it a duplicate there, lost to
+the reconciler for good (issue 11).
+
+The text is whoever published it wrote: kept exactly (bar NUL, which PostgreSQL text cannot
+hold) and escaped only where it is shown (exchange/adapters/terminal.py; Jinja2 on the web).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+import hashlib
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
-import pika
 from pika.spec import BasicProperties
 
-from exchange.adapters.rabbitmq import blocking_connection, translated
 from exchange.wire import topology
 
-
-def _routing_key(method: Any, props: BasicProperties) -> str:
-    """The routing key the message had before it was dead-lettered."""
-    key = (props.headers or {}).get("x-kpx-routing-key") or method.routing_key
-    return key.decode() if isinstance(key, bytes) else str(key)
+# A reason longer than this is cut: the consumer writes at most 1,000 characters, the broker
+# a word; anything longer was not written by kpx and only fills the table.
+MAX_REASON = 2_000
 
 
-def _describe(method: Any, props: BasicProperties, body: bytes) -> dict[str, Any]:
-    """The dead letter as stored: its text is whoever published it wrote, shown escaped by
-    the terminal boundary (exchange/adapters/terminal.py), exact in ``--json``."""
-    headers = props.headers or {}
-    reason = headers.get("x-kpx-reason", "")
-    return {
-        "message_id": props.message_id,
-        "reason": reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason),
-        "routing_key": _routing_key(method, props),
-        "type": props.type,
-        "size": len(body),
-    }
+class Status(StrEnum):
+    """Where a stored dead letter stands."""
+
+    PENDING = "pending"  # waiting for a fix and a re-injection
+    REINJECTED = "reinjected"  # published back where it failed (and not dead again since)
 
 
-# Messages in flight to the lister: one basic_get round trip per message made listing 15,000
-# take 25 s, and re-injecting one id scan the whole queue that way.
-_PREFETCH = 1_000
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One message of the dead-letter queue, as the store keeps it."""
 
-
-def _scan(channel: Any) -> Iterator[tuple[Any, BasicProperties, bytes]]:
-    """Every message of the dead-letter queue once, unacknowledged, in queue order.
-
-    Consumes with a prefetch window and stops after the number of messages the queue held
-    when the scan began (messages returned by the scan itself are not read twice).
-    """
-    declared = channel.queue_declare(topology.DEAD_QUEUE, passive=True)
-    total = declared.method.message_count
-    if not total:
-        return
-    channel.basic_qos(prefetch_count=min(total, _PREFETCH))
-    messages = channel.consume(topology.DEAD_QUEUE, auto_ack=False, inactivity_timeout=2.0)
-    for seen, (method, props, body) in enumerate(messages, start=1):
-        if method is None:
-            break
-        yield method, props, body
-        if seen >= total:
-            break
-    channel.cancel()
-
-
-def list_dead(amqp_url: str) -> list[dict[str, Any]]:
-    """Every dead letter (reason, routing key, message id, size), left in the queue.
-
-    Raises BrokerUnavailable or BrokerRefused.
-    """
-    conn = blocking_connection(amqp_url, name="registry-dead-letters")
-    found: list[dict[str, Any]] = []
-    try:
-        with translated("listing dead letters"):
-            channel = conn.channel()
-            for method, props, body in _scan(channel):
-                found.append(_describe(method, props, body))
-            channel.close()  # returns every unacked message to the queue
-    finally:
-        if conn.is_open:
-            conn.close()
-    return found
-
-
-def reinject(amqp_url: str, user: str, message_ids: Collection[str] | None = None) -> int:
-    """Re-publish dead letters (all when ``message_ids`` is None) where they failed; how many.
-
-    ``user`` is the broker user of ``amqp_url`` (the registry's), set as ``user_id``. Raises
-    BrokerUnavailable or BrokerRefused; a message whose publish is not confirmed stays dead.
-    """
-    conn = blocking_connection(amqp_url, name="registry-reinject")
-    count = 0
-    try:
-        with translated("re-injecting dead letters"):
-            channel, publish = conn.channel(), conn.channel()
-            publish.confirm_delivery()
-            wanted = None if message_ids is None else set(message_ids)
-            for method, props, body in _scan(channel):
-                if wanted is not None:
-                    if props.message_id not in wanted:
-                        continue  # left unacked: back to the queue when the channel closes
-                    wanted.discard(props.message_id)
-                target = failed_at((props.headers or {}).get("x-kpx-queue"))
-                try:
-                    publish.basic_publish(
-                        target, _routing_key(method, props), body, _props(props, user), True
-                    )
-                except (pika.exceptions.UnroutableError, pika.exceptions.NackError):
-                    continue  # not confirmed: the dead copy stays in the queue
-                channel.basic_ack(method.delivery_tag)
-                count += 1
-                if wanted is not None and not wanted:
-                    break  # every chosen id found: the rest of the queue is not read
-            channel.close()
-    finally:
-        if conn.is_open:
-            conn.close()
-    return count
+    digest: bytes  # identifies the dead copy: the same one delivered twice is one row
+    message_id: str | None
+    event_id: str | None
+    failed_queue: str
+    failed_exchange: str
+    routing_key: str
+    reason: str
+    message_type: str | None
+    content_type: str | None
+    headers: Mapping[str, Any]
+    body: bytes
 
 
 def failed_at(queue: object) -> str:
@@ -134,14 +70,69 @@ def failed_at(queue: object) -> str:
     return topology.EVENTS
 
 
-def _props(props: BasicProperties, user: str) -> BasicProperties:
-    headers = {k: v for k, v in (props.headers or {}).items() if not str(k).startswith("x-")}
-    headers["x-kpx-reinjected"] = 1
-    return BasicProperties(
-        message_id=props.message_id,
-        type=props.type,
-        user_id=user,
-        content_type=props.content_type,
-        delivery_mode=2,
-        headers=headers,
+def from_message(routing_key: str, props: BasicProperties, body: bytes) -> DeadLetter:
+    """The dead letter a message of the dead-letter queue is (``routing_key``: the one it came
+    with). Never raises on what a publisher wrote: every field is made storable."""
+    headers = props.headers or {}
+    queue = _text(headers.get("x-kpx-queue") or headers.get("x-first-death-queue") or "")
+    key = _text(headers.get("x-kpx-routing-key") or routing_key)
+    reason = headers.get("x-kpx-reason")
+    if reason is None:  # dead-lettered by the broker itself, e.g. its delivery limit
+        why = _text(headers.get("x-first-death-reason") or "unknown")
+        reason = f"BROKER_{why.upper()}: dead-lettered by the broker from {queue or '?'}"
+    message_id = _text(props.message_id) if props.message_id is not None else None
+    digest = hashlib.sha256()
+    for part in (queue, key, message_id or ""):
+        digest.update(part.encode() + b"\x00")
+    digest.update(body)
+    return DeadLetter(
+        digest=digest.digest(),
+        message_id=message_id,
+        event_id=_uuid(message_id),
+        failed_queue=queue or topology.REGISTRY_QUEUE,
+        failed_exchange=failed_at(queue),
+        routing_key=key,
+        reason=_text(reason)[:MAX_REASON],
+        message_type=_text(props.type) if props.type is not None else None,
+        content_type=_text(props.content_type) if props.content_type is not None else None,
+        headers={str(k): _json_safe(v) for k, v in headers.items()},
+        body=bytes(body),
     )
+
+
+def publish_headers(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers a re-injected message carries: the publisher's own, none of the ``x-``
+    ones that described its death, and ``x-kpx-reinjected`` (for the logs of the receiver)."""
+    headers = {k: v for k, v in stored.items() if not k.startswith("x-")}
+    headers["x-kpx-reinjected"] = 1
+    return headers
+
+
+def _uuid(value: str | None) -> str | None:
+    try:
+        return str(uuid.UUID(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _text(value: object) -> str:
+    """``value`` as text PostgreSQL can hold: bytes decoded (bad UTF-8 replaced), NUL shown."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.replace("\x00", "\\x00")
+
+
+def _json_safe(value: object) -> Any:
+    """An AMQP header value as JSON: tables and arrays kept, bytes and dates as text."""
+    if isinstance(value, Mapping):
+        return {_text(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or infinity
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return _text(value)

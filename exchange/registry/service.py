@@ -1,11 +1,11 @@
 """``kpx registry run``: the ingest consumer, the registry's outbox relay and its metrics.
 
 :func:`run_registry` migrates the registry database, seeds the participants from the region
-file, starts the relay (a thread) and the metrics endpoint, and consumes ``kpx.registry``
-until ``stop`` is set — reconnecting with jittered, bounded backoff after a lost broker or
-database. Setting ``stop`` (the CLI does it on SIGTERM) drains: the batch in hand is
-finished and acked, consuming stops, the relay gets a few seconds to publish what the last
-batches wrote, and the function returns.
+file, starts the relay and the dead-letter mover (threads) and the metrics endpoint, and
+consumes ``kpx.registry`` until ``stop`` is set — reconnecting with jittered, bounded
+backoff after a lost broker or database. Setting ``stop`` (the CLI does it on SIGTERM)
+drains: the batch in hand is finished and acked, consuming stops, the relay gets a few
+seconds to publish what the last batches wrote, and the function returns.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from exchange.adapters.postgres import Connection, migrate, transaction
 from exchange.domain.region import Region
 from exchange.messaging.consumer import Consumer, Database, Health, RelayThread, Spec, run_consumer
 from exchange.messaging.outbox import OutboxWriter
+from exchange.registry import deadmover, policy, store
 from exchange.registry import log as registry_log
-from exchange.registry import policy, store
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
 from exchange.registry.witnessing import Witnessing
@@ -84,11 +84,19 @@ def run_registry(
     )
     handler = ingest(db, region, store_, signer, log_signer)
     consumer = Consumer(amqp_url, spec, handler, db, health)
+    # Dead letters go from their queue into the store, where they are listed and re-injected
+    # by index (registry/deadmover.py); the queue is only the buffer in front of it.
+    moving = threading.Event()  # its own: it also ends when the consumer cannot start
+    mover = deadmover.Mover(dsn, amqp_url).thread(moving)
+    health.watch("dead-letters", mover)
+    mover.start()
     try:
         run_consumer(consumer, stop, relays, drain_timeout=drain_timeout)
     finally:
         if server is not None:
             server.shutdown()
+        moving.set()
+        mover.join(timeout=15)
 
 
 def ingest(

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from exchange.adapters.postgres import Connection, transaction
 from exchange.domain.events import DiscrepancyKind
 from exchange.errors import KpxError, NotFound, Refusal
-from exchange.registry import deadletters
+from exchange.registry import deadmover, deadstore, reinjection
 from exchange.registry.web import accounts, worklist
 from exchange.registry.web.accounts import User
 from exchange.registry.web.errors import problem
@@ -185,25 +185,36 @@ async def rejections(request: Request, portal: Portal, user: User) -> Response:
 
 @page()
 async def dead_letters(request: Request, portal: Portal, user: User) -> Response:
+    """The pending dead letters, a page at a time from the store (registry/deadstore.py)."""
     error = ""
-    try:
-        found: list[dict[str, Any]] = await run_in_threadpool(
-            deadletters.list_dead, portal.amqp_url()
-        )
+    try:  # what waits in the queue first, so the page is complete with the service down
+        await portal.db(deadmover.move_waiting, portal.amqp_url())
     except KpxError as exc:
-        found, error = [], str(exc)
-    context = {"rows": found, "error": error, "user": user}
+        error = str(exc)
+    after = request.query_params.get("after", "0")
+    wanted = deadstore.Filter(after=int(after) if after.isdigit() else 0, limit=_PAGE)
+    rows = await portal.db(_page, wanted)
+    more = rows[-1].id if len(rows) == _PAGE else None
+    context = {"rows": rows, "error": error, "user": user, "more": more}
     return portal.render(request, "console_deadletters.html", context)
+
+
+_PAGE = 200
+
+
+def _page(conn: Connection, wanted: deadstore.Filter) -> list[deadstore.Stored]:
+    with transaction(conn) as cur:
+        return deadstore.page(cur, wanted)
 
 
 @page(admin=True)
 async def reinject(request: Request, portal: Portal, user: User) -> Response:
     form = await request.form()
     chosen = {str(v) for v in form.getlist("message_id")}
-    count = await run_in_threadpool(
-        deadletters.reinject, portal.amqp_url(), portal.broker_user, chosen
+    done = await portal.db(
+        reinjection.reinject, portal.amqp_url(), portal.broker_user, user.username, chosen
     )
-    await portal.db(_audit, user, sorted(chosen), count)
+    await portal.db(_audit, user, sorted(chosen), done.rows)
     return RedirectResponse("/console/dead-letters", 303)
 
 
