@@ -35,6 +35,10 @@ from exchange.wire import topology
 log = logging.getLogger(__name__)
 
 BATCH = 250  # messages per transaction (and the prefetch window)
+# After a burst of this many rows the table's statistics are refreshed at once: planned on
+# none (a new table, before autovacuum's next round), a page of 100 was a bitmap scan of
+# every pending row and a sort — linear in the table, what the store is there to avoid.
+ANALYZE_AFTER = 1_000
 Message = tuple[Any, BasicProperties, bytes]
 
 
@@ -58,18 +62,28 @@ def move(db: Connection, channel: Any, stop: threading.Event | None, idle: float
     if stop is None and not held:
         return 0
     channel.basic_qos(prefetch_count=BATCH)
-    moved = 0
+    moved = fresh = 0  # fresh: rows moved since the planner's statistics were refreshed
     for batch in _batches(channel, idle):
         if batch:
             with transaction(db) as cur:
                 deadstore.store(cur, [from_message(m.routing_key, p, b) for m, p, b in batch])
             _ack(channel, batch[-1][0].delivery_tag)  # only now: the rows are committed
-            moved += len(batch)
+            moved, fresh = moved + len(batch), fresh + len(batch)
+        elif fresh >= ANALYZE_AFTER:  # quiet after a burst
+            _analyze(db)
+            fresh = 0
         done = (not batch or moved >= held) if stop is None else stop.is_set()
         if done:
             break
+    if fresh >= ANALYZE_AFTER:
+        _analyze(db)
     channel.cancel()  # the unacked prefetch goes back to the queue
     return moved
+
+
+def _analyze(db: Connection) -> None:
+    with transaction(db) as cur:
+        deadstore.analyze(cur)
 
 
 def _ack(channel: Any, delivery_tag: int) -> None:

@@ -208,3 +208,8 @@ def counts(cur: Cursor) -> dict[Status, int]:
         cur.execute("SELECT status, count(*) FROM dead_letters GROUP BY status")
         found = {Status(status): int(n) for status, n in cur.fetchall()}
     return {s: found.get(s, 0) for s in Status}
+
+
+def analyze(cur: Cursor) -> None:
+    """Refresh the planner's statistics of the table (after a burst of dead letters)."""
+    cur.execute("ANALYZE dead_letters")
