@@ -42,7 +42,9 @@ def db(env: Env) -> Iterator[Connection]:
     env.publisher.close()
 
 
-def dead_letter_many(env: Env, count: int, queue: str = topology.REGISTRY_QUEUE) -> list[str]:
+def dead_letter_many(
+    env: Env, count: int, queue: str = topology.REGISTRY_QUEUE, key: str = "BW.CertificateIssued"
+) -> list[str]:
     """Publish ``count`` dead letters into kpx.dead as the consumer of ``queue`` would; their
     message ids. One confirm at the end: the queue holds them all when this returns."""
     ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(count)]
@@ -50,11 +52,11 @@ def dead_letter_many(env: Env, count: int, queue: str = topology.REGISTRY_QUEUE)
     try:
         channel = conn.channel()
         for message_id in ids[:-1]:
-            channel.basic_publish(topology.DEAD, "BW.CertificateIssued", _body(message_id),
-                                  _props(message_id, queue))  # fmt: skip
+            channel.basic_publish(topology.DEAD, key, _body(message_id),
+                                  _props(message_id, queue, key))  # fmt: skip
         channel.confirm_delivery()  # confirms are in order: the last one covers the rest
-        channel.basic_publish(topology.DEAD, "BW.CertificateIssued", _body(ids[-1]),
-                              _props(ids[-1], queue))  # fmt: skip
+        channel.basic_publish(topology.DEAD, key, _body(ids[-1]),
+                              _props(ids[-1], queue, key))  # fmt: skip
     finally:
         conn.close()
     wait_until(lambda: depth(env, topology.DEAD_QUEUE) == count, what=f"{count} dead letters")
@@ -65,9 +67,9 @@ def _body(message_id: str) -> bytes:
     return b"unreadable " + message_id.encode()
 
 
-def _props(message_id: str, queue: str) -> BasicProperties:
+def _props(message_id: str, queue: str, key: str) -> BasicProperties:
     headers = {"x-kpx-reason": "SCHEMA_INVALID: not a kpx envelope", "x-kpx-queue": queue,
-               "x-kpx-routing-key": "BW.CertificateIssued"}  # fmt: skip
+               "x-kpx-routing-key": key}  # fmt: skip
     return BasicProperties(message_id=message_id, headers=headers, delivery_mode=2)
 
 
@@ -198,3 +200,48 @@ def test_the_registry_service_moves_dead_letters_into_the_store(env: Env, db: Co
     finally:
         running.stop()
     assert [m for m, _, _ in stored(db)] == sorted(ids)
+
+
+# The re-injection, killed after the broker confirmed the publish and before the row was
+# marked: the row must still say pending (not lost), and the retry must mark it.
+CRASH_REINJECTING = textwrap.dedent("""
+    import os, sys
+    from exchange.adapters.postgres import connect
+    from exchange.registry import deadstore, reinjection
+
+    def crash(cur, ids, by):
+        os._exit(17)
+
+    deadstore.mark_reinjected = crash
+    reinjection.reinject(connect(sys.argv[1]), sys.argv[2], sys.argv[3], "ops", {sys.argv[4]})
+""")
+
+
+def test_a_crash_between_publishing_and_marking_leaves_the_row_pending_for_the_retry(
+    env: Env, db: Connection
+) -> None:
+    [chosen] = dead_letter_many(env, 1, topology.node_queue("ZA"), "ZA.RegistryDecision")
+    deadmover.move_waiting(db, env.registry_url)
+    user = topology.registry_user(env.vhost)
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_REINJECTING, env.dsn, env.registry_url, user, chosen],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert crashed.returncode == 17, crashed.stderr.decode()
+    assert depth(env, topology.node_queue("ZA")) == 1  # published and confirmed...
+    assert stored(db) == [(chosen, 1, "pending")]  # ...but not marked: the retry does it
+    retried = reinjection.reinject(db, env.registry_url, user, "ops", {chosen})
+    assert retried.reinjected == (chosen,)
+    assert stored(db) == [(chosen, 1, "reinjected")]
+    # At least once: the node has it twice, and drops the second by its event id.
+    assert depth(env, topology.node_queue("ZA")) == 2
+
+
+def test_a_dead_letter_the_broker_cannot_route_back_stays_pending(env: Env, db: Connection) -> None:
+    # A node's inbox dead letter whose key names no node: kpx.notify routes it nowhere.
+    [chosen] = dead_letter_many(env, 1, topology.node_queue("ZA"), "QQ.RegistryDecision")
+    deadmover.move_waiting(db, env.registry_url)
+    user = topology.registry_user(env.vhost)
+    done = reinjection.reinject(db, env.registry_url, user, "ops", None)
+    assert done.unconfirmed == (chosen,) and done.rows == 0
+    assert stored(db) == [(chosen, 1, "pending")]

@@ -359,6 +359,10 @@ def test_an_admin_sees_a_dead_letter_with_its_reason_and_reinjects_it(
         "SELECT actor, target FROM console_audit WHERE action = 'reinject'"
     )
     assert acts == [{"actor": "adele", "target": props.message_id}]
+    rows = portal_region.registry(  # the page and its button use the dead-letter store
+        "SELECT status, reinjected_by FROM dead_letters WHERE message_id = %s", (props.message_id,)
+    )
+    assert rows[0]["reinjected_by"] == "adele"
     with console_client(portal_region, "ana") as client:
         page = client.get("/console/dead-letters").text
         refused = client.post("/console/dead-letters/reinject", data={
