@@ -239,7 +239,7 @@ def reinject(obj: Runtime, everything: bool, message_ids: tuple[str, ...]) -> No
             conn,
             obj.amqp_url(user),
             user,
-            f"cli:{getpass.getuser()}",
+            _operator(),
             None if everything else set(message_ids),
         )
     for d in done.already:
@@ -252,6 +252,14 @@ def reinject(obj: Runtime, everything: bool, message_ids: tuple[str, ...]) -> No
     click.echo(f"re-injected {done.rows} message(s)")
     if done.unknown or done.unconfirmed:
         sys.exit(ExitCode.FAILED)
+
+
+def _operator() -> str:
+    """Who re-injects from the command line, as the store records it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no name for the uid (a bare container)
+        return "cli"
 
 
 # ---------------------------------------------------------------- §14: register and trade data
