@@ -324,6 +324,7 @@ _HOT: tuple[tuple[str, str], ...] = (
     ("  open_envelope", "envelope.open_envelope"),
     ("  Ed25519 verify", "signing.VerifyKey.verify"),
     ("  payload_from_record", "events.payload_from_record"),
+    ("    text screen (check_text)", "events.check_text"),
     ("    NUL scan", "events._holds_nul"),
     ("    identifier bound", "events._overlong_identifier"),
     ("    Certificate.from_record", "certificate.Certificate.from_record"),
