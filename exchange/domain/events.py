@@ -10,7 +10,7 @@ in :class:`Issuance`, so every event type has one payload class (:data:`PAYLOAD_
 Errors: ``from_json`` raises Refusal(SCHEMA_INVALID) naming the field;
 :func:`payload_from_record` raises Refusal(SCHEMA_UNKNOWN) for an event type it does not know
 and Refusal(SCHEMA_INVALID) for text holding a NUL character or an identifier longer than
-:data:`MAX_IDENTIFIER_LENGTH`.
+:data:`MAX_IDENTIFIER_LENGTH` (that screen is :func:`check_text`).
 """
 
 from __future__ import annotations
