@@ -13,13 +13,22 @@ same N signed CertificateIssued messages already in a quorum queue:
 
 Prints both rates and the ratio and returns them from :func:`run`. Uses ``KPX_AMQP_URL`` and
 ``KPX_DATABASE_URL`` (local defaults); a throw-away vhost and database are removed at the end.
+
+``python -m benchmarks.registry_bench --profile [N]`` measures instead where the ingest's CPU
+goes (:func:`profile`): no broker, N pre-built signed deliveries (default 5,000) opened and
+recorded in batches against a real throw-away database, first plainly (µs per event of this
+process's CPU opening and recording, and the wall time of recording and committing), then
+the next N under cProfile (µs per event in each hot function, inclusive; the profiler
+inflates call-heavy code, so compare these only with another run of the same mode).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import multiprocessing
 import os
+import pstats
 import secrets
 import threading
 import time
@@ -33,8 +42,10 @@ import psycopg2
 import psycopg2.extras
 from pika.spec import BasicProperties
 
-from exchange.adapters import postgres
+from exchange.adapters import pgcopy, postgres
 from exchange.adapters.management import Admin
+from exchange.adapters.rabbitmq import Delivery
+from exchange.domain import certificate, events
 from exchange.domain.certificate import (
     Certificate,
     Container,
@@ -48,8 +59,10 @@ from exchange.domain.certificate import (
 from exchange.domain.certnumber import regional_number
 from exchange.domain.events import Issuance
 from exchange.domain.region import Region, parse_region
-from exchange.registry import service, store
-from exchange.wire import topology
+from exchange.messaging.consumer import Database
+from exchange.messaging.outbox import OutboxWriter
+from exchange.registry import ingest, opening, policy, service, store
+from exchange.wire import codec, envelope, signing, topology
 from exchange.wire.codec import default_store
 from exchange.wire.envelope import seal
 from exchange.wire.signing import Signer, generate_key
@@ -303,14 +316,171 @@ def run(
     return result
 
 
+# What the profile reports, in this order: (label, function). Inclusive time per event; a
+# name that this version of the code no longer has is skipped.
+_HOT: tuple[tuple[str, str], ...] = (
+    ("open (Ingest.decode)", "ingest.Ingest.decode"),
+    ("  Avro decode (envelope + payload)", "codec.SchemaStore.decode"),
+    ("  open_envelope", "envelope.open_envelope"),
+    ("  Ed25519 verify", "signing.VerifyKey.verify"),
+    ("  payload_from_record", "events.payload_from_record"),
+    ("    text screen (check_text)", "events.check_text"),
+    ("    NUL scan", "events._holds_nul"),
+    ("    identifier bound", "events._overlong_identifier"),
+    ("    Certificate.from_record", "certificate.Certificate.from_record"),
+    ("  canonical JSON of the certificate", "certificate.certificate_json_text"),
+    ("record (Ingest.record)", "ingest.Ingest.record"),
+    ("  lock and load (_prepare)", "ingest.Ingest._prepare"),
+    ("  decide (policy.decide)", "policy.decide"),
+    ("  apply (policy.apply)", "policy.apply"),
+    ("  answers (_Session._publish)", "ingest._Session._publish"),
+    ("  write_decided", "ingest.write_decided"),
+    ("    event log (store.write_log)", "store.write_log"),
+    ("    state rows (store.write_changes)", "store.write_changes"),
+    ("    COPY (pgcopy.copy_rows)", "pgcopy.copy_rows"),
+    ("    outbox (OutboxWriter.append_many)", "outbox.OutboxWriter.append_many"),
+    ("      Avro encode", "codec.SchemaStore.encode"),
+    ("      Ed25519 sign", "signing.Signer.sign"),
+    ("    accepted events (append_raw)", "outbox.OutboxWriter.append_raw"),
+)
+_MODULES: dict[str, Any] = {
+    "ingest": ingest, "codec": codec, "envelope": envelope, "signing": signing,
+    "events": events, "certificate": certificate, "policy": policy, "store": store,
+    "pgcopy": pgcopy, "outbox": OutboxWriter, "opening": opening,
+}  # fmt: skip
+
+
+def _code_key(dotted: str) -> tuple[str, int, str] | None:
+    """The cProfile key (file, first line, name) of ``module.[Class.]function``, if it exists."""
+    module, *path = dotted.split(".")
+    target: Any = _MODULES[module]
+    if module == "outbox":
+        path = path[1:]  # the class itself stands for the module
+    for part in path:
+        target = getattr(target, part, None)
+        if target is None:
+            return None
+    code = getattr(getattr(target, "__func__", target), "__code__", None)
+    if code is None:
+        return None
+    return (code.co_filename, code.co_firstlineno, code.co_name)
+
+
+def _deliveries(messages: list[tuple[str, str, bytes]], vhost: str) -> list[Delivery]:
+    """The messages as the consumer hands them over: published by their node's broker user."""
+    return [
+        Delivery(
+            tag,
+            f"{member}.CertificateIssued",
+            BasicProperties(
+                message_id=event_id,
+                type="CertificateIssued",
+                user_id=topology.node_user(member, vhost),
+            ),
+            body,
+            False,
+        )
+        for tag, (member, event_id, body) in enumerate(messages, 1)
+    ]
+
+
+def _ingest_batches(
+    handler: ingest.Ingest,
+    conn: postgres.Connection,
+    deliveries: list[Delivery],
+    batch_size: int,
+    profiler: cProfile.Profile | None = None,
+) -> dict[str, float]:
+    """Open and record ``deliveries`` as the consumer does; seconds by phase.
+
+    CPU is this process's (``time.process_time``): on a shared machine it moves far less
+    than wall time, and recording's wall minus its CPU is the wait on PostgreSQL.
+    """
+    spent = dict.fromkeys(("open CPU", "record CPU", "record wall", "commit wall"), 0.0)
+    for start in range(0, len(deliveries), batch_size):
+        chunk = deliveries[start : start + batch_size]
+        if profiler is not None:
+            profiler.enable()
+        c0 = time.process_time()
+        items = [handler.decode(d).item for d in chunk]
+        c1, t1 = time.process_time(), time.perf_counter()
+        with postgres.transaction(conn) as cur:
+            handler.record(cur, [i for i in items if i is not None])
+            c2, t2 = time.process_time(), time.perf_counter()
+        t3 = time.perf_counter()
+        if profiler is not None:
+            profiler.disable()
+        spent["open CPU"] += c1 - c0
+        spent["record CPU"] += c2 - c1
+        spent["record wall"] += t2 - t1
+        spent["commit wall"] += t3 - t2
+    return spent
+
+
+def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
+    """Where the ingest's CPU goes: µs per event by phase, plain and under cProfile.
+
+    No broker: 2N signed CertificateIssued deliveries are built first, the first N opened and
+    recorded plainly, the next N under cProfile, in batches of ``batch_size`` against a
+    throw-away database. Prints the table and returns ``{label: µs per event}``.
+    """
+    server = os.environ.get("KPX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"kpxp_{secrets.token_hex(4)}"
+    dsn = postgres.dsn_for(server, name)
+    postgres.create_database(server, name)
+    db = Database(dsn, "kpx-registry-profile")
+    try:
+        region = _region(name)
+        signers = {m: generate_key(m) for m in MEMBERS}
+        deliveries = _deliveries(_messages(2 * n, signers), name)
+        conn = db.get()
+        service.prepare_database(conn, region)
+        with postgres.transaction(conn) as cur:
+            for signer in signers.values():
+                store.register_key(cur, signer.verify_key)
+        handler = service.ingest(db, region, default_store(), generate_key("XS"))
+        plain = _ingest_batches(handler, conn, deliveries[:n], batch_size)
+        profiler = cProfile.Profile()
+        _ingest_batches(handler, conn, deliveries[n:], batch_size, profiler)
+        accepted = postgres.fetch_all(
+            conn, "SELECT count(*) AS n FROM event_log WHERE decision = 'ACCEPTED'"
+        )[0]["n"]
+        if accepted != 2 * n:
+            raise RuntimeError(f"only {accepted} of {2 * n} events accepted")
+    finally:
+        db.close()
+        postgres.drop_database(server, name)
+    micro = 1e6 / n
+    result = {f"plain: {phase}": seconds * micro for phase, seconds in plain.items()}
+    result["plain: client CPU"] = (plain["open CPU"] + plain["record CPU"]) * micro
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    for label, dotted in _HOT:
+        key = _code_key(dotted)
+        if key is not None and key in stats:
+            result[label] = stats[key][3] * micro  # cumulative seconds
+    print(f"registry ingest profile: {n:,} events plain, {n:,} profiled, batches of {batch_size}")
+    for label, value in result.items():
+        print(f"{label:<42} {value:8.1f} µs/event")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("n", type=int, nargs="?", default=20_000, help="events (20,000)")
+    parser.add_argument("n", type=int, nargs="?", default=None, help="events (20,000; 5,000)")
+    parser.add_argument("--profile", action="store_true", help="where the CPU goes, no broker")
     parser.add_argument("--processes", type=int, default=1, help="registry processes (1)")
     parser.add_argument("--batch-size", type=int, default=250, help="events per batch (250)")
     parser.add_argument("--prefetch", type=int, default=500, help="consumer prefetch (500)")
     args = parser.parse_args(argv)
-    run(args.n, processes=args.processes, batch_size=args.batch_size, prefetch=args.prefetch)
+    if args.profile:
+        profile(args.n or 5_000, args.batch_size)
+        return
+    run(
+        args.n or 20_000,
+        processes=args.processes,
+        batch_size=args.batch_size,
+        prefetch=args.prefetch,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exchange.domain import certnumber
 from exchange.domain.certnumber import (
     RegionalNumber,
     check_digits,
@@ -182,3 +183,8 @@ def test_a_foreign_number_outside_the_allowed_characters_or_length_is_refused(
     refusal = check_foreign(number, "AE")
     assert refusal is not None
     assert "1 to 40 characters" in refusal.sentence
+
+
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=40))
+def test_the_digit_conversion_is_the_iso_7064_table_one_character_at_a_time(chars: str) -> None:
+    assert certnumber._as_digits(chars) == int("".join(str(int(c, 36)) for c in chars))

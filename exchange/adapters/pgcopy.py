@@ -90,6 +90,14 @@ def _array(values: Sequence[Any]) -> str:
     return "{" + ",".join(items) + "}"
 
 
+def _array_field(values: Sequence[Any]) -> str:
+    return _text(_array(values))
+
+
+def _boolean(value: bool) -> str:
+    return "t" if value else "f"
+
+
 _RENDER: dict[type, Callable[[Any], str]] = {
     type(None): _null,
     str: _text,
@@ -98,4 +106,7 @@ _RENDER: dict[type, Callable[[Any], str]] = {
     bytes: _bytea,
     date: date.isoformat,
     datetime: datetime.isoformat,
+    bool: _boolean,
+    list: _array_field,
+    tuple: _array_field,
 }

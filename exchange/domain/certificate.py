@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, NoReturn, Self, TypedDict, TypeVar, Unpack
+from typing import Any, NoReturn, Self, TypedDict, TypeVar, Unpack, cast
 
 from exchange.errors import Refusal
 
@@ -247,7 +247,14 @@ class Scope(Enum):
 
 def from_symbol(enum: type[_E], symbol: str) -> _E:
     """Reader-side enum resolution: a symbol this reader does not know is the default UNKNOWN."""
-    return enum.__members__.get(symbol, enum["UNKNOWN"])
+    members = _SYMBOLS.get(enum)
+    if members is None:  # ``__members__`` builds a mapping proxy on every access
+        members = _SYMBOLS[enum] = dict(enum.__members__)
+    found = members.get(symbol)
+    return enum["UNKNOWN"] if found is None else cast(_E, found)
+
+
+_SYMBOLS: dict[type[Enum], dict[str, Enum]] = {}
 
 
 _HS_VALUES = {code.name: code.value for code in HsCode}
@@ -265,12 +272,7 @@ def certificate_json_text(record: Mapping[str, Any]) -> str:
         {**parcel, "hs_code": _HS_VALUES.get(parcel["hs_code"], parcel["hs_code"])}
         for parcel in record["parcels"]
     ]
-    return json.dumps(
-        {**record, "parcels": parcels},
-        sort_keys=True,
-        separators=(",", ":"),
-        default=_json_default,
-    )
+    return _CANONICAL_JSON.encode({**record, "parcels": parcels})
 
 
 def _json_default(value: Any) -> str:
@@ -279,6 +281,10 @@ def _json_default(value: Any) -> str:
     if isinstance(value, date):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} {value!r} has no JSON form in a certificate")
+
+
+# One encoder for every certificate: json.dumps with options builds a new one per call.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
 def record_of(value: Any) -> Any:
@@ -556,5 +562,12 @@ def _scope_from_json(
     return derived_scope(issuing_member, destination, members)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+    # Cached: dataclasses.fields() rebuilds its tuple on every call, once per record read.
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names

@@ -29,6 +29,7 @@ _REGIONAL = re.compile(r"([A-Z]{2})-([A-Z]{2})-(\d{4})-(\d{7})-(\d{2})")
 _FOREIGN = re.compile(r"[A-Z0-9/-]{1,40}")
 _ALNUM = re.compile(r"[A-Z0-9]+")
 _CODE = re.compile(r"[A-Z]{2}")
+_LETTER_DIGITS = {ord(c): str(int(c, 36)) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +46,9 @@ def _as_digits(chars: str) -> int:
     """Convert ``A-Z 0-9`` to the MOD 97-10 integer (A=10 … Z=35); ValueError otherwise."""
     if not _ALNUM.fullmatch(chars):
         raise ValueError(f"{chars!r} is not made of A-Z and 0-9")
-    # int(c, 36) maps 0-9 to themselves and A-Z to 10-35, exactly the ISO 7064 table.
-    return int("".join(str(int(c, 36)) for c in chars))
+    # The ISO 7064 table: 0-9 stay, A-Z become 10-35 (what int(c, 36) gives), in one
+    # translate: a conversion per character cost more than the rest of the number check.
+    return int(chars.translate(_LETTER_DIGITS))
 
 
 def check_digits(body: str) -> str:

@@ -40,7 +40,7 @@ from exchange.errors import (
     UnknownFingerprint,
 )
 from exchange.registry.policy import Event, certificate_text, text_digest
-from exchange.wire.codec import SchemaStore
+from exchange.wire.codec import SchemaStore, is_canonical_uuid
 from exchange.wire.envelope import MAX_EVENT_BYTES, Envelope, open_envelope
 from exchange.wire.keyring import RefreshingKeyring
 
@@ -179,7 +179,7 @@ class Opener:
         except CodecError as exc:
             code = "SCHEMA_UNKNOWN" if isinstance(exc, UnknownFingerprint) else "SCHEMA_INVALID"
             return self._authentic(delivery, env, producer, Refusal(code, f"payload: {exc}"))
-        if _as_uuid(envelope.event_id) != envelope.event_id:
+        if not is_canonical_uuid(envelope.event_id):
             # The event log is keyed by uuid: another spelling would fail the whole batch.
             why = f"event_id {envelope.event_id[:80]!r} is no UUID in canonical lower-case form"
             return self._authentic(delivery, env, producer, Refusal("SCHEMA_INVALID", why))
@@ -197,11 +197,12 @@ class Opener:
             body,
         )
         # The digest key of the bytes is computed only on the refusal paths: an authentic
-        # event is keyed by its own id, and hashing every body cost ~40 us an event.
+        # event is keyed by its own id, and hashing every body cost ~40 us an event. The id
+        # is canonical (checked above), so it is also the id its sender knows it by.
         return Opened(
             delivery=delivery,
             key=event.event_id,
-            claimed_id=_as_uuid(env["event_id"]) or digest_key(body),
+            claimed_id=event.event_id,
             event_type=str(env["event_type"]),
             producer=producer,
             recipient=producer,
