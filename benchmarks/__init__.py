@@ -15,9 +15,9 @@ takes a size argument:
 - ``node_web_bench``: the node's HTTP API against ``kpx node submit``, and a page of 50
   certificates among 100,000.
 
-Every measuring module returns :class:`Row` objects (``registry_bench`` and
-``reconcile_bench`` return dicts; ``__main__`` turns them into rows); ``__main__`` writes
-them as the table of ``benchmarks/RESULTS.md`` with the machine and the date.
+Every measuring module returns :class:`Row` objects (``registry_bench`` returns a dict that
+``__main__`` turns into rows; ``reconcile_bench.rows`` returns rows, its ``run`` a dict);
+``__main__`` writes them as the table of ``benchmarks/RESULTS.md`` with the machine and the date.
 """
 
 from __future__ import annotations

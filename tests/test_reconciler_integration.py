@@ -26,8 +26,8 @@ from exchange.domain.certnumber import regional_number
 from exchange.domain.kpstats import Period
 from exchange.domain.region import Region, load_region
 from exchange.errors import NotFound
-from exchange.messaging.outbox import OutboxRelay
-from exchange.reconciler import aggregation, commands, deadline_checks, service, store
+from exchange.messaging.outbox import OutboxRelay, OutboxWriter
+from exchange.reconciler import aggregation, commands, deadline_checks, notices, service, store
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore, default_store
 from exchange.wire.envelope import Envelope, open_envelope, seal
@@ -484,3 +484,181 @@ def test_a_confirmation_by_a_third_party_does_not_silence_unconfirmed_expired(
     assert {(k, c) for k, c in found(db) if c in ours} == {
         ("WRONG_DESTINATION", cid("NA", 3)), ("UNCONFIRMED_EXPIRED", cid("NA", 3)),
     }  # fmt: skip
+
+
+# ---------------------------------------------------------------- as-of notices, after the run
+
+EXPIRED_CERTIFICATES = """
+INSERT INTO recon.certificates (certificate_id, issuing_participant, exporter, destination,
+    origin_type, origin_countries, date_of_issue, date_of_expiry, number_of_parcels,
+    total_carats, total_value_usd, event_id)
+SELECT format('XS-%%s-2026-%%s-00', e, lpad(i::text, 7, '0')), 'XS', e,
+       (ARRAY['EU', 'AE', 'LS', 'KR'])[1 + i %% 4], 'UNMIXED', ARRAY[e], '2026-01-10',
+       '2026-03-10', 1, 10, 1000, gen_random_uuid()
+FROM generate_series(1, %s) i, LATERAL (SELECT (ARRAY['BW', 'ZA', 'NA'])[1 + i %% 3] AS e) x
+"""
+
+
+@pytest.fixture
+def ctx(region: Region, codec: SchemaStore, signers: dict[str, Signer]) -> store.Context:
+    return service.context(region, codec, signers["XS-RECONCILER"])
+
+
+def expired_unconfirmed(conn: Connection, n: int) -> None:
+    """``n`` certificates expired long before AS_OF and never confirmed: each is one
+    UNCONFIRMED_EXPIRED, notified to its exporter and to its destination when that runs a
+    node (KR runs none), so a run seals notices over several chunks."""
+    with transaction(conn) as cur:
+        cur.execute(EXPIRED_CERTIFICATES, (n,))
+
+
+def expected_notices(conn: Connection, region: Region) -> set[tuple[int, str]]:
+    """(discrepancy id, node) of every notice the stored discrepancies call for."""
+    with transaction(conn) as cur:
+        cur.execute("SELECT id, participants FROM recon.discrepancies")
+        rows = cur.fetchall()
+    return {(i, code) for i, who in rows for code in who if code in region.node_codes}
+
+
+def sealed_notices(conn: Connection, codec: SchemaStore, keyring: Keyring) -> list[tuple[int, str]]:
+    """(discrepancy id, node) of every DiscrepancyRaised in the reconciler's outbox, opened."""
+    with transaction(conn) as cur:
+        cur.execute("SELECT routing_key, body FROM outbox WHERE relay = 'XS-RECONCILER'")
+        rows = cur.fetchall()
+    out = []
+    for key, body in rows:
+        env = open_envelope(codec, keyring, bytes(body))
+        assert env.event_type == "DiscrepancyRaised" and key.endswith(".DiscrepancyRaised")
+        out.append((int(env.payload["discrepancy_id"]), key.split(".")[0]))
+    return out
+
+
+def assert_each_notified_once(
+    conn: Connection, region: Region, codec: SchemaStore, keyring: Keyring
+) -> None:
+    sealed = sealed_notices(conn, codec, keyring)
+    assert len(sealed) == len(set(sealed)), "a notice was sealed twice"
+    assert set(sealed) == expected_notices(conn, region), "a notice is missing"
+    assert notices.unsealed(conn) == 0
+
+
+class InjectedCrash(RuntimeError):
+    """The crash a test injects into a run."""
+
+
+class CrashingSigner:
+    """Signs as ``signer`` until ``after`` signatures, then fails as a crashed process would."""
+
+    def __init__(self, signer: Signer, after: int) -> None:
+        self.signer, self.left = signer, after
+
+    @property
+    def key_id(self) -> str:
+        return self.signer.key_id
+
+    @property
+    def producer(self) -> str:
+        return self.signer.producer
+
+    def sign(self, message: bytes) -> bytes:
+        if self.left == 0:
+            raise InjectedCrash("killed while sealing")
+        self.left -= 1
+        return self.signer.sign(message)
+
+
+def test_a_run_that_crashed_before_sealing_is_notified_exactly_once_by_the_next_run(
+    db: Connection, ctx: store.Context, region: Region, codec: SchemaStore, keyring: Keyring
+) -> None:
+    expired_unconfirmed(db, 3000)
+    # The run's transaction alone, as if the process died right after its commit.
+    first = deadline_checks.record(db, ctx, AS_OF)
+    assert first.raised["UNCONFIRMED_EXPIRED"] == 3000
+    assert notices.unsealed(db) == first.total  # every finding marked, in the same commit
+    assert sealed_notices(db, codec, keyring) == []
+
+    again = deadline_checks.reconcile(db, ctx, AS_OF)
+    assert again.total == 0  # nothing raised twice ...
+    assert_each_notified_once(db, region, codec, keyring)  # ... and the leftovers sealed once
+    before = len(sealed_notices(db, codec, keyring))
+    assert deadline_checks.reconcile(db, ctx, AS_OF).total == 0
+    assert len(sealed_notices(db, codec, keyring)) == before  # a re-run seals nothing new
+
+
+def test_a_run_that_crashed_while_sealing_keeps_the_rest_marked_and_loses_nothing(
+    db: Connection, ctx: store.Context, region: Region, codec: SchemaStore,
+    signers: dict[str, Signer], keyring: Keyring,
+) -> None:  # fmt: skip
+    expired_unconfirmed(db, 3000)
+    signer = CrashingSigner(signers["XS-RECONCILER"], after=2 * notices.CHUNK + 500)
+    crashing = replace(ctx, writer=OutboxWriter(codec, signer, relay="XS-RECONCILER"))
+    with pytest.raises(InjectedCrash):
+        deadline_checks.reconcile(db, crashing, AS_OF)
+    # The findings committed; the chunks sealed before the crash committed with their markers
+    # cleared; the chunk being sealed rolled back whole and is still marked.
+    total = count(db, "SELECT count(*) FROM recon.discrepancies")
+    done = sealed_notices(db, codec, keyring)
+    assert 0 < len(done) <= 2 * notices.CHUNK + 500
+    assert notices.unsealed(db) == total - len({i for i, _ in done})
+    assert notices.unsealed(db) > 0
+
+    assert deadline_checks.reconcile(db, ctx, AS_OF).total == 0
+    assert_each_notified_once(db, region, codec, keyring)
+
+
+def test_two_sealers_at_once_seal_each_notice_once(
+    db: Connection, database: Database, ctx: store.Context, region: Region, codec: SchemaStore,
+    keyring: Keyring,
+) -> None:  # fmt: skip
+    # The command sealing after its commit while the service seals leftovers.
+    expired_unconfirmed(db, 6000)
+    deadline_checks.record(db, ctx, AS_OF)
+    taken: list[int] = []
+
+    def seal() -> None:
+        conn = connect(database.url)
+        try:
+            taken.append(notices.seal_pending(conn, ctx, chunk=500))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=seal) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(taken) == count(db, "SELECT count(*) FROM recon.discrepancies")
+    assert_each_notified_once(db, region, codec, keyring)
+
+
+def test_the_running_service_seals_what_a_crashed_run_left_and_relays_it(
+    db: Connection, database: Database, vhost: Vhost, ctx: store.Context, region: Region,
+    codec: SchemaStore, signers: dict[str, Signer], keyring: Keyring,
+) -> None:  # fmt: skip
+    topology_on(vhost, region)
+    expired_unconfirmed(db, 30)
+    deadline_checks.record(db, ctx, AS_OF)  # then the command died
+    assert notices.unsealed(db) > 0
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=service.run_service,
+        args=(database.url, vhost.amqp_url, region, codec, keyring, signers["XS-RECONCILER"],
+              stop),
+        kwargs={"seal_interval": 0.2},
+    )  # fmt: skip
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while count(db, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") or notices.unsealed(
+            db
+        ):
+            assert time.monotonic() < deadline, "the service did not seal and relay the notices"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert_each_notified_once(db, region, codec, keyring)
+    delivered = [open_envelope(codec, keyring, b) for b in drain_queue(vhost, "kpx.node.BW")]
+    assert sorted(n.payload["discrepancy_id"] for n in delivered) == sorted(
+        i for i, code in expected_notices(db, region) if code == "BW"
+    )

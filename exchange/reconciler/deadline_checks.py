@@ -3,9 +3,11 @@
 Each check is one ``INSERT ... SELECT ... ON CONFLICT (dedup_key) DO NOTHING`` (per-certificate
 kinds, over every certificate: no row reaches Python) or one aggregate query whose few rows
 (members x half-years, pairs x quarters, gap ranges) the pure rules decide. The as-of date is a
-parameter, never ``now()``. The whole run is one transaction: its findings and their
-``DiscrepancyRaised`` outbox rows commit together; notices are written reading the run's new
-rows through a server-side cursor, so memory stays flat.
+parameter, never ``now()``. The checks are one transaction: its findings commit together
+with a marker per new finding (``recon.unsealed_notices``), and the ``DiscrepancyRaised``
+notices are sealed into the outbox after the commit, a bounded chunk a transaction that
+clears its markers (exchange.reconciler.notices): nothing is signed while the run's
+transaction is open, and no notice is lost or sealed twice.
 
 How each SQL predicate mirrors exchange.domain.discrepancy (the same edges are integration-tested):
 
@@ -34,7 +36,6 @@ Errors: DatabaseUnavailable (transient: re-run; a re-run raises nothing twice).
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -54,15 +55,13 @@ from exchange.domain.discrepancy import (
 )
 from exchange.domain.kpstats import Period
 from exchange.errors import ConfigError
-from exchange.reconciler import register_checks
-from exchange.reconciler.store import Context, Raised, insert_for_run, notify_run
+from exchange.reconciler import notices, register_checks
+from exchange.reconciler.store import COLUMNS, Context, insert_for_run
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = "dedup_key, kind, certificate_id, participants, period, detail, raised_on, run_id"
-
 UNCONFIRMED_EXPIRED = f"""
-INSERT INTO recon.discrepancies ({_COLUMNS})
+INSERT INTO recon.discrepancies ({COLUMNS})
 SELECT 'UNCONFIRMED_EXPIRED:' || c.certificate_id, 'UNCONFIRMED_EXPIRED', c.certificate_id,
        CASE WHEN c.exporter = c.destination THEN ARRAY[c.exporter]
             ELSE ARRAY[c.exporter, c.destination] END, NULL,
@@ -84,7 +83,7 @@ ON CONFLICT (dedup_key) DO NOTHING
 """
 
 UNKNOWN_CERTIFICATE = f"""
-INSERT INTO recon.discrepancies ({_COLUMNS})
+INSERT INTO recon.discrepancies ({COLUMNS})
 SELECT DISTINCT ON (f.certificate_id)
        'UNKNOWN_CERTIFICATE:' || f.certificate_id, 'UNKNOWN_CERTIFICATE', f.certificate_id,
        CASE WHEN substr(f.certificate_id, 4, 2) = f.importing_participant
@@ -112,28 +111,31 @@ ORDER BY f.certificate_id, f.seq
 ON CONFLICT (dedup_key) DO NOTHING
 """
 
+# priced holds only what the medians need (a narrow row sorts fast); the few outliers' carats
+# and value are read back by primary key. med and spread are materialised, so the planner
+# joins their few rows (origins x HS codes) by hash instead of sorting a million parcels.
 VALUATION_OUTLIER = f"""
-WITH priced AS (
-    SELECT p.certificate_id, p.parcel_no, p.origin, p.hs_code, p.carats, p.value_usd,
+WITH priced AS MATERIALIZED (
+    SELECT p.certificate_id, p.parcel_no, p.origin, p.hs_code,
            ln(p.value_usd::float8 / p.carats::float8) AS x
     FROM recon.parcels p JOIN recon.certificates c USING (certificate_id)
     WHERE p.origin IS NOT NULL AND p.carats > 0 AND p.value_usd > 0
       AND c.date_of_issue <= %(as_of)s
-), med AS (
+), med AS MATERIALIZED (
     SELECT origin, hs_code, count(*) AS n,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY x) AS median
     FROM priced GROUP BY origin, hs_code HAVING count(*) >= %(min_sample)s
-), spread AS (
-    SELECT m.origin, m.hs_code, m.n, m.median,
+), spread AS MATERIALIZED (
+    SELECT m.origin, m.hs_code, max(m.n) AS n, max(m.median) AS median,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(p.x - m.median)) AS mad
     FROM priced p JOIN med m USING (origin, hs_code)
-    GROUP BY m.origin, m.hs_code, m.n, m.median
+    GROUP BY m.origin, m.hs_code
 ), scored AS (
     SELECT p.*, s.n, s.median, s.mad, 0.6745 * (p.x - s.median) / s.mad AS z
     FROM priced p JOIN spread s USING (origin, hs_code)
-    WHERE s.mad > 0
+    WHERE s.mad > 0 AND abs(0.6745 * (p.x - s.median) / s.mad) > %(k)s
 )
-INSERT INTO recon.discrepancies ({_COLUMNS})
+INSERT INTO recon.discrepancies ({COLUMNS})
 SELECT DISTINCT ON (z.certificate_id)
        'VALUATION_OUTLIER:' || z.certificate_id, 'VALUATION_OUTLIER', z.certificate_id,
        CASE WHEN c.exporter = c.destination THEN ARRAY[c.exporter]
@@ -142,13 +144,13 @@ SELECT DISTINCT ON (z.certificate_id)
               'ln = %%s; for origin %%s and HS %%s the registry''s %%s parcels have median '
               'ln(USD/ct) %%s (%%s USD/ct) and MAD %%s, so the robust z = 0.6745 (x - median) '
               '/ MAD = %%s, beyond the threshold of %%s',
-              z.parcel_no, z.certificate_id, z.origin, z.hs_code, z.carats, z.value_usd,
-              round(z.value_usd / z.carats, 2), round(z.x::numeric, 4), z.origin, z.hs_code,
+              z.parcel_no, z.certificate_id, z.origin, z.hs_code, pa.carats, pa.value_usd,
+              round(pa.value_usd / pa.carats, 2), round(z.x::numeric, 4), z.origin, z.hs_code,
               z.n, round(z.median::numeric, 4), round(exp(z.median)::numeric, 2),
               round(z.mad::numeric, 4), round(z.z::numeric, 2), %(k)s),
        %(as_of)s, %(run)s
 FROM scored z JOIN recon.certificates c USING (certificate_id)
-WHERE abs(z.z) > %(k)s
+JOIN recon.parcels pa ON pa.certificate_id = z.certificate_id AND pa.parcel_no = z.parcel_no
 ORDER BY z.certificate_id, abs(z.z) DESC, z.parcel_no
 ON CONFLICT (dedup_key) DO NOTHING
 """
@@ -222,7 +224,16 @@ def regional_pattern(region: str) -> str:
 
 
 def reconcile(conn: Connection, ctx: Context, as_of: date) -> RunSummary:
-    """Run every as-of check in one transaction; return what was raised for the first time."""
+    """Run every as-of check (:func:`record`), then seal the run's notices (and any a crashed
+    run left) into the outbox, a chunk a transaction; return what was raised the first time."""
+    summary = record(conn, ctx, as_of)
+    notices.seal_pending(conn, ctx)
+    return summary
+
+
+def record(conn: Connection, ctx: Context, as_of: date) -> RunSummary:
+    """Run every as-of check in one transaction that stores the findings and marks their
+    notices unsealed (exchange.reconciler.notices); return what was raised the first time."""
     limits = ctx.limits
     params: dict[str, Any] = {
         "as_of": as_of,
@@ -239,17 +250,26 @@ def reconcile(conn: Connection, ctx: Context, as_of: date) -> RunSummary:
         # The medians sort every parcel and the anti-joins hash every certificate: in memory
         # they take seconds, spilled to disk minutes (measured in benchmarks/reconcile_bench).
         cur.execute("SET LOCAL work_mem = '256MB'")
+        # Compiling these one-off scans took longer than it saved (VALUATION_OUTLIER over a
+        # million parcels: 15-25 s with JIT, 9-10 s without, in benchmarks/reconcile_bench).
+        cur.execute("SET LOCAL jit = off")
         cur.execute("SELECT nextval('recon.run_ids')")
         row = cur.fetchone()
         assert row is not None
         params["run"] = run_id = int(row[0])
-        for statement in (UNCONFIRMED_EXPIRED, UNKNOWN_CERTIFICATE, VALUATION_OUTLIER):
+        for statement in (UNCONFIRMED_EXPIRED, UNKNOWN_CERTIFICATE, VALUATION_OUTLIER,
+                          *register_checks.STATEMENTS):  # fmt: skip
             cur.execute(statement, params)
         found = [*_gaps(cur, params, ctx), *_supply(cur, params, ctx), *_mirror(cur, params, ctx)]
         found += register_checks.findings(cur, ctx, as_of)  # registers and trade data (§14)
         insert_for_run(cur, found, as_of, run_id)
-        raised: list[Raised] = notify_run(conn, cur, ctx, run_id)
-    return RunSummary(run_id, as_of, dict(Counter(r.kind for r in raised)))
+        notices.mark_run(cur, run_id)
+        cur.execute(
+            "SELECT kind, count(*) FROM recon.discrepancies WHERE run_id = %s GROUP BY kind",
+            (run_id,),
+        )
+        raised = {str(kind): int(n) for kind, n in cur.fetchall()}
+    return RunSummary(run_id, as_of, raised)
 
 
 def _gaps(cur: Cursor, params: dict[str, Any], ctx: Context) -> Iterator[Discrepancy]:

@@ -1,9 +1,12 @@
 """The register and external-trade checks of ``kpx reconcile --as-of`` (DESIGN §8, §14).
 
 Each check is one query over the registry's tables (the reconciler lives in the registry's
-database) whose few rows the pure rules turn into findings; ``deadline_checks.reconcile``
-calls :func:`findings` inside its run's transaction. How each SQL predicate mirrors the pure
-rules (a property test runs both on the same random registers):
+database). The two per-certificate ones (:data:`STATEMENTS`: UNLICENSED_EXPORTER and
+UNREGISTERED_PRODUCER of a parcel) are ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` that
+``deadline_checks.record`` runs with its own, so no certificate row reaches Python; the others
+return few rows (declarations, producers x half-years, external trade lines) that the pure
+rules turn into findings in :func:`findings`, inside the same transaction. How each SQL
+predicate mirrors the pure rules (a property test runs both on the same random registers):
 
 - "valid on day d" (``Register.valid_on`` / ``licensed_exporter``): a version v with
   ``valid_from <= d``, ``valid_until`` NULL or ``>= d``, and no revocation of the entry recorded
@@ -60,7 +63,7 @@ from exchange.domain.trade import (
     non_participant_sentence,
     standing_during,
 )
-from exchange.reconciler.store import Context
+from exchange.reconciler.store import COLUMNS, Context
 
 _LIVE = "c.state NOT IN ('VOIDED', 'REPLACED')"
 _PRODUCERS = "ARRAY[" + ", ".join(f"'{k.value}'" for k in sorted(PRODUCER_KINDS, key=str)) + "]"
@@ -77,9 +80,22 @@ _HALF_FIRST = (
 )
 _HALF_LAST = f"(({_HALF_FIRST}) + interval '6 months' - interval '1 day')::date"
 
+_PAIR = (
+    "CASE WHEN c.issuing_member = c.destination THEN ARRAY[c.issuing_member]"
+    " ELSE ARRAY[c.issuing_member, c.destination] END"
+)
+
+# The two per-certificate checks insert their findings in the server, like the deadline
+# checks: over a million certificates, no row reaches Python whatever number they find.
 UNLICENSED = f"""
-SELECT c.certificate_id, c.issuing_member, c.destination, c.date_of_issue,
-       c.body->'exporter'->>'licence_no'
+INSERT INTO recon.discrepancies ({COLUMNS})
+SELECT 'UNLICENSED_EXPORTER:' || c.certificate_id, 'UNLICENSED_EXPORTER', c.certificate_id,
+       {_PAIR}, NULL,
+       format('%%s (issued by %%s on %%s) names exporter licence %%s, which is no exporter '
+              'licence of %%s valid on that date in the region''s register', c.certificate_id,
+              c.issuing_member, c.date_of_issue, c.body->'exporter'->>'licence_no',
+              c.issuing_member),
+       %(as_of)s, %(run)s
 FROM certificates c
 WHERE c.issuing_member IS NOT NULL AND c.date_of_issue <= %(as_of)s AND {_LIVE}
   AND c.issuing_member IN (SELECT member FROM register_entries WHERE kind = 'EXPORTER')
@@ -89,11 +105,18 @@ WHERE c.issuing_member IS NOT NULL AND c.date_of_issue <= %(as_of)s AND {_LIVE}
       AND v.licence_no = c.body->'exporter'->>'licence_no'
       AND {VALID.format(a="c.date_of_issue", b="c.date_of_issue")})
 ORDER BY c.certificate_id
+ON CONFLICT (dedup_key) DO NOTHING
 """
 
 UNREGISTERED_PARCELS = f"""
-SELECT DISTINCT ON (c.certificate_id) c.certificate_id, c.issuing_member, c.destination,
-       c.date_of_issue, p.parcel_no, p.producer_id
+INSERT INTO recon.discrepancies ({COLUMNS})
+SELECT DISTINCT ON (c.certificate_id)
+       'UNREGISTERED_PRODUCER:' || c.certificate_id, 'UNREGISTERED_PRODUCER', c.certificate_id,
+       {_PAIR}, NULL,
+       format('parcel %%s of %%s (issued by %%s on %%s) names producer %%s, which is no mine '
+              'or cooperative of %%s licensed on that date', p.parcel_no, c.certificate_id,
+              c.issuing_member, c.date_of_issue, p.producer_id, c.issuing_member),
+       %(as_of)s, %(run)s
 FROM certificates c JOIN parcels p USING (certificate_id)
 WHERE p.producer_id IS NOT NULL AND c.issuing_member IS NOT NULL
   AND c.date_of_issue <= %(as_of)s AND {_LIVE}
@@ -103,6 +126,7 @@ WHERE p.producer_id IS NOT NULL AND c.issuing_member IS NOT NULL
       AND v.kind = ANY({_PRODUCERS})
       AND {VALID.format(a="c.date_of_issue", b="c.date_of_issue")})
 ORDER BY c.certificate_id, p.parcel_no
+ON CONFLICT (dedup_key) DO NOTHING
 """
 
 # The latest declaration of each member, producer and half-year: a second one is a revision.
@@ -218,39 +242,21 @@ class _KpMonths:
         return Flow(carats, usd, 0)
 
 
+STATEMENTS = (UNLICENSED, UNREGISTERED_PARCELS)
+
+
 def findings(cur: Cursor, ctx: Context, as_of: date) -> list[Discrepancy]:
-    """Every register and external-trade finding as of ``as_of``."""
+    """The register and external-trade findings as of ``as_of`` that the rules decide in
+    Python (the per-certificate ones are :data:`STATEMENTS`, run with the deadline checks)."""
     params = {"as_of": as_of}
     return [
-        *_unlicensed(cur, params),
-        *_unregistered(cur, params),
+        *_unregistered_declarations(cur, params),
         *_producer_supply(cur, params, ctx),
         *_external(cur, ctx, as_of),
     ]
 
 
-def _unlicensed(cur: Cursor, params: dict[str, Any]) -> Iterator[Discrepancy]:
-    cur.execute(UNLICENSED, params)
-    for number, member, destination, issued, licence in cur.fetchall():
-        yield Discrepancy(
-            "UNLICENSED_EXPORTER",
-            f"{number} (issued by {member} on {issued}) names exporter licence {licence}, which "
-            f"is no exporter licence of {member} valid on that date in the region's register",
-            certificate_id=number,
-            participants=_pair(member, destination),
-        )
-
-
-def _unregistered(cur: Cursor, params: dict[str, Any]) -> Iterator[Discrepancy]:
-    cur.execute(UNREGISTERED_PARCELS, params)
-    for number, member, destination, issued, parcel_no, producer in cur.fetchall():
-        yield Discrepancy(
-            "UNREGISTERED_PRODUCER",
-            f"parcel {parcel_no} of {number} (issued by {member} on {issued}) names producer "
-            f"{producer}, which is no mine or cooperative of {member} licensed on that date",
-            certificate_id=number,
-            participants=_pair(member, destination),
-        )
+def _unregistered_declarations(cur: Cursor, params: dict[str, Any]) -> Iterator[Discrepancy]:
     cur.execute(UNREGISTERED_DECLARATIONS, params)
     for member, producer, period in cur.fetchall():
         yield Discrepancy(
@@ -276,10 +282,6 @@ def _producer_supply(cur: Cursor, params: dict[str, Any], ctx: Context) -> Itera
             closed = period_closed(Period.parse(b.period), limits.grace_days, params["as_of"])
             if closed and producer_exceeded(b, limits.carats_pct):
                 yield producer_finding(member, producer, b, limits.carats_pct)
-
-
-def _pair(a: str, b: str) -> tuple[str, ...]:
-    return (a,) if a == b else (a, b)
 
 
 # ---------------------------------------------------------------- external trade

@@ -5,7 +5,9 @@ that are not a verifiable kpx envelope are dead-lettered at once with the reason
 retried (the registry verified them already, so this means a bug or tampering). The batch
 is recorded in ONE transaction (store.apply_batch: tracking rows, projection, event-time
 findings and their outbox rows), and the consumer acks after the commit. An
-:class:`~exchange.messaging.outbox.OutboxRelay` thread publishes the ``DiscrepancyRaised`` notices.
+:class:`~exchange.messaging.outbox.OutboxRelay` thread publishes the ``DiscrepancyRaised`` notices;
+another thread (:func:`seal_leftovers`) seals the notices that a ``kpx reconcile --as-of``
+which crashed after its commit left marked (exchange.reconciler.notices).
 
 The consuming itself — reconnecting, dead-lettering once, ack after commit, health, drain —
 is :mod:`exchange.messaging.consumer`'s; this module supplies decode, record and committed.
@@ -28,7 +30,7 @@ from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.discrepancy import Limits
 from exchange.domain.events import DiscrepancyKind
 from exchange.domain.region import Region
-from exchange.errors import CodecError, SignatureError
+from exchange.errors import CodecError, SignatureError, TransientError
 from exchange.messaging.consumer import (
     Consumer,
     Database,
@@ -39,6 +41,7 @@ from exchange.messaging.consumer import (
     run_consumer,
 )
 from exchange.messaging.outbox import OutboxWriter
+from exchange.reconciler import notices
 from exchange.reconciler.deadline_checks import RunSummary, reconcile
 from exchange.reconciler.store import Context, Raised, apply_batch, open_counts
 from exchange.wire import topology
@@ -48,6 +51,7 @@ from exchange.wire.signing import Signer
 
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
+SEAL_INTERVAL = 30.0  # seconds between looks for notices a crashed reconcile run left
 
 
 def context(region: Region, store: SchemaStore, signer: Signer) -> Context:
@@ -88,6 +92,32 @@ def reconcile_as_of(
     finally:
         conn.close()
     return summary
+
+
+def seal_leftovers(
+    dsn: str, ctx: Context, stop: threading.Event, interval: float = SEAL_INTERVAL
+) -> None:
+    """Seal the notices a ``kpx reconcile`` left marked (it crashed between its commit and
+    its sealing, or while sealing), at once and then every ``interval`` s, until ``stop``.
+
+    The command seals its own notices after its commit; this heals the runs that did not get
+    to. A lost database is logged and tried again at the next interval: what is not sealed
+    stays marked.
+    """
+    while not stop.is_set():
+        try:
+            conn = connect(dsn, application_name="kpx-reconciler-notices")
+            try:
+                sealed = notices.seal_pending(conn, ctx)
+            finally:
+                conn.close()
+            if sealed:
+                log.warning("reconciler: sealed the notices of %d discrepancies that a "
+                            "reconcile run had left unsealed", sealed)  # fmt: skip
+        except TransientError as exc:
+            log.warning("reconciler: sealing leftover notices: %s; retrying in %.0f s",
+                        exc, interval)  # fmt: skip
+        stop.wait(interval)
 
 
 def count_raised(raised: list[Raised], conn: Connection) -> None:
@@ -207,8 +237,11 @@ def run_service(
     health: Health | None = None,
     *,
     drain_timeout: float = 5.0,
+    seal_interval: float = SEAL_INTERVAL,
 ) -> None:
-    """The whole service: migrations, the relay thread, the consumer; returns when stopped.
+    """The whole service: migrations, the relay thread, the consumer, and a thread sealing
+    the notices a crashed ``kpx reconcile`` left (:func:`seal_leftovers`); returns when
+    stopped.
 
     ``health`` (for /healthz) says whether the consumer is connected and the relay alive.
     """
@@ -217,5 +250,17 @@ def run_service(
     relay = RelayThread(dsn, amqp_url, topology.reconciler_producer(region.code), health)
     ctx = context(region, store, signer)
     reconciler = Reconciler(dsn, amqp_url, ctx, store, keyring, health=health)
-    run_consumer(reconciler.consumer, stop, relay, drain_timeout=drain_timeout)
+    # Its own stop event: it must stop when the consumer does, also when that one failed.
+    sealing = threading.Event()
+    sealer = threading.Thread(
+        target=seal_leftovers, args=(dsn, ctx, sealing, seal_interval), name="seal-leftovers",
+        daemon=True,
+    )  # fmt: skip
+    health.watch("notices", sealer)  # a bug that kills it shows on /healthz
+    sealer.start()
+    try:
+        run_consumer(reconciler.consumer, stop, relay, drain_timeout=drain_timeout)
+    finally:
+        sealing.set()
+        sealer.join(timeout=15)
     log.info("reconciler: stopped")

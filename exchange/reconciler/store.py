@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg2.extras
 
-from exchange.adapters.postgres import Connection, Cursor
+from exchange.adapters.postgres import Cursor
 from exchange.domain.certificate import HsCode, from_symbol
 from exchange.domain.discrepancy import (
     CertificateFacts,
@@ -34,7 +34,6 @@ from exchange.wire import topology
 from exchange.wire.envelope import Envelope
 
 NOTICE = "DiscrepancyRaised"
-_NOTIFY_CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,14 +202,15 @@ def raise_now(
     if not rows:
         return []
     new = psycopg2.extras.execute_values(cur, _INSERT, rows, fetch=True)
-    items = [p for r in new for p in _notices(ctx.node_codes, *r)]
+    items = [p for r in new for p in notices_of(ctx.node_codes, *r)]
     ctx.writer.append_many(cur, items)
     return [Raised(r[0], r[1]) for r in new]
 
 
+# The columns a finding is stored with: the as-of checks' INSERT ... SELECT name them too.
+COLUMNS = "dedup_key, kind, certificate_id, participants, period, detail, raised_on, run_id"
 _INSERT = (
-    "INSERT INTO recon.discrepancies (dedup_key, kind, certificate_id, participants, period,"
-    " detail, raised_on, run_id) VALUES %s ON CONFLICT (dedup_key) DO NOTHING"
+    f"INSERT INTO recon.discrepancies ({COLUMNS}) VALUES %s ON CONFLICT (dedup_key) DO NOTHING"
     " RETURNING id, kind, certificate_id, participants, period, detail, raised_on"
 )
 
@@ -236,7 +236,7 @@ def _row(d: Discrepancy, raised_on: date, run_id: int | None) -> tuple[Any, ...]
     )
 
 
-def _notices(
+def notices_of(
     node_codes: Collection[str],
     id_: int,
     kind: str,
@@ -246,6 +246,7 @@ def _notices(
     detail: str,
     raised_on: date,
 ) -> list[Pending]:
+    """The DiscrepancyRaised notices of one stored discrepancy: one per concerned node."""
     record = {
         "discrepancy_id": id_,
         "kind": kind,
@@ -260,22 +261,6 @@ def _notices(
         for code in dict.fromkeys(participants)
         if code in node_codes
     ]
-
-
-def notify_run(conn: Connection, cur: Cursor, ctx: Context, run_id: int) -> list[Raised]:
-    """Queue notices for every discrepancy a run stored, reading them in server-side chunks."""
-    raised: list[Raised] = []
-    with conn.cursor(name=f"recon_notify_{run_id}") as rows:
-        rows.itersize = _NOTIFY_CHUNK
-        rows.execute(
-            "SELECT id, kind, certificate_id, participants, period, detail, raised_on"
-            " FROM recon.discrepancies WHERE run_id = %s ORDER BY id",
-            (run_id,),
-        )
-        while chunk := rows.fetchmany(_NOTIFY_CHUNK):
-            ctx.writer.append_many(cur, [p for r in chunk for p in _notices(ctx.node_codes, *r)])
-            raised += [Raised(r[0], r[1]) for r in chunk]
-    return raised
 
 
 def open_counts(cur: Cursor) -> dict[str, int]:
