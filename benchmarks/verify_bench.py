@@ -5,8 +5,8 @@ In a throw-away database and vhost:
 
 1. 100,000 accepted certificates are written straight into the registry's tables (COPY; the
    lookups need rows, not their history);
-2. the **lookup ceiling**: the same verification without HTTP (a thread per connection of
-   the portal's 4-connection pool) — what the database round trip allows at all on this machine;
+2. the **lookup ceiling**: the same verification without HTTP (the portal's 4 non-blocking
+   lookup connections, one event loop) — what the database round trip allows on this machine;
 3. the portal (``exchange.registry.web``, the app ``kpx registry serve`` runs, rate limit off)
    serves in its own process; a closed-loop client with 16 keep-alive connections measures
    the **static rate** (``/healthz``) and the **verify rate** (``/api/v1/verify/{id}`` of
@@ -33,6 +33,7 @@ import secrets
 import subprocess
 import sys
 import time
+from datetime import date
 from typing import Any
 
 from benchmarks import database_server_url
@@ -94,14 +95,16 @@ def serve_main(dsn: str, vhost: str, port: int) -> None:
 
     from benchmarks.registry_bench import _region
     from exchange.registry.web.app import build
+    from exchange.registry.web.lookups import Lookups
     from exchange.registry.web.portal import Limits, Portal
     from exchange.registry.web.reads import PublicPool
     from exchange.wire.codec import default_store
 
     portal = Portal(
         region=_region(vhost), schemas=default_store(), signer=lambda: generate_key("XS"),
-        amqp_url=lambda: "", broker_user="", public=PublicPool(dsn, 4, read_only=True),
-        work=PublicPool(dsn, 2), limits=Limits(verify_rate=1e9, verify_burst=1e9),
+        amqp_url=lambda: "", broker_user="", lookups=Lookups(dsn, 4),
+        public=PublicPool(dsn, 2, read_only=True), work=PublicPool(dsn, 2),
+        limits=Limits(verify_rate=1e9, verify_burst=1e9),
     )  # fmt: skip
     uvicorn.run(build(portal, secrets.token_bytes(32)), host="127.0.0.1", port=port,
                 log_level="warning", access_log=False)  # fmt: skip
@@ -163,27 +166,29 @@ async def open_loop(port: int, paths: list[str], rate: float, seconds: float) ->
 
 
 def db_ceiling(dsn: str, numbers: list[str], seconds: float) -> float:
-    """The same lookup without HTTP: one thread per connection of a 4-connection pool; per s."""
-    from concurrent.futures import ThreadPoolExecutor
-    from datetime import date
+    """The same lookup without HTTP: the portal's 4 lookup connections (lookups.py) driven
+    by one event loop for CONNECTIONS callers, as the server drives them; per s."""
+    import uvloop
 
-    from exchange.registry.web.reads import PublicPool, verify
+    from exchange.registry.web.lookups import Lookups
 
-    pool = PublicPool(dsn, 4, read_only=True)
-    stop = time.perf_counter() + seconds
+    async def measure() -> float:
+        lookups = Lookups(dsn, 4)
+        stop = time.perf_counter() + seconds
+        done = 0
 
-    def one() -> int:
-        n = 0
-        while time.perf_counter() < stop:
-            verify(pool, random.choice(numbers), "XS", date(2026, 12, 1))
-            n += 1
-        return n
+        async def one() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                await lookups.verify(random.choice(numbers), "XS", date(2026, 12, 1))
+                done += 1
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(4) as threads:
-        done = sum(threads.map(lambda _: one(), range(4)))
-    pool.close()
-    return done / (time.perf_counter() - start)
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(CONNECTIONS)))
+        lookups.close()
+        return done / (time.perf_counter() - start)
+
+    return uvloop.run(measure())
 
 
 # ------------------------------------------------------------------ ingest
