@@ -3,10 +3,10 @@
 A verification is one prepared query. Run through psycopg2 in a worker thread, each lookup
 paid a thread hop and a GIL hand-over both ways, several times what the query itself costs;
 here the connections are psycopg2's asynchronous ones and the loop waits on their sockets, so
-a lookup takes no thread at all. And the lookups that arrive while every connection is busy
-go together in the next round trip (up to ``batch`` numbers in one statement): under load a
-round trip, not a lookup, is what the database pays for, and at low load nothing waits to be
-batched.
+a lookup takes no thread at all. And lookups go to the database together, up to ``batch``
+numbers in one statement: those whose requests arrived in the same iteration of the loop, and
+those that arrived while every connection was busy. Under load a round trip, not a lookup, is
+what the database and the loop pay for; at low load nothing waits to be batched.
 
 The bound is the same as the public pool's (exchange/registry/web/reads.py): at most
 ``max_connections`` statements at once on the database, each under a statement timeout, on
@@ -116,6 +116,7 @@ class Lookups:
         self._open = 0  # connections idle, in a round trip, or being opened
         self._waiting: deque[Waiting] = deque()
         self._trips: set[asyncio.Task[None]] = set()
+        self._due = False  # a dispatch is scheduled for the end of this loop iteration
 
     async def verify(self, text: str, region: str, on: date) -> Verdict:
         """The verdict on ``on`` for the number typed as ``text``; checks digits before lookup."""
@@ -133,7 +134,11 @@ class Lookups:
         answer: asyncio.Future[Row] = loop.create_future()
         self._waiting.append((number, answer))
         timer = loop.call_later(self._wait, _expire, answer)
-        self._dispatch()
+        if not self._due:
+            # Not at once: the lookups whose requests arrived in the same iteration of the
+            # loop go in one round trip. No lookup waits longer for it than that iteration.
+            self._due = True
+            loop.call_soon(self._dispatch)
         try:
             return await answer
         finally:
@@ -141,6 +146,7 @@ class Lookups:
 
     def _dispatch(self) -> None:
         """Send the waiting lookups, ``batch`` at most a round trip, on every free connection."""
+        self._due = False
         while self._waiting and (self._idle or self._open < self._max):
             batch: list[Waiting] = []
             while self._waiting and len(batch) < self._batch:
