@@ -2,7 +2,8 @@
 
 Runs the ceilings, the relay, the naive baseline and the fuzz loop, then
 ``benchmarks.registry_bench.run``, ``benchmarks.e2e_bench.run`` (end to end, latency at half
-load, catch-up of a 100,000-event backlog) and ``benchmarks.reconcile_bench.rows`` when those
+load, catch-up of a 100,000-event backlog), ``benchmarks.reconcile_bench.rows`` and
+``benchmarks.verify_bench.run`` (the portal's public verification beside ingest) when those
 modules exist (skipped with a note otherwise), and writes one table — what, figure, ceiling, ratio,
 goal, met — with the machine and the date. ``--scale`` multiplies every size (0.25 for a
 quick look); the default takes a few minutes on a 2-core machine.
@@ -187,6 +188,10 @@ def run_all(scale: float) -> tuple[list[Row], list[str]]:
     node_web = _optional("node_web_bench")
     if node_web is not None:  # the node's API against kpx node submit; a page of 50
         step("node_web_bench", lambda: node_web.run(size(5_000), certificates=size(100_000)))
+    verify = _optional("verify_bench")
+    if verify is not None:  # the portal's GET /api/v1/verify/{id} beside its static answer
+        step("verify_bench", lambda: verify.rows(
+            verify.run(size(100_000), events=size(6_000))))  # fmt: skip
     return rows, notes
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.types import Scope
 
 from exchange.web.security import csrf_matches
 
@@ -27,4 +28,10 @@ async def checked_form(request: Request) -> FormData:
 
 def client_address(request: Request) -> str:
     """The peer address as the socket saw it (proxy headers are not trusted)."""
-    return request.client.host if request.client else "unknown"
+    return client_host(request.scope)
+
+
+def client_host(scope: Scope) -> str:
+    """:func:`client_address` from the ASGI scope alone (the lean lane has no Request)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"

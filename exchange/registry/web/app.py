@@ -5,15 +5,15 @@ Public: ``/verify/{id}``, ``/api/v1/verify/{id}``, ``/statistics`` (+ ``.csv``, 
 ``/log/checkpoint`` and ``/log/tile/…`` (C2SP tlog-tiles).
 Console (logged in): ``/console/…``. Built with the shared foundation (exchange/web/app.py):
 its security headers, body limit, signed sessions, CSRF, login rate limit, translations and
-problem details apply to every page here.
+problem details apply to every page here. ``/api/v1/verify/{id}`` and ``/healthz`` are answered
+in front of that stack by the foundation's lean lane (exchange/web/lean.py), with the same
+security headers: a border officer's lookup needs no session, token or language.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
@@ -21,12 +21,12 @@ from starlette.staticfiles import StaticFiles
 
 from exchange.errors import DatabaseUnavailable
 from exchange.registry.web import console, logroutes, public
-from exchange.registry.web.errors import problem
+from exchange.registry.web.errors import BUSY, busy, problem
 from exchange.registry.web.portal import Portal
 from exchange.web.app import build_app
+from exchange.web.lean import LeanLane, app_routes
 from exchange.web.security import WebSecurity
 
-log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 NAV = (
     ("/verify", "Verify"),
@@ -40,13 +40,18 @@ SECURITY = WebSecurity(max_body_bytes=64 * 1024)
 
 
 async def _busy(request: Request, exc: Exception) -> Response:
-    log.warning("portal: database busy or unavailable: %s", exc)
-    return problem(request, 503, "Busy", "The registry is busy; try again in a moment.")
+    busy(exc)
+    return problem(request, 503, *BUSY)
 
 
-def build(portal: Portal, secret: bytes) -> Starlette:
-    """The portal's ASGI app on ``portal``'s pools and settings; ``secret`` signs sessions."""
+def build(portal: Portal, secret: bytes) -> LeanLane:
+    """The portal's ASGI app on ``portal``'s pools and settings; ``secret`` signs sessions.
+
+    The public JSON lookups go through the lean lane in front of the app (public.lean_routes).
+    """
+    lean = public.lean_routes(portal)
     routes: list[BaseRoute] = [
+        *app_routes(lean),
         *public.ROUTES,
         *console.ROUTES,
         *logroutes.ROUTES,
@@ -63,4 +68,4 @@ def build(portal: Portal, secret: bytes) -> Starlette:
         session_check=lambda session: console.session_check(portal, session),
     )
     app.add_exception_handler(DatabaseUnavailable, _busy)
-    return app
+    return LeanLane(app, lean, SECURITY)

@@ -21,6 +21,7 @@ from exchange.reconciler import service as reconciler_service
 from exchange.registry import service as registry_service
 from exchange.registry.web import accounts
 from exchange.registry.web.app import build
+from exchange.registry.web.lookups import Lookups
 from exchange.registry.web.portal import Limits, Portal
 from exchange.registry.web.reads import PublicPool
 from exchange.wire import topology
@@ -47,7 +48,8 @@ def portal_for(rt: Runtime, limits: Limits | None = None, public_connections: in
         signer=lambda: rt.signer(rt.region.code),
         amqp_url=lambda: rt.amqp_url(user),
         broker_user=user,
-        public=PublicPool(rt.registry_dsn, public_connections, read_only=True),
+        lookups=Lookups(rt.registry_dsn, public_connections),
+        public=PublicPool(rt.registry_dsn, 2, read_only=True),
         work=PublicPool(rt.registry_dsn, 2, wait_seconds=10, statement_timeout_ms=30_000),
         limits=limits or Limits(),
     )
@@ -73,7 +75,7 @@ def session_secret(rt: Runtime) -> bytes:
 @click.option("--verify-rate", type=float, default=10.0, show_default=True,
               help="Verification lookups per second per client (bursts of 3x).")  # fmt: skip
 @click.option("--public-connections", type=int, default=4, show_default=True,
-              help="Database connections for public reads (ingest never waits).")  # fmt: skip
+              help="Database connections for verification (ingest never waits).")  # fmt: skip
 @pass_runtime
 def serve(rt: Runtime, host: str, port: int, verify_rate: float, public_connections: int) -> None:
     """Public verification, published statistics, the log, and the regional console."""
@@ -90,6 +92,7 @@ def serve(rt: Runtime, host: str, port: int, verify_rate: float, public_connecti
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
     finally:
+        portal.lookups.close()
         portal.public.close()
         portal.work.close()
 

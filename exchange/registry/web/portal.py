@@ -1,8 +1,9 @@
 """What every page of ``kpx registry serve`` shares: region, pools, templates, limits.
 
-Built once at start by :func:`exchange.registry.web.app.build`. Two bounded pools: ``public``
-(verification only, short statement timeout) and ``work`` (statistics and the console), both
-apart from ingest's own connections. Pages render through the foundation's templates
+Built once at start by :func:`exchange.registry.web.app.build`. Bounded sets of connections,
+all apart from ingest's own: ``lookups`` (verification, non-blocking, read-only, short
+statement timeout), ``public`` (the keys and the log, read-only) and ``work`` (statistics and
+the console). Pages render through the foundation's templates
 (exchange/web/templating.py), which translate and autoescape.
 """
 
@@ -24,6 +25,7 @@ from exchange.domain.kpstats import Period, Report
 from exchange.domain.region import Region
 from exchange.reconciler import aggregation
 from exchange.registry.web.limits import RateLimit
+from exchange.registry.web.lookups import Lookups
 from exchange.registry.web.reads import PublicPool
 from exchange.web import templating
 from exchange.wire.codec import SchemaStore
@@ -50,6 +52,7 @@ class Portal:
     signer: Callable[[], Signer]
     amqp_url: Callable[[], str]
     broker_user: str
+    lookups: Lookups
     public: PublicPool
     work: PublicPool
     limits: Limits = field(default_factory=Limits)

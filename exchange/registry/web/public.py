@@ -1,8 +1,12 @@
 """The public pages: verification (page, form, JSON API), the published statistics and keys.
 
-No login, no JavaScript. Verification and the key list are rate-limited per client and read
-through the bounded public pool; statistics are what ``kpx stats`` prints, cached for a few
-seconds; the keys are what ``kpx registry keys list --json`` prints (the same function).
+No login, no JavaScript. Verification and the key list are rate-limited per client;
+verification reads through the portal's non-blocking lookups (lookups.py), the keys through
+the bounded public pool; statistics are what ``kpx stats`` prints, cached for a few seconds;
+the keys are what ``kpx registry keys list --json`` prints (the same function).
+
+The JSON verification API and ``/healthz`` are :data:`LEAN` routes: answered before the
+middleware stack (exchange/web/lean.py), since they need no session, token or language.
 """
 
 from __future__ import annotations
@@ -15,15 +19,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from exchange.domain.kpstats import Period, quarter_of, render
-from exchange.errors import ConfigError
+from exchange.errors import ConfigError, DatabaseUnavailable
 from exchange.registry import keys as registry_keys
 from exchange.registry.web import figures
-from exchange.registry.web.errors import problem
+from exchange.registry.web.errors import BUSY, TOO_MANY, busy, problem
 from exchange.registry.web.portal import Portal
-from exchange.registry.web.reads import verify
-from exchange.web.forms import client_address
+from exchange.web.forms import client_address, client_host
+from exchange.web.lean import TEXT, Answer, LeanRoute
 
 
 def _portal(request: Request) -> Portal:
@@ -46,31 +51,17 @@ def _limited(request: Request) -> Response | None:
     """The 429 answer when this client looked up too often (verifications and keys alike)."""
     if _portal(request).verify_limit.allow(client_address(request)):
         return None
-    return problem(request, 429, "Too many lookups", "Wait a few seconds and try again.")
-
-
-async def _verdict(request: Request) -> Any:
-    portal = _portal(request)
-    number = request.path_params["number"]
-    return await run_in_threadpool(
-        verify, portal.public, number, portal.region.code, portal.today()
-    )
+    return problem(request, 429, *TOO_MANY)
 
 
 async def verify_page(request: Request) -> Response:
     refused = _limited(request)
     if refused is not None:
         return refused
-    verdict = await _verdict(request)
-    return _portal(request).render(request, "verify.html", {"v": verdict})
-
-
-async def verify_api(request: Request) -> Response:
-    refused = _limited(request)
-    if refused is not None:
-        return refused
-    verdict = await _verdict(request)
-    return JSONResponse(verdict.to_json(), headers={"cache-control": "no-store"})
+    portal = _portal(request)
+    number = request.path_params["number"]
+    verdict = await portal.lookups.verify(number, portal.region.code, portal.today())
+    return portal.render(request, "verify.html", {"v": verdict})
 
 
 def _list_keys(portal: Portal) -> list[dict[str, Any]]:
@@ -97,10 +88,6 @@ async def keys_api(request: Request) -> Response:
         return refused
     rows = await _keys(request)
     return JSONResponse(rows, headers={"cache-control": "no-store"})
-
-
-async def health(request: Request) -> Response:
-    return Response("ok\n", media_type="text/plain")
 
 
 def _period(request: Request, today: date) -> Period:
@@ -182,10 +169,8 @@ async def log_page(request: Request) -> Response:
 
 ROUTES = [
     Route("/", index),
-    Route("/healthz", health),
     Route("/verify", verify_form),
     Route("/verify/{number:path}", verify_page),
-    Route("/api/v1/verify/{number:path}", verify_api),
     Route("/statistics", statistics),
     Route("/statistics.csv", download_csv),
     Route("/statistics.json", download_json),
@@ -193,3 +178,26 @@ ROUTES = [
     Route("/keys", keys_page),
     Route("/api/v1/keys", keys_api),
 ]
+
+
+_OK = Answer(200, b"ok\n", TEXT)
+
+
+def lean_routes(portal: Portal) -> list[LeanRoute]:
+    """``/api/v1/verify/{id}`` (DESIGN §13's fields, rate-limited per client) and
+    ``/healthz``, on ``portal``."""
+
+    async def verify_api(scope: Scope, number: str) -> Answer:
+        if not portal.verify_limit.allow(client_host(scope)):
+            return Answer.problem(429, *TOO_MANY)
+        try:
+            verdict = await portal.lookups.verify(number, portal.region.code, portal.today())
+        except DatabaseUnavailable as exc:
+            busy(exc)
+            return Answer.problem(503, *BUSY)
+        return Answer.json(verdict.to_json())
+
+    async def health(scope: Scope, rest: str) -> Answer:
+        return _OK
+
+    return [LeanRoute("/api/v1/verify/", verify_api, prefix=True), LeanRoute("/healthz", health)]

@@ -1,10 +1,11 @@
 """Public reads of the registry on their own small, bounded connection pool.
 
-A flood of verification lookups must never slow ingest: the public pages take connections
-only from this pool (``max_connections``, 4 by default), each opened with a statement timeout,
-so at most that many public queries run at once on the database and a caller waits at most
+A flood of public requests must never slow ingest: the key list and the log's tiles take
+connections only from this pool (``max_connections``), each opened with a statement timeout,
+so at most that many such queries run at once on the database and a caller waits at most
 ``wait_seconds`` for one before getting :class:`~exchange.errors.DatabaseUnavailable` (the
 page then answers 503). Ingest has its own connections and never waits on this pool.
+Verification has its own, non-blocking connections under the same rules (lookups.py).
 """
 
 from __future__ import annotations
@@ -13,31 +14,21 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
-from typing import Any
 
 import psycopg2
-import psycopg2.extras
 import psycopg2.pool
 
 from exchange.adapters.postgres import Connection, translated
 from exchange.errors import DatabaseUnavailable
-from exchange.registry.web.verdict import Facts, Verdict, judge, normalise, precheck
 
-# One round trip: the certificate, the destination's first confirmation, the last rejection.
-_VERIFY = """
-SELECT c.state, c.replaced_by, COALESCE(c.issuing_member, c.issuing_participant) AS issuer,
-       c.destination, c.date_of_issue, c.date_of_expiry, c.number_of_parcels, c.total_carats,
-       f.received_on, f.importing_participant,
-       (SELECT e.reason FROM event_log e WHERE e.certificate_id = %(n)s
-          AND e.decision = 'REJECTED' ORDER BY e.received_at DESC LIMIT 1) AS rejected
-FROM (SELECT 1) one
-LEFT JOIN certificates c ON c.certificate_id = %(n)s
-LEFT JOIN LATERAL (
-    SELECT received_on, importing_participant FROM import_confirmations i
-    WHERE i.certificate_id = %(n)s ORDER BY (i.importing_participant = c.destination) DESC,
-          received_on LIMIT 1) f ON true
-"""
+
+def session_options(statement_timeout_ms: int, read_only: bool) -> str:
+    """libpq's ``options`` for a public connection: a statement timeout and, with
+    ``read_only``, sessions that cannot write whatever a page asks."""
+    options = f"-c statement_timeout={statement_timeout_ms}"
+    if read_only:
+        options += " -c default_transaction_read_only=on"
+    return options
 
 
 class PublicPool:
@@ -51,9 +42,7 @@ class PublicPool:
         statement_timeout_ms: int = 2000,
         read_only: bool = False,
     ) -> None:
-        options = f"-c statement_timeout={statement_timeout_ms}"
-        if read_only:  # the public pool cannot write, whatever a page asks
-            options += " -c default_transaction_read_only=on"
+        options = session_options(statement_timeout_ms, read_only)
         # minconn = maxconn: psycopg2 closes a returned connection beyond minconn, and a new
         # connection per lookup would cost more than the lookup itself.
         with translated("opening the public read pool"):
@@ -68,13 +57,9 @@ class PublicPool:
         self._ready: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     def _prepare(self, conn: Connection) -> None:
-        """Once per connection: the verification query planned once (planning costs more
-        than running it) and, for read-only pools, autocommit (no BEGIN/ROLLBACK trips)."""
+        """Once per connection: for read-only pools, autocommit (no BEGIN/ROLLBACK trips)."""
         if conn in self._ready:
             return
-        with conn.cursor() as cur:
-            cur.execute(f"PREPARE kpx_verify (text) AS {_VERIFY.replace('%(n)s', '$1')}")
-        conn.commit()
         conn.autocommit = self._read_only
         self._ready.add(conn)
 
@@ -106,37 +91,3 @@ class PublicPool:
 
     def close(self) -> None:
         self._pool.closeall()
-
-
-def verify(pool: PublicPool, text: str, region: str, on: date) -> Verdict:
-    """The verdict on ``on`` for the number typed as ``text``; checks digits before lookup."""
-    number = normalise(text)
-    early = precheck(number, region)
-    if early is not None:
-        return early
-    with (
-        pool.connection() as conn,
-        translated("verify"),
-        conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
-    ):
-        cur.execute("EXECUTE kpx_verify (%s)", (number,))
-        row = cur.fetchone()
-    assert row is not None  # FROM (SELECT 1) always yields one row
-    return judge(number, _facts(row), on, row["rejected"])
-
-
-def _facts(row: dict[str, Any]) -> Facts | None:
-    if row["state"] is None:
-        return None
-    return Facts(
-        state=row["state"],
-        replaced_by=row["replaced_by"],
-        issuing_member=row["issuer"],
-        destination=row["destination"],
-        date_of_issue=row["date_of_issue"],
-        date_of_expiry=row["date_of_expiry"],
-        number_of_parcels=row["number_of_parcels"],
-        total_carats=row["total_carats"],
-        imported_on=row["received_on"],
-        imported_by=row["importing_participant"],
-    )
