@@ -17,6 +17,12 @@ management API. It fails on any lost event (0 allowed), any effect taken twice (
 any invented or missing discrepancy, any non-empty queue. A line per fault reports events,
 events in flight, lost, duplicates, time to recover and to drain; the last test prints the
 table of every fault run (:data:`REPORTS`).
+
+The services are shared by the module's tests, so each test first heals what an earlier
+failed one left broken (a server still down, a service paused, exited or with a dead relay
+thread: restarted), and one failure does not fail every test after it. A relay thread that
+died fails the running test at once, with the logs: the process and its consumer live on, so
+it would otherwise show only as a pipeline that never drains.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +98,26 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         waiting = list(self.services.values())
         while waiting and time.monotonic() < deadline:
-            waiting = [s for s in waiting if not _healthy(s)]
+            waiting = [s for s in waiting if healthz(s)[0] != 200]
             time.sleep(0.3)
-        assert not waiting, f"not healthy: {[s.name for s in waiting]}\n{self.tails()}"
+        assert not waiting, f"not healthy: {self.health(waiting)}\n{self.tails()}"
+
+    def heal(self) -> None:
+        """Restart what an earlier test left broken; then wait until every service is ready."""
+        if not self.db.running:
+            self.db.start()
+        if not self.broker.running:
+            self.broker.start()
+        for service in self.services.values():
+            service.signal(signal.SIGCONT)  # a test that failed while it had paused one
+            if not service.alive or _relay_dead(service):
+                service.stop()
+                service.start()
+        self.ready()
+
+    def health(self, services: Iterable[Service] | None = None) -> dict[str, str]:
+        """Each service's /healthz line (or why it did not answer)."""
+        return {s.name: healthz(s)[1] for s in services or self.services.values()}
 
     def queues(self) -> list[dict[str, Any]]:
         vhost = quote(self.rt.region.vhost, safe="")
@@ -139,16 +162,22 @@ class Pipeline:
             elif now - quiet_since >= QUIET_FOR:
                 return quiet_since
             time.sleep(0.5)
-        pytest.fail(f"not drained in {timeout:.0f} s: {busy}\n{self.tails()}")
+        pytest.fail(f"not drained in {timeout:.0f} s: {busy}\n{self.health()}\n{self.tails()}")
 
     def assert_running(self) -> None:
-        """Fail at once, with the logs, when a service exited by itself."""
+        """Fail at once, with the logs, when a service exited by itself or its relay died."""
         dead = {s.name: s.proc.returncode for s in self.services.values()
                 if s.proc is not None and not s.alive}  # fmt: skip
         assert not dead, f"services exited: {dead}\n{self.tails()}"
+        # A relay thread never comes back by itself (its retries are inside it); the consumer
+        # beside it reconnecting is not a failure, so only "relay down" is.
+        relayless = [s.name for s in self.services.values() if _relay_dead(s)]
+        assert not relayless, f"relay thread dead: {relayless}\n{self.tails()}"
 
     def tails(self) -> str:
-        return "\n".join(s.tail() for s in self.services.values())
+        """The end of every service's log, and of the private PostgreSQL server's."""
+        server = f"== postgresql ({self.db.root / 'server.log'})\n{self.db.log_tail(10)}"
+        return "\n".join([*(s.tail() for s in self.services.values()), server])
 
 
 @dataclass(frozen=True)
@@ -185,12 +214,19 @@ def reconciler_behind(rt: Runtime) -> int:
     return accepted - recorded
 
 
-def _healthy(service: Service) -> bool:
+def healthz(service: Service) -> tuple[int | None, str]:
+    """The status of the service's /healthz and its line ("consumer up, relay down"); None
+    and the reason when it does not answer (starting, paused, gone)."""
     port = int(service.argv[service.argv.index("--metrics-port") + 1])
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+        response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+    except httpx.HTTPError as exc:
+        return None, f"no answer ({type(exc).__name__})"
+    return response.status_code, response.text.strip()
+
+
+def _relay_dead(service: Service) -> bool:
+    return service.alive and "relay down" in healthz(service)[1]
 
 
 @contextmanager
@@ -278,6 +314,7 @@ def under_load(
 ) -> None:
     """Load, ONE fault, recovery, drain, check; report and assert (see the module docstring)."""
     rt = pipe.rt
+    pipe.heal()
     before = node_counts(rt)["events"]
     pipe.snap = None
     pipe.load.start()

@@ -89,9 +89,13 @@ def connect(dsn: str, *, autocommit: bool = False, application_name: str = "kpx"
 
 
 @contextmanager
-def transaction(conn: Connection) -> Iterator[Cursor]:
-    """One transaction on ``conn``: commit on success, roll back on any error."""
-    with translated("transaction"):
+def transaction(conn: Connection, what: str = "transaction") -> Iterator[Cursor]:
+    """One transaction on ``conn``: commit on success, roll back on any error.
+
+    The COMMIT is translated too: it is where a server that dies mid-transaction is most
+    often noticed (it waits for the WAL flush), and a raw psycopg2 error from it would not
+    be a TransientError, so a retry loop would end instead of reconnecting."""
+    with translated(what):
         try:
             with conn.cursor() as cur:
                 yield cur

@@ -27,7 +27,7 @@ import psycopg2.extras
 
 from exchange.adapters import metrics
 from exchange.adapters.pgcopy import copy_rows
-from exchange.adapters.postgres import Connection, Cursor, connect, translated
+from exchange.adapters.postgres import Connection, Cursor, connect, transaction, translated
 from exchange.adapters.rabbitmq import AsyncPublisher, Confirms, Outgoing
 from exchange.adapters.retry import stopped_quietly, until_stopped
 from exchange.domain.codes import PublishOutcome
@@ -252,15 +252,13 @@ class OutboxRelay:
 
     def _read(self, after: int) -> list[Unsent]:
         assert self._db is not None
-        with translated("reading the outbox"), self._db.cursor() as cur:
+        with transaction(self._db, "reading the outbox") as cur:
             cur.execute(
                 "SELECT id, event_id::text, event_type, exchange, routing_key, body FROM outbox "
                 "WHERE relay = %s AND sent_at IS NULL AND id > %s ORDER BY id LIMIT %s",
                 (self.relay, after, self.batch_size),
             )
-            rows = [Unsent(i, e, t, x, k, bytes(b)) for i, e, t, x, k, b in cur.fetchall()]
-        self._db.commit()
-        return rows
+            return [Unsent(i, e, t, x, k, bytes(b)) for i, e, t, x, k, b in cur.fetchall()]
 
     def _send(self, rows: list[Unsent]) -> _InFlight:
         assert self._publisher is not None
@@ -292,9 +290,10 @@ class OutboxRelay:
         if not ids:
             return
         assert self._db is not None
-        with translated("marking outbox rows sent"), self._db.cursor() as cur:
+        # Its COMMIT waits for the WAL flush: the likeliest moment for a dying server to be
+        # noticed, so it must end in DatabaseUnavailable (reconnect), like every statement.
+        with transaction(self._db, "marking outbox rows sent") as cur:
             cur.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", (ids,))
-        self._db.commit()
 
     def _count(self, outcomes: list[PublishOutcome]) -> None:
         label = self.relay
@@ -352,12 +351,11 @@ class OutboxRelay:
         # events are never published out of order by two relays at once.
         assert self._db is not None
         while not stop.is_set():
-            with translated("taking the relay lock"), self._db.cursor() as cur:
+            with transaction(self._db, "taking the relay lock") as cur:
                 cur.execute(
                     "SELECT pg_try_advisory_lock(hashtext(%s))", ("kpx-relay:" + self.relay,)
                 )
                 row = cur.fetchone()
-            self._db.commit()
             if row and row[0]:
                 return
             log.info("relay %s: another relay holds the lock; waiting", self.relay)
@@ -394,14 +392,13 @@ class OutboxRelay:
         if now - self._last_gauge < every or self._db is None:
             return
         self._last_gauge = now
-        with translated("measuring the outbox"), self._db.cursor() as cur:
+        with transaction(self._db, "measuring the outbox") as cur:
             cur.execute(
                 "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) "
                 "FROM outbox WHERE relay = %s AND sent_at IS NULL",
                 (self.relay,),
             )
             row = cur.fetchone()
-        self._db.commit()
         assert row is not None
         metrics.OUTBOX_BACKLOG.labels(self.relay).set(row[0])
         metrics.OUTBOX_OLDEST_AGE.labels(self.relay).set(float(row[1]))
@@ -409,7 +406,7 @@ class OutboxRelay:
 
 def backlog(conn: Connection, relay: str | None = None) -> int:
     """How many outbox rows (of one relay, or all) are not yet confirmed by the broker."""
-    with translated("counting the outbox"), conn.cursor() as cur:
+    with transaction(conn, "counting the outbox") as cur:
         if relay is None:
             cur.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
         else:
@@ -417,5 +414,4 @@ def backlog(conn: Connection, relay: str | None = None) -> int:
                 "SELECT count(*) FROM outbox WHERE relay = %s AND sent_at IS NULL", (relay,)
             )
         row = cur.fetchone()
-    conn.commit()
     return int(row[0]) if row else 0

@@ -3,8 +3,11 @@
 The shared server on 5432 is never touched: a :class:`PrivateDatabase` is its own cluster
 (``initdb``, trust authentication on 127.0.0.1 only) in a temporary directory owned by the
 ``postgres`` OS user, on a free port, its ``postgres`` process started in its own process group
-(as ``postgres`` when the tests run as root), so :meth:`kill` SIGKILLs the
-postmaster and every backend at once and :meth:`start` runs crash recovery on the same data.
+(as ``postgres`` when the tests run as root). :meth:`kill` SIGKILLs the postmaster and every
+backend at once and :meth:`start` runs crash recovery on the same data. (The process group
+alone is not enough: PostgreSQL makes each child its own session leader, so a group kill left
+the backends running until each noticed the postmaster gone — a busy one finishing its
+statement first.)
 
 Every wait is bounded; a server that does not come up raises :class:`DatabaseStartError` with
 the tail of its log.
@@ -109,11 +112,17 @@ class PrivateDatabase:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and every backend (the process group)."""
+        """SIGKILL the postmaster and every backend at once."""
         if self._process is None:
             return
+        pid = self._process.pid
         with suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGSTOP)  # it forks no new backend while they are found
+        for child in _children(pid):
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        with suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
         with suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=30)
 
@@ -129,6 +138,20 @@ class PrivateDatabase:
                 (self.root / "server.log").read_text(errors="replace").splitlines()[-lines:]
             )
         return ""
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc; one that exits meanwhile is skipped)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError):
+            # The command name in parentheses may hold spaces: the fields follow the last ")".
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 @contextmanager

@@ -93,7 +93,7 @@ class Service:
 
     def tail(self, lines: int = 15) -> str:
         text = self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
-        return f"== {self.name}\n" + "\n".join(text.splitlines()[-lines:])
+        return f"== {self.name} ({self.log_path})\n" + "\n".join(text.splitlines()[-lines:])
 
 
 # --------------------------------------------------------------------------- load
