@@ -12,11 +12,13 @@ reconciler handlers read what reached their queues.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pika
@@ -37,10 +39,11 @@ from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import DecisionBatch, Outcome
 from exchange.reconciler import service as reconciler
 from exchange.registry import deadletters
+from exchange.registry.ingest import MAX_BATCH_BYTES, MAX_BATCH_ITEMS, Answers
 from exchange.tlog import checkpoint, note
 from exchange.wire import topology
-from exchange.wire.codec import SchemaStore, default_schemas_dir
-from exchange.wire.envelope import open_envelope, seal
+from exchange.wire.codec import SchemaStore, default_schemas_dir, default_store
+from exchange.wire.envelope import MAX_EVENT_BYTES, open_envelope, seal
 from exchange.wire.signing import Keyring, Signer, generate_key
 from nodes import store
 from nodes.inbox import Inbox
@@ -398,3 +401,31 @@ def _queued(env: Env, queue: str) -> int:
         return int(declared.method.message_count)
     finally:
         admin.close()
+
+
+def _accepted(size: int) -> SimpleNamespace:
+    """What Answers needs of an accepted event: its id and its envelope bytes."""
+    return SimpleNamespace(event_id=str(uuid.uuid4()), raw=b"\xc3\x01" + b"e" * (size - 2))
+
+
+def test_a_batch_of_250_ordinary_events_is_one_message_and_large_ones_split_under_the_bound() -> (
+    None
+):
+    codec = default_store()
+    ordinary = [_accepted(3_000) for _ in range(250)]
+    (one,) = Answers(accepted=ordinary).messages("XS", {})  # type: ignore[arg-type]
+    assert [e["envelope"] for e in one.record["events"]] == [e.raw for e in ordinary]
+
+    largest = [_accepted(MAX_EVENT_BYTES) for _ in range(10)]
+    parts = Answers(accepted=largest).messages("XS", {})  # type: ignore[arg-type]
+    assert len(parts) == 4  # three 1 MiB events to a message of at most 4 MiB
+    carried = [e["envelope"] for p in parts for e in p.record["events"]]
+    assert carried == [e.raw for e in largest]  # every event once, in order
+    for part in parts:
+        assert len(codec.encode(part.event_type, part.record)) <= MAX_BATCH_BYTES
+
+    answers = Answers()
+    record = {"subject_event_id": str(uuid.uuid4()), "detail": ""}
+    answers.decisions["BW"] = [dict(record) for _ in range(MAX_BATCH_ITEMS + 1)]
+    counts = [len(p.record["decisions"]) for p in answers.messages("XS", {})]
+    assert counts == [MAX_BATCH_ITEMS, 1]
