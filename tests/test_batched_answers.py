@@ -28,6 +28,7 @@ from support.registry import (
     as_user,
     certificate,
     decided_count,
+    depth,
     issuance,
     make_env,
     wait_until,
@@ -38,7 +39,7 @@ from exchange.adapters.postgres import Connection, connect, fetch_all, transacti
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import DecisionBatch, Outcome
 from exchange.reconciler import service as reconciler
-from exchange.registry import deadletters
+from exchange.registry import deadmover, reinjection
 from exchange.registry.ingest import MAX_BATCH_BYTES, MAX_BATCH_ITEMS, Answers
 from exchange.tlog import checkpoint, note
 from exchange.wire import topology
@@ -102,7 +103,7 @@ def take(env: Env, queue: str, user: str, kind: str) -> list[Delivery]:
     conn = pika.BlockingConnection(pika.URLParameters(as_user(env.admin_url, user)))
     try:
         channel = conn.channel()
-        got = [channel.basic_get(queue, auto_ack=True) for _ in range(_queued(env, queue))]
+        got = [channel.basic_get(queue, auto_ack=True) for _ in range(depth(env, queue))]
     finally:
         conn.close()
     return [
@@ -367,10 +368,15 @@ def test_a_dead_lettered_batch_is_reinjected_and_recorded_once(env: Env) -> None
 
     dead = as_user(env.admin_url, topology.registry_user(env.vhost))
 
-    run(nodes_only, lambda: _queued(env, topology.DEAD_QUEUE) == 1)
+    run(nodes_only, lambda: depth(env, topology.DEAD_QUEUE) == 1)
     assert _processed(env) == 0
-    registry_user = topology.registry_user(env.vhost)
-    assert deadletters.reinject(dead, registry_user) == 1
+    conn = connect(env.dsn)
+    try:  # moved into the registry's dead-letter store, then re-injected from it
+        assert deadmover.move_waiting(conn, dead) == 1
+        user = topology.registry_user(env.vhost)
+        assert reinjection.reinject(conn, dead, user, "test", None).rows == 1
+    finally:
+        conn.close()
     run(_reconciler_keyring(env), lambda: _processed(env) == N)
     registry_totals, recon_totals = _totals(env)
     assert recon_totals == registry_totals
@@ -385,22 +391,13 @@ def test_a_dead_lettered_batch_is_reinjected_and_recorded_once(env: Env) -> None
         channel.basic_publish(topology.ACCEPTED, "XS.AcceptedEvents", bytes(row["body"]), props)
     finally:
         admin.close()
-    run(_reconciler_keyring(env), lambda: _queued(env, topology.RECONCILER_QUEUE) == 0)
+    run(_reconciler_keyring(env), lambda: depth(env, topology.RECONCILER_QUEUE) == 0)
     assert _processed(env) == N
     assert _totals(env)[1] == recon_totals
 
 
 def _processed(env: Env) -> int:
     return int(env.query("SELECT count(*) AS n FROM recon.processed")[0]["n"])
-
-
-def _queued(env: Env, queue: str) -> int:
-    admin = pika.BlockingConnection(pika.URLParameters(env.admin_url))
-    try:
-        declared = admin.channel().queue_declare(queue, passive=True)
-        return int(declared.method.message_count)
-    finally:
-        admin.close()
 
 
 def _accepted(size: int) -> SimpleNamespace:

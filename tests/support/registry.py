@@ -396,6 +396,16 @@ def make_env(
     )
 
 
+def depth(env: Env, queue: str) -> int:
+    """Ready messages in ``queue`` (from the broker itself, not the management statistics)."""
+    conn = pika.BlockingConnection(pika.URLParameters(env.admin_url))
+    try:
+        declared = conn.channel().queue_declare(queue, passive=True)
+        return int(declared.method.message_count)
+    finally:
+        conn.close()
+
+
 def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
