@@ -3,9 +3,13 @@
 Consumed by :class:`~exchange.messaging.consumer.Consumer` from ``kpx.node.<CODE>``: decode
 and verify (only the registry and the reconciler may write here) before the transaction,
 record the message's id as a tracking row and apply it in one transaction, ack after the
-commit. A duplicate finds its tracking row and is skipped; an unreadable or
-unverifiable message is set aside on ``kpx.dead.nodes`` with its reason (the node service's
-Spec names it: a node may not publish into ``kpx.dead``), never retried.
+commit. The registry answers a batch with one signed ``RegistryDecisions`` and one
+``ShipmentNotices`` per recipient: verified once, applied with one statement per kind; the
+single ``RegistryDecision``, ``ShipmentExpected`` and ``ShipmentCancelled`` messages queued
+before batching are applied the same way. A duplicate finds its tracking row and is skipped;
+an unreadable or unverifiable message is set aside on ``kpx.dead.nodes`` with its reason
+(the node service's Spec names it: a node may not publish into ``kpx.dead``), never retried:
+a batch whose signature fails is set aside whole, nothing of it applied.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from exchange.adapters.postgres import Cursor
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.events import (
     Decision,
+    DecisionBatch,
     DiscrepancyNotice,
+    NoticeBatch,
     ShipmentCancellation,
     ShipmentNotice,
     StatusChange,
@@ -62,19 +68,18 @@ class Inbox:
         return Decoded((envelope, delivery.body))
 
     def record(self, cur: Cursor, items: Sequence[tuple[Envelope, bytes]]) -> list[str]:
-        """Track and apply each message (a duplicate finds its tracking row and is skipped)."""
+        """Track and apply each message; return the event types applied, one per event.
+
+        The tracking row is the message's id, a batch's included: a redelivered batch finds
+        it and is skipped whole, as is a duplicate within the same consumer batch.
+        """
+        rows = [(e.event_id, e.producer, e.sequence, e.event_type, body) for e, body in items]
+        new = store.inbox_record(cur, rows)
         applied: list[str] = []
-        for envelope, body in items:
-            if store.inbox_record(
-                cur,
-                envelope.event_id,
-                envelope.producer,
-                envelope.sequence,
-                envelope.event_type,
-                body,
-            ):
-                self._apply(cur, envelope)
-                applied.append(envelope.event_type)
+        for envelope, _ in items:
+            if envelope.event_id in new:
+                new.discard(envelope.event_id)
+                applied += self._apply(cur, envelope)
         return applied
 
     def committed(
@@ -88,18 +93,28 @@ class Inbox:
             for event_type in event_types:
                 metrics.INBOX_RECEIVED.labels(self.code, event_type).inc()
 
-    def _apply(self, cur: Cursor, envelope: Envelope) -> None:
+    def _apply(self, cur: Cursor, envelope: Envelope) -> list[str]:
+        """Apply one message; the event types it carried, one per event (a batch's many)."""
         payload = envelope.payload
-        if envelope.event_type == "RegistryDecision":
-            d = Decision.from_record(payload)
-            store.apply_decision(
-                cur, d.subject_event_id, d.decision.value, d.reason, d.detail, d.decided_at
-            )
-        elif envelope.event_type == "ShipmentExpected":
-            notice = ShipmentNotice.from_record(payload)
-            store.expect_shipment(cur, notice.certificate, notice.accepted_at)
-        elif envelope.event_type == "ShipmentCancelled":
-            store.cancel_shipment(cur, ShipmentCancellation.from_record(payload))
+        kind = envelope.event_type
+        if kind == DecisionBatch.EVENT_TYPE:  # many answers under one signature (DESIGN §4)
+            decisions = [Decision.from_record(d) for d in payload["decisions"]]
+            store.apply_decisions(cur, decisions)
+            return [Decision.EVENT_TYPE] * len(decisions)
+        if kind == NoticeBatch.EVENT_TYPE:
+            store.expect_shipments(cur, payload["expected"])
+            cancelled = [ShipmentCancellation.from_record(c) for c in payload["cancelled"]]
+            store.cancel_shipments(cur, cancelled)
+            return [ShipmentNotice.EVENT_TYPE] * len(payload["expected"]) + [
+                ShipmentCancellation.EVENT_TYPE
+            ] * len(cancelled)
+        # One event per message: as every message was before batching, and may still be queued.
+        if kind == Decision.EVENT_TYPE:
+            store.apply_decisions(cur, [Decision.from_record(payload)])
+        elif kind == ShipmentNotice.EVENT_TYPE:
+            store.expect_shipments(cur, [payload])
+        elif kind == ShipmentCancellation.EVENT_TYPE:
+            store.cancel_shipments(cur, [ShipmentCancellation.from_record(payload)])
         elif envelope.event_type == "DiscrepancyRaised":
             store.record_discrepancy(cur, DiscrepancyNotice.from_record(payload).to_record())
         elif envelope.event_type == "ParticipantStatusChanged":
@@ -111,3 +126,4 @@ class Inbox:
             keystore.record_revocation(cur, KeyRevocation.from_record(payload))
         else:
             log.warning("node %s: ignoring a %s event", self.code, envelope.event_type)
+        return [kind]

@@ -6,9 +6,8 @@ Every function takes a cursor inside the caller's transaction; none commits. The
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from datetime import date, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date
 from typing import Any
 
 import psycopg2.extras
@@ -17,7 +16,9 @@ from exchange.adapters.postgres import Cursor
 from exchange.domain.certificate import Certificate, certificate_json_text
 from exchange.domain.codes import CertificateState
 from exchange.domain.events import (
+    Decision,
     ImportConfirmation,
+    Outcome,
     ProductionDeclaration,
     ShipmentCancellation,
     Voiding,
@@ -181,52 +182,73 @@ def participant_overrides(cur: Cursor) -> dict[str, str]:
 # ---------------------------------------------------------------- inbox
 
 
-def inbox_record(
-    cur: Cursor, event_id: str, producer: str, sequence: int, event_type: str, body: bytes
-) -> bool:
-    """Insert the inbox tracking row; False when the message was already recorded."""
-    cur.execute(
-        "INSERT INTO inbox (event_id, producer, sequence, event_type, body) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-        (event_id, producer, sequence, event_type, psycopg2.Binary(body)),
+def inbox_record(cur: Cursor, rows: Sequence[tuple[str, str, int, str, bytes]]) -> set[str]:
+    """Insert the inbox tracking rows (event_id, producer, sequence, event_type, body) in one
+    statement; return the ids that were new (a redelivered message's id is already there)."""
+    if not rows:
+        return set()
+    new = psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO inbox (event_id, producer, sequence, event_type, body) VALUES %s "
+        "ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text",
+        [(e, p, s, t, psycopg2.Binary(b)) for e, p, s, t, b in rows],
+        page_size=500,
+        fetch=True,
     )
-    return cur.rowcount == 1
+    return {str(row[0]) for row in new}
 
 
-def apply_decision(
-    cur: Cursor,
-    subject_event_id: str,
-    decision: str,
-    reason: str | None,
-    detail: str,
-    decided_at: datetime,
-) -> None:
-    """Record the registry's answer about one of this node's events.
+def apply_decisions(cur: Cursor, decisions: Sequence[Decision]) -> None:
+    """Record the registry's answers about this node's events, in one statement.
 
     An acceptance is final: a forged copy of our event, rejected under the same event id,
-    must not overwrite it, whichever of the two answers arrives first.
+    must not overwrite it, whichever of the two answers arrives first (in one batch too:
+    the acceptance is kept, else the last answer).
     """
-    cur.execute(
-        "UPDATE node_events SET registry_state = %s, registry_reason = %s, "
-        "registry_detail = %s, decided_at = %s "
-        "WHERE event_id = %s AND registry_state <> 'accepted'",
-        (decision.lower(), reason, detail, decided_at, subject_event_id),
+    final: dict[str, Decision] = {}
+    for d in decisions:
+        kept = final.get(d.subject_event_id)
+        if kept is None or kept.decision is not Outcome.ACCEPTED:
+            final[d.subject_event_id] = d
+    if not final:
+        return
+    psycopg2.extras.execute_values(
+        cur,
+        "UPDATE node_events e SET registry_state = v.state, registry_reason = v.reason, "
+        "registry_detail = v.detail, decided_at = v.decided_at "
+        "FROM (VALUES %s) AS v (event_id, state, reason, detail, decided_at) "
+        "WHERE e.event_id = v.event_id AND e.registry_state <> 'accepted'",
+        [
+            (d.subject_event_id, d.decision.value.lower(), d.reason, d.detail, d.decided_at)
+            for d in final.values()
+        ],
+        template="(%s::uuid, %s, %s, %s, %s::timestamptz)",
+        page_size=500,
     )
 
 
-def expect_shipment(cur: Cursor, cert: Certificate, accepted_at: datetime) -> None:
-    """Remember a shipment announced to this participant."""
-    cur.execute(
-        "INSERT INTO expected_shipments (certificate_id, issuing_participant, body, accepted_at, "
-        "confirmed) VALUES (%s, %s, %s, %s, EXISTS (SELECT 1 FROM import_confirmations "
-        "WHERE certificate_id = %s)) ON CONFLICT (certificate_id) DO NOTHING",
-        (
-            cert.certificate_id,
-            cert.issuing_participant,
-            json.dumps(cert.to_json()),
-            accepted_at,
-            cert.certificate_id,
-        ),
+def expect_shipments(cur: Cursor, records: Sequence[Mapping[str, Any]]) -> None:
+    """Remember shipments announced to this participant (``kpx.ShipmentExpected`` records),
+    in one statement; one already announced is kept as it is."""
+    if not records:
+        return
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO expected_shipments (certificate_id, issuing_participant, body, "
+        "accepted_at, confirmed) SELECT v.id, v.issuer, v.body, v.at, EXISTS (SELECT 1 FROM "
+        "import_confirmations i WHERE i.certificate_id = v.id) FROM (VALUES %s) AS v "
+        "(id, issuer, body, at) ON CONFLICT (certificate_id) DO NOTHING",
+        [
+            (
+                r["certificate"]["certificate_id"],
+                r["certificate"]["issuing_participant"],
+                certificate_json_text(r["certificate"]),
+                r["accepted_at"],
+            )
+            for r in records
+        ],
+        template="(%s, %s, %s::jsonb, %s::timestamptz)",
+        page_size=500,
     )
 
 
@@ -275,14 +297,20 @@ def certificates(cur: Cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def cancel_shipment(cur: Cursor, c: ShipmentCancellation) -> None:
-    """Withdraw a shipment announced to this participant (its certificate was voided)."""
-    cur.execute(
+def cancel_shipments(cur: Cursor, cancellations: Sequence[ShipmentCancellation]) -> None:
+    """Withdraw shipments announced to this participant (their certificates were voided)."""
+    if not cancellations:
+        return
+    psycopg2.extras.execute_values(
+        cur,
         "INSERT INTO cancelled_shipments (certificate_id, issuing_participant, voided_on, "
-        "reason, replaced_by, cancelled_at) VALUES (%s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (certificate_id) DO NOTHING",
-        (c.certificate_id, c.issuing_participant, c.voided_on, c.reason, c.replaced_by,
-         c.cancelled_at),
+        "reason, replaced_by, cancelled_at) VALUES %s ON CONFLICT (certificate_id) DO NOTHING",
+        [
+            (c.certificate_id, c.issuing_participant, c.voided_on, c.reason, c.replaced_by,
+             c.cancelled_at)
+            for c in cancellations
+        ],
+        page_size=500,
     )  # fmt: skip
 
 

@@ -42,6 +42,9 @@ EVENT_TYPES = (
     "RegistryDecision",
     "ShipmentExpected",
     "DiscrepancyRaised",
+    "RegistryDecisions",
+    "ShipmentNotices",
+    "AcceptedEvents",
 )
 
 
@@ -85,6 +88,21 @@ def certificate() -> dict[str, Any]:
         "container": {"container_id": "BW-C-7781", "seal_numbers": ["S-001", "S-002"]},
         "lawful_import_evidence": [],
         "scope": "EXTERNAL",
+    }
+
+
+def decision(at: datetime, leaf_index: int | None) -> dict[str, Any]:
+    """A RegistryDecision record: accepted at ``leaf_index``, or rejected when it is None."""
+    return {
+        "subject_event_id": "3f1c2a9e-8b7d-4c6e-9f01-23456789abcd",
+        "subject_event_type": "CertificateIssued",
+        "subject_sequence": 17,
+        "certificate_id": "XS-BW-2026-000017-42",
+        "decision": "REJECTED" if leaf_index is None else "ACCEPTED",
+        "reason": "TOTALS_MISMATCH" if leaf_index is None else None,
+        "detail": "",
+        "decided_at": at,
+        "leaf_index": leaf_index,
     }
 
 
@@ -133,6 +151,7 @@ def example_records() -> dict[str, dict[str, Any]]:
             "reason": "TOTALS_MISMATCH",
             "detail": "total_carats 1334.57 differs from the sum of the parcels 1334.56",
             "decided_at": at,
+            "leaf_index": None,
         },
         "ShipmentExpected": {"certificate": certificate(), "accepted_at": at},
         "DiscrepancyRaised": {
@@ -143,6 +162,27 @@ def example_records() -> dict[str, dict[str, Any]]:
             "period": None,
             "detail": "exported 1334.56 ct, imported 1300.00 ct (2.6% > 0.5%)",
             "raised_on": date(2026, 3, 10),
+        },
+        # The batches of DESIGN §4: every element a whole record of its own.
+        "RegistryDecisions": {"decisions": [decision(at, None), decision(at, 41)]},
+        "ShipmentNotices": {
+            "expected": [{"certificate": certificate(), "accepted_at": at}],
+            "cancelled": [
+                {
+                    "certificate_id": "XS-BW-2026-000016-69",
+                    "issuing_participant": "BW",
+                    "voided_on": date(2026, 3, 1),
+                    "reason": "exporter withdrew",
+                    "replaced_by": None,
+                    "cancelled_at": at,
+                }
+            ],
+        },
+        "AcceptedEvents": {
+            "events": [
+                {"leaf_index": 41, "envelope": b"\xc3\x01envelope"},
+                {"leaf_index": None, "envelope": b"\xc3\x01another"},
+            ]
         },
         "Envelope": {
             "event_id": "0b8f5a52-5d2c-4a5e-8f0e-6a1d2c3b4a59",

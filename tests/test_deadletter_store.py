@@ -19,7 +19,7 @@ from typing import Any
 import pika
 import pytest
 from pika.spec import BasicProperties
-from support.registry import Env, make_env, wait_until
+from support.registry import Env, depth, make_env, wait_until
 
 from exchange.adapters.postgres import Connection, connect, transaction
 from exchange.registry import deadmover, deadstore, reinjection
@@ -71,16 +71,6 @@ def _props(message_id: str, queue: str, key: str) -> BasicProperties:
     headers = {"x-kpx-reason": "SCHEMA_INVALID: not a kpx envelope", "x-kpx-queue": queue,
                "x-kpx-routing-key": key}  # fmt: skip
     return BasicProperties(message_id=message_id, headers=headers, delivery_mode=2)
-
-
-def depth(env: Env, queue: str) -> int:
-    """Ready messages in ``queue`` (from the broker itself, not the management statistics)."""
-    conn = pika.BlockingConnection(pika.URLParameters(env.admin_url))
-    try:
-        declared = conn.channel().queue_declare(queue, passive=True)
-        return int(declared.method.message_count)
-    finally:
-        conn.close()
 
 
 def table_reads(conn: Connection) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """Issue 11, item 4: a void reaches the destination. Before: the importer kept listing a
 voided certificate as expected. Now the registry sends ``ShipmentCancelled`` (DESIGN §4) to
-the destination of an announced certificate it voids, and the node's inbox withdraws it."""
+the destination of an announced certificate it voids (inside its batch's ``ShipmentNotices``),
+and the node's inbox withdraws it."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from support.services import Database
 
 from exchange.adapters.postgres import Connection, connect, transaction
 from exchange.adapters.rabbitmq import Delivery
-from exchange.domain.events import Outcome
+from exchange.domain.events import Outcome, each_event
 from exchange.wire import topology
+from exchange.wire.envelope import Envelope, open_envelope
 from exchange.wire.signing import Keyring
 from nodes import store
 from nodes.inbox import Inbox
@@ -58,8 +60,13 @@ def test_a_void_withdraws_the_shipment_the_destination_expects(
     voided = env.producers.seal("BW", voiding(cert))
     env.publisher.send(voided)
     assert env.decision_for("BW", voided.event_id).decision is Outcome.ACCEPTED
-    notices = _take(env, "ZA", 2)
-    assert [d.routing_key for d in notices] == ["ZA.ShipmentExpected", "ZA.ShipmentCancelled"]
+    notices = _take(env, "ZA", 2)  # two batches, so two ShipmentNotices messages
+    assert [d.routing_key for d in notices] == ["ZA.ShipmentNotices"] * 2
+    carried = [each_event(e.event_type, e.payload) for e in _opened(env, notices)]
+    assert [[kind for kind, _ in events] for events in carried] == [
+        ["ShipmentExpected"],
+        ["ShipmentCancelled"],
+    ]
     migrate(database.url)
     conn = connect(database.url)
     try:
@@ -74,6 +81,11 @@ def test_a_void_withdraws_the_shipment_the_destination_expects(
             assert store.expected_shipments(cur) == []
     finally:
         conn.close()
+
+
+def _opened(env: Env, deliveries: list[Delivery]) -> list[Envelope]:
+    keyring = Keyring([env.registry_signer.verify_key])
+    return [open_envelope(env.producers.store, keyring, d.body) for d in deliveries]
 
 
 def _apply(inbox: Inbox, conn: Connection, deliveries: list[Delivery]) -> None:

@@ -57,7 +57,7 @@ from exchange.adapters.postgres import connect, fetch_all
 from exchange.app.runtime import Runtime
 from exchange.domain.certificate import Certificate, HsCode
 from exchange.domain.certnumber import regional_number
-from exchange.domain.events import Decision, Outcome, ProductionDeclaration, payload_from_record
+from exchange.domain.events import Decision, Outcome, ProductionDeclaration, each_event
 from exchange.registry import deadmover
 from exchange.registry.opening import digest_key
 from exchange.registry.service import run_registry
@@ -196,9 +196,9 @@ class Registry:
             if method is None:
                 break
             env = open_envelope(self.rt.store, keyring, body)
-            if env.event_type == "RegistryDecision":
-                decision = payload_from_record(env.event_type, env.payload)
-                self.decisions.setdefault(code, []).append(decision)  # type: ignore[arg-type]
+            for kind, decision in each_event(env.event_type, env.payload):
+                if kind == "RegistryDecision":
+                    self.decisions.setdefault(code, []).append(decision)  # type: ignore[arg-type]
         return self.decisions.get(code, [])
 
     def told_once(self, node: str, event_ids: set[str]) -> None:

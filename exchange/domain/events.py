@@ -47,6 +47,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "KeyRotated",
     "KeyRevoked",
     "ShipmentCancelled",
+    "RegistryDecisions",
+    "ShipmentNotices",
+    "AcceptedEvents",
 )
 
 # kpx.ReasonCode without its reader default UNKNOWN (DESIGN §7).
@@ -266,6 +269,7 @@ class Decision(_Payload):
     reason: str | None
     detail: str
     decided_at: datetime
+    leaf_index: int | None = None  # in the registry's log (DESIGN §12), when accepted
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Self:
@@ -276,6 +280,24 @@ class Decision(_Payload):
             subject_event_id=str(record["subject_event_id"]),
             decision=from_symbol(Outcome, record["decision"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionBatch(_Payload):
+    """RegistryDecisions: the answers of one registry batch to one producer, signed once.
+
+    Each element is a whole :class:`Decision`, readable on its own (DESIGN §4).
+    """
+
+    EVENT_TYPE: ClassVar[str] = "RegistryDecisions"
+    decisions: tuple[Decision, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        return {"decisions": [d.to_record() for d in self.decisions]}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(tuple(Decision.from_record(d) for d in record["decisions"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +343,57 @@ class ShipmentCancellation(_Payload):
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Self:
         return _build(cls, record)
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeBatch(_Payload):
+    """ShipmentNotices: what one registry batch announced to, or withdrew from, one
+    destination, signed once; each element is a whole ShipmentExpected or ShipmentCancelled."""
+
+    EVENT_TYPE: ClassVar[str] = "ShipmentNotices"
+    expected: tuple[ShipmentNotice, ...]
+    cancelled: tuple[ShipmentCancellation, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "expected": [n.to_record() for n in self.expected],
+            "cancelled": [c.to_record() for c in self.cancelled],
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(
+            tuple(ShipmentNotice.from_record(n) for n in record["expected"]),
+            tuple(ShipmentCancellation.from_record(c) for c in record["cancelled"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedEntry:
+    """One event of an AcceptedEvents message: the producer's envelope bytes as received."""
+
+    leaf_index: int | None
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedBatch(_Payload):
+    """AcceptedEvents: the events one registry batch accepted, for the reconciler, signed
+    once by the registry, which verified every producer's signature on them."""
+
+    EVENT_TYPE: ClassVar[str] = "AcceptedEvents"
+    events: tuple[AcceptedEntry, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "events": [{"leaf_index": e.leaf_index, "envelope": e.envelope} for e in self.events]
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(
+            tuple(AcceptedEntry(e["leaf_index"], bytes(e["envelope"])) for e in record["events"])
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +478,9 @@ Payload = (
     | Cosignature
     | KeyRotation
     | KeyRevocation
+    | DecisionBatch
+    | NoticeBatch
+    | AcceptedBatch
 )
 
 PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
@@ -425,6 +501,9 @@ PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
         KeyRotation,
         KeyRevocation,
         ShipmentCancellation,
+        DecisionBatch,
+        NoticeBatch,
+        AcceptedBatch,
     )
 }
 
@@ -485,6 +564,21 @@ def _plainly_fits(value: Mapping[Any, Any]) -> bool:
         elif kind not in _PLAIN_LEAVES:
             return False
     return True
+
+
+def each_event(event_type: str, record: Mapping[str, Any]) -> list[tuple[str, Payload]]:
+    """The single events a message carries, as (event type, payload): a batch's elements
+    (RegistryDecisions -> RegistryDecision, ShipmentNotices -> ShipmentExpected and
+    ShipmentCancelled), or the one event of any other message. Raises as
+    :func:`payload_from_record`."""
+    payload = payload_from_record(event_type, record)
+    if isinstance(payload, DecisionBatch):
+        return [(Decision.EVENT_TYPE, d) for d in payload.decisions]
+    if isinstance(payload, NoticeBatch):
+        return [(ShipmentNotice.EVENT_TYPE, n) for n in payload.expected] + [
+            (ShipmentCancellation.EVENT_TYPE, c) for c in payload.cancelled
+        ]
+    return [(event_type, payload)]
 
 
 def _overlong_identifier(value: Any, path: str = "") -> tuple[str, int] | None:

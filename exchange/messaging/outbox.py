@@ -64,17 +64,6 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
-class Sealed:
-    """Already-sealed bytes to queue as they are (the registry forwards accepted events)."""
-
-    event_id: str
-    event_type: str
-    exchange: str
-    routing_key: str
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class Unsent:
     """One unsent outbox row as the relay reads it, in id order."""
 
@@ -151,15 +140,6 @@ class OutboxWriter:
             copy_rows(cur, "outbox", _OUTBOX_COLUMNS, rows)
             _notify(cur, self.relay)
         return appended
-
-    def append_raw(self, cur: Cursor, rows: Sequence[Sealed]) -> None:
-        """Queue already-sealed bytes."""
-        if rows:
-            insert_rows(
-                cur,
-                [(self.relay, r.event_id, r.event_type, r.exchange, r.routing_key, r.body)
-                 for r in rows],
-            )  # fmt: skip
 
 
 def insert_rows(cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> None:

@@ -1,8 +1,9 @@
 """``kpx reconciler run``: consume the registry's accepted events, record, check, notify.
 
-decode -> policy -> record: each delivery is opened and verified (exchange.wire.envelope); bytes
-that are not a verifiable kpx envelope are dead-lettered at once with the reason and never
-retried (the registry verified them already, so this means a bug or tampering). The batch
+decode -> policy -> record: each delivery is opened and verified (exchange.wire.envelope): the
+registry's signed AcceptedEvents batch, or an older single accepted event; bytes that are
+not a verifiable kpx envelope are dead-lettered at once with the reason and never retried
+(the registry verified them already, so this means a bug or tampering). The batch
 is recorded in ONE transaction (store.apply_batch: tracking rows, projection, event-time
 findings and their outbox rows), and the consumer acks after the commit. An
 :class:`~exchange.messaging.outbox.OutboxRelay` thread publishes the ``DiscrepancyRaised`` notices;
@@ -28,9 +29,9 @@ from exchange.adapters import metrics
 from exchange.adapters.postgres import Connection, Cursor, connect, migrate, transaction
 from exchange.adapters.rabbitmq import Delivery
 from exchange.domain.discrepancy import Limits
-from exchange.domain.events import DiscrepancyKind
+from exchange.domain.events import AcceptedBatch, DiscrepancyKind
 from exchange.domain.region import Region
-from exchange.errors import CodecError, SignatureError, TransientError
+from exchange.errors import BadSignature, CodecError, SignatureError, TransientError
 from exchange.messaging.consumer import (
     Consumer,
     Database,
@@ -46,7 +47,7 @@ from exchange.reconciler.deadline_checks import RunSummary, reconcile
 from exchange.reconciler.store import Context, Raised, apply_batch, open_counts
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
-from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope
+from exchange.wire.envelope import Envelope, VerifiesEvents, open_envelope, read_verified
 from exchange.wire.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,14 @@ class Batch:
 
 
 class Recording:
-    """The reconciler's :class:`~exchange.messaging.consumer.Handler`."""
+    """The reconciler's :class:`~exchange.messaging.consumer.Handler`.
+
+    A delivery is either the registry's ``AcceptedEvents`` (one batch's accepted events under
+    the registry's one signature) or, as queued before batching, one accepted event as its
+    producer signed it. The registry verified every producer's signature before accepting,
+    so inside a verified ``AcceptedEvents`` the events are decoded, not verified again
+    (benchmarks/registry_bench.py measures what that saves). Tracking stays per event.
+    """
 
     def __init__(
         self,
@@ -158,20 +166,33 @@ class Recording:
         self.ctx, self.store, self.keyring, self.today = ctx, store, keyring, today
         self.recorded = 0
 
-    def decode(self, delivery: Delivery) -> Decoded[Envelope]:
-        """Open and verify; what is no verifiable kpx envelope is dead-lettered, never retried."""
+    def decode(self, delivery: Delivery) -> Decoded[tuple[Envelope, ...]]:
+        """Open and verify; what is no verifiable kpx envelope is dead-lettered, never retried.
+
+        A batch is set aside whole: one unreadable event in it and none of it is recorded.
+        """
         try:
-            return Decoded(open_envelope(self.store, self.keyring, delivery.body))
+            outer = open_envelope(self.store, self.keyring, delivery.body)
+            if outer.event_type != AcceptedBatch.EVENT_TYPE:
+                return Decoded((outer,))
+            if outer.producer != self.ctx.region:
+                raise BadSignature(
+                    f"AcceptedEvents signed by {outer.producer!r}: only the registry "
+                    f"({self.ctx.region}) vouches for accepted events"
+                )
+            batch = AcceptedBatch.from_record(outer.payload)
+            return Decoded(tuple(read_verified(self.store, e.envelope) for e in batch.events))
         except (CodecError, SignatureError) as exc:
             return Decoded(None, f"{type(exc).__name__}: {exc}")
 
-    def record(self, cur: Cursor, items: Sequence[Envelope]) -> Batch:
+    def record(self, cur: Cursor, items: Sequence[tuple[Envelope, ...]]) -> Batch:
         """Tracking rows, projection, findings and their notices: store.apply_batch."""
-        raised = apply_batch(cur, self.ctx, items, self.today())
-        return Batch([env.event_type for env in items], raised)
+        envelopes = [env for batch in items for env in batch]
+        raised = apply_batch(cur, self.ctx, envelopes, self.today())
+        return Batch([env.event_type for env in envelopes], raised)
 
     def committed(
-        self, db: Database, results: Sequence[Batch], culprits: Sequence[Envelope]
+        self, db: Database, results: Sequence[Batch], culprits: Sequence[tuple[Envelope, ...]]
     ) -> None:
         """Count the events and the discrepancies raised; refresh the open gauge."""
         for batch in results:

@@ -7,7 +7,8 @@ evidence recorded). ``record`` runs in the consumer's ONE transaction: it takes 
 on every producer, certificate and event id the batch touches (sorted, so two processes never
 deadlock), loads the state they can touch, lets the pure policy decide each event in delivery
 order, and :func:`write_decided` writes the event log, the state rows and the registry's
-outbox (decisions, shipment notices, the accepted events for the reconciler). The consumer
+outbox: per batch, one signed decisions message per producer, one notices message per
+destination and one accepted-events message for the reconciler (DESIGN §4). The consumer
 acks after the commit; ``committed`` counts what the batch did.
 
 A batch that raises anything unexpected is retried one delivery at a time by the consumer.
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -43,7 +45,7 @@ from exchange.domain.events import (
 )
 from exchange.errors import Refusal
 from exchange.messaging.consumer import INTERNAL_ERROR, Database, Decoded
-from exchange.messaging.outbox import OutboxWriter, Pending, Sealed
+from exchange.messaging.outbox import OutboxWriter, Pending
 from exchange.registry import limits, policy, store
 from exchange.registry.changes import Changes
 from exchange.registry.log import LogWriter
@@ -78,6 +80,97 @@ class Result:
     released: bool = False  # a held void decided now: consumed (and counted) earlier
 
 
+# A batch message's size bound (DESIGN §4: many answers under one signature). An event is at
+# most MAX_EVENT_BYTES, so a 250-event batch of ordinary certificates (a few kB each) is one
+# message, and a batch of very large ones is split into messages of at most about this size:
+# far below the broker's message size limit and the codec's bound on a declared length.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_ITEMS = 1000  # answers per message, whatever their size
+_SMALL_RECORD = 600  # an upper estimate of a decision or a cancellation, its detail included
+
+
+@dataclass
+class _Notices:
+    """One destination's shipment notices of a batch, each with its estimated size."""
+
+    expected: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    cancelled: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+
+
+@dataclass
+class Answers:
+    """What a batch answers, collected per recipient and sent once per recipient and kind.
+
+    Each decision, notice and accepted event stays a whole record of its own inside the
+    batch message (DESIGN §4): the registry signs one message, not one per event.
+    """
+
+    decisions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    destinations: dict[str, _Notices] = field(default_factory=dict)
+    accepted: list[Event] = field(default_factory=list)  # for the reconciler, in order
+
+    def notices(self, destination: str) -> _Notices:
+        """The notices for ``destination``, created on first use."""
+        return self.destinations.setdefault(destination, _Notices())
+
+    def messages(self, producer: str, leaves: Mapping[str, int]) -> list[Pending]:
+        """The batch messages: decisions per producer, notices per destination, then the
+        accepted events for the reconciler; ``leaves`` maps an event id to its leaf index."""
+        out: list[Pending] = []
+        for recipient in sorted(self.decisions):
+            records = self.decisions[recipient]
+            for record in records:
+                record["leaf_index"] = leaves.get(record["subject_event_id"])
+            weighed = [(r, _SMALL_RECORD + len(r["detail"])) for r in records]
+            key = f"{recipient}.RegistryDecisions"
+            out += [
+                Pending("RegistryDecisions", {"decisions": part}, topology.NOTIFY, key)
+                for part in _chunks(weighed)
+            ]
+        for destination in sorted(self.destinations):
+            notices = self.destinations[destination]
+            key = f"{destination}.ShipmentNotices"
+            # Expected and cancelled never share a message: chunked apart, each stays in order.
+            out += [
+                Pending(
+                    "ShipmentNotices", {"expected": part, "cancelled": []}, topology.NOTIFY, key
+                )
+                for part in _chunks(notices.expected)
+            ]
+            out += [
+                Pending(
+                    "ShipmentNotices", {"expected": [], "cancelled": part}, topology.NOTIFY, key
+                )
+                for part in _chunks(notices.cancelled)
+            ]
+        entries = [
+            ({"leaf_index": leaves.get(e.event_id), "envelope": e.raw}, len(e.raw) + 16)
+            for e in self.accepted
+        ]
+        key = f"{producer}.AcceptedEvents"
+        out += [
+            Pending("AcceptedEvents", {"events": part}, topology.ACCEPTED, key)
+            for part in _chunks(entries)
+        ]
+        return out
+
+
+def _chunks(weighed: Sequence[tuple[dict[str, Any], int]]) -> list[list[dict[str, Any]]]:
+    """``weighed`` records split, in order, into parts under both batch bounds."""
+    parts: list[list[dict[str, Any]]] = []
+    part: list[dict[str, Any]] = []
+    size = 0
+    for record, weight in weighed:
+        if part and (size + weight > MAX_BATCH_BYTES or len(part) >= MAX_BATCH_ITEMS):
+            parts.append(part)
+            part, size = [], 0
+        part.append(record)
+        size += weight
+    if part:
+        parts.append(part)
+    return parts
+
+
 @dataclass
 class _Session:
     """What one batch's transaction collects while deciding."""
@@ -88,8 +181,7 @@ class _Session:
     rows: dict[str, store.LogRow] = field(default_factory=dict)
     updates: list[store.Redecided] = field(default_factory=list)
     changes: Changes = field(default_factory=Changes)
-    outgoing: list[Pending] = field(default_factory=list)
-    accepted: list[Sealed] = field(default_factory=list)
+    answers: Answers = field(default_factory=Answers)
     results: list[Result] = field(default_factory=list)
     leaves: list[Event] = field(default_factory=list)  # accepted, for the log (DESIGN §12)
     budget: limits.HeldBudget | None = None
@@ -175,28 +267,15 @@ class _Session:
         self._answer(recipient, event.event_id, event.event_type, event.sequence, cert_id, verdict)
         if outcome != Decision.ACCEPTED or not verdict.changed:
             return
-        self.accepted.append(
-            Sealed(
-                event.event_id,
-                event.event_type,
-                topology.ACCEPTED,
-                f"{event.producer}.{event.event_type}",
-                event.raw,
-            )
-        )
+        self.answers.accepted.append(event)
         payload = event.payload
         if isinstance(payload, Voiding):
             self._cancel_shipment(payload)
         if isinstance(payload, Issuance) and payload.certificate.destination in self.ctx.node_codes:
             # The decoded record re-encodes as is: no need to rebuild it from the dataclasses.
             notice = {"certificate": event.record["certificate"], "accepted_at": self.now}
-            self.outgoing.append(
-                Pending(
-                    "ShipmentExpected",
-                    notice,
-                    topology.NOTIFY,
-                    f"{payload.certificate.destination}.ShipmentExpected",
-                )
+            self.answers.notices(payload.certificate.destination).expected.append(
+                (notice, len(event.raw))
             )
 
     def _cancel_shipment(self, voiding: Voiding) -> None:
@@ -206,8 +285,7 @@ class _Session:
         if destination not in self.ctx.node_codes:
             return
         notice = ShipmentCancellation.of(voiding, self.now).to_record()
-        routing_key = f"{destination}.ShipmentCancelled"
-        self.outgoing.append(Pending("ShipmentCancelled", notice, topology.NOTIFY, routing_key))
+        self.answers.notices(destination).cancelled.append((notice, _SMALL_RECORD))
 
     def _answer(
         self,
@@ -229,9 +307,9 @@ class _Session:
             "reason": verdict.reason,
             "detail": verdict.detail,
             "decided_at": self.now,
+            "leaf_index": None,  # set by write_decided once the log has placed the leaves
         }
-        routing_key = f"{recipient}.RegistryDecision"
-        self.outgoing.append(Pending("RegistryDecision", record, topology.NOTIFY, routing_key))
+        self.answers.decisions.setdefault(recipient, []).append(record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,14 +328,19 @@ def write_decided(
     """Write a batch's decided results in its transaction: the event log, state, outbox.
 
     The one place where what the policy decided becomes rows; a further record of accepted
-    events (another log, another table) belongs here, on the same cursor.
+    events (another log, another table) belongs here, on the same cursor. The answers go out
+    as one signed message per recipient and kind (:class:`Answers`), not one per event.
     """
     store.write_log(cur, list(session.rows.values()), session.updates)
     store.write_changes(cur, session.changes)
-    writer.append_many(cur, session.outgoing)
-    writer.append_raw(cur, session.accepted)
+    leaves: dict[str, int] = {}
     if merkle is not None:  # DESIGN §12: leaves and checkpoint in the decision's commit
-        merkle.append(cur, session.leaves)
+        appended = merkle.append(cur, session.leaves)
+        if appended is not None:  # the batch's leaves end the tree, in order
+            first = appended.checkpoint.size - len(session.leaves)
+            leaves = {e.event_id: first + i for i, e in enumerate(session.leaves)}
+    # Appended after the log, so each decision names its leaf index (DESIGN §4, §12).
+    writer.append_many(cur, session.answers.messages(writer.signer.producer, leaves))
 
 
 class Ingest:

@@ -40,7 +40,7 @@ from exchange.domain.events import (
     ImportConfirmation,
     Issuance,
     Voiding,
-    payload_from_record,
+    each_event,
 )
 from exchange.domain.region import Region, parse_region
 from exchange.registry import service, store
@@ -263,7 +263,8 @@ class Env:
     registry_signer: Signer
     producers: Producers
     publisher: Publisher
-    inbox: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+    inbox: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)  # single events
+    bodies: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)  # the messages
 
     @property
     def registry_url(self) -> str:
@@ -309,8 +310,8 @@ class Env:
                 if method is None:
                     break
                 env = open_envelope(self.producers.store, keyring, body)
-                payload = payload_from_record(env.event_type, env.payload)
-                self.inbox.setdefault(node, []).append((env.event_type, payload))
+                self.inbox.setdefault(node, []).extend(each_event(env.event_type, env.payload))
+                self.bodies.setdefault(node, []).append((env.event_type, body))
                 channel.basic_ack(method.delivery_tag)
         finally:
             conn.close()
@@ -393,6 +394,16 @@ def make_env(
         producers,
         Publisher(admin_url, vhost_name),
     )
+
+
+def depth(env: Env, queue: str) -> int:
+    """Ready messages in ``queue`` (from the broker itself, not the management statistics)."""
+    conn = pika.BlockingConnection(pika.URLParameters(env.admin_url))
+    try:
+        declared = conn.channel().queue_declare(queue, passive=True)
+        return int(declared.method.message_count)
+    finally:
+        conn.close()
 
 
 def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
