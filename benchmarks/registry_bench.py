@@ -23,7 +23,10 @@ goes (:func:`profile`): no broker, N pre-built signed deliveries (default 5,000)
 recorded in batches against a real throw-away database, first plainly (µs per event of this
 process's CPU opening and recording, and the wall time of recording and committing), then
 the next N under cProfile (µs per event in each hot function, inclusive; the profiler
-inflates call-heavy code, so compare these only with another run of the same mode).
+inflates call-heavy code, so compare these only with another run of the same mode). The
+handler appends to the transparency log as ``kpx registry run`` does with its log key, and
+the plain pass also times every statement of the recording (client wall per statement text,
+round trip included: where the recording waits on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -33,16 +36,18 @@ import cProfile
 import multiprocessing
 import os
 import pstats
+import re
 import secrets
 import threading
 import time
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
 import psycopg2
+import psycopg2.extensions
 import psycopg2.extras
 from pika.spec import BasicProperties
 
@@ -66,6 +71,9 @@ from exchange.domain.region import Region, parse_region
 from exchange.messaging.consumer import Database
 from exchange.messaging.outbox import OutboxWriter
 from exchange.registry import ingest, opening, policy, service, store
+from exchange.registry import log as registry_log
+from exchange.tlog import note
+from exchange.tlog.checkpoint import origin_for
 from exchange.wire import codec, envelope, signing, topology
 from exchange.wire.codec import default_store
 from exchange.wire.envelope import open_envelope, read_verified, seal
@@ -375,11 +383,12 @@ _HOT: tuple[tuple[str, str], ...] = (
     ("      Avro encode", "codec.SchemaStore.encode"),
     ("      Ed25519 sign", "signing.Signer.sign"),
     ("    accepted events (append_raw)", "outbox.OutboxWriter.append_raw"),
+    ("    Merkle log (LogWriter.append)", "log.LogWriter.append"),
 )
 _MODULES: dict[str, Any] = {
     "ingest": ingest, "codec": codec, "envelope": envelope, "signing": signing,
     "events": events, "certificate": certificate, "policy": policy, "store": store,
-    "pgcopy": pgcopy, "outbox": OutboxWriter, "opening": opening,
+    "pgcopy": pgcopy, "outbox": OutboxWriter, "opening": opening, "log": registry_log,
 }  # fmt: skip
 
 
@@ -415,6 +424,36 @@ def _deliveries(messages: list[tuple[str, str, bytes]], vhost: str) -> list[Deli
         )
         for tag, (member, event_id, body) in enumerate(messages, 1)
     ]
+
+
+class _TimedCursor(psycopg2.extensions.cursor):
+    """A cursor that adds each statement's client wall time to :attr:`spent`, by its text
+    (up to its first VALUES list, quoted literals blanked) while :attr:`on`."""
+
+    spent: ClassVar[dict[str, list[float]]] = {}  # text -> [seconds, calls]
+    on: ClassVar[bool] = False
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        started = time.perf_counter()
+        try:
+            super().execute(query, vars)
+        finally:
+            self._add(query, started)
+
+    def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
+        started = time.perf_counter()
+        try:
+            super().copy_expert(sql, file, size)
+        finally:
+            self._add(sql, started)
+
+    def _add(self, query: Any, started: float) -> None:
+        if _TimedCursor.on:
+            text = query.decode() if isinstance(query, bytes) else str(query)
+            text = re.sub(r"'[^']*'", "?", re.sub(r"VALUES .*", "VALUES …", text, flags=re.S))
+            entry = _TimedCursor.spent.setdefault(text[:90], [0.0, 0])
+            entry[0] += time.perf_counter() - started
+            entry[1] += 1
 
 
 def _ingest_batches(
@@ -471,8 +510,12 @@ def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
         with postgres.transaction(conn) as cur:
             for signer in signers.values():
                 store.register_key(cur, signer.verify_key)
-        handler = service.ingest(db, region, default_store(), generate_key("XS"))
+        log_key = note.generate_signer(origin_for(region.code))
+        handler = service.ingest(db, region, default_store(), generate_key("XS"), log_key)
+        conn.cursor_factory = _TimedCursor
+        _TimedCursor.spent, _TimedCursor.on = {}, True
         plain = _ingest_batches(handler, conn, deliveries[:n], batch_size)
+        _TimedCursor.on = False
         profiler = cProfile.Profile()
         _ingest_batches(handler, conn, deliveries[n:], batch_size, profiler)
         accepted = postgres.fetch_all(
@@ -494,6 +537,11 @@ def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
     print(f"registry ingest profile: {n:,} events plain, {n:,} profiled, batches of {batch_size}")
     for label, value in result.items():
         print(f"{label:<42} {value:8.1f} µs/event")
+    print("statements of the plain pass (client wall, round trip included):")
+    statements = sorted(_TimedCursor.spent.items(), key=lambda kv: -kv[1][0])
+    for text, (seconds, calls) in statements:
+        result[f"statement: {text}"] = seconds * micro
+        print(f"{seconds * micro:8.1f} µs/event {calls:5d} calls  {text}")
     return result
 
 

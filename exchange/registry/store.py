@@ -114,25 +114,23 @@ def load_view(
     view.seen = {r[0] for r in cur.fetchall()}
     _load_certificates(cur, view, certificate_ids)
     _load_sequences(cur, view, producers, sequences)
-    cur.execute(
-        "SELECT certificate_id, event_id::text, importing_participant FROM import_confirmations "
-        "WHERE certificate_id = ANY(%s) AND NOT matched",
-        (list(certificate_ids),),
-    )
-    for cert_id, event_id, importer in cur.fetchall():
-        view.waiting.setdefault(cert_id, []).append((event_id, importer))
-    _load_confirmed(cur, view, certificate_ids)
+    _load_confirmations(cur, view, certificate_ids)
     return view
 
 
-def _load_confirmed(cur: Cursor, view: View, certificate_ids: Sequence[str]) -> None:
-    """What was confirmed for each certificate (policy.confirmation_fact, from the rows)."""
+def _load_confirmations(cur: Cursor, view: View, certificate_ids: Sequence[str]) -> None:
+    """The import confirmations of the batch's certificates, in one round trip: those still
+    waiting for their certificate, and what was confirmed for each (policy.confirmation_fact,
+    from the rows)."""
     cur.execute(
-        "SELECT certificate_id, importing_participant, received_on, parcels, carats, value_usd, "
-        "seal_intact, remarks FROM import_confirmations WHERE certificate_id = ANY(%s)",
+        "SELECT certificate_id, event_id::text, matched, importing_participant, received_on, "
+        "parcels, carats, value_usd, seal_intact, remarks FROM import_confirmations "
+        "WHERE certificate_id = ANY(%s)",
         (list(certificate_ids),),
     )
-    for cert_id, *fact in cur.fetchall():
+    for cert_id, event_id, matched, *fact in cur.fetchall():
+        if not matched:
+            view.waiting.setdefault(cert_id, []).append((event_id, fact[0]))
         view.confirmed.setdefault(cert_id, set()).add(tuple(fact))
 
 
