@@ -25,7 +25,7 @@ from exchange.adapters.postgres import (
     migrate,
     transaction,
 )
-from exchange.registry import store
+from exchange.registry import limits, store
 
 SERVER = os.environ.get("KPX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -51,7 +51,7 @@ def run(gaps: int) -> dict[str, float]:
             started = time.perf_counter()
             with transaction(conn) as cur:
                 keys = [str(uuid.uuid4()) for _ in batch]
-                view = store.load_view(cur, keys, ["BW"], [], batch)
+                view = store.load_view(cur, keys, ["BW"], [], batch, limits.gaps_filled(cur, batch))
             best = min(best, time.perf_counter() - started)
             loaded = sum(len(v) for v in view.open_gaps.values())
         conn.close()

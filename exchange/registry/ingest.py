@@ -403,13 +403,13 @@ class Ingest:
         store.lock(cur, names)
         sequences = [(o.producer, o.sequence) for o in items if o.authentic and o.sequence]
         # Held voids are read (and decoded) only when this batch can close a gap below them.
-        closing = limits.closing_producers(cur, sequences)
-        held = [self.opener.reopen(body) for body in store.held_bodies(cur, closing)]
+        filled = limits.gaps_filled(cur, sequences)
+        held = [self.opener.reopen(body) for body in store.held_bodies(cur, sorted(filled))]
         late = {e.certificate_id for e in held if e.certificate_id is not None} - certs
         if late:  # locked after the batch's own: a deadlock PostgreSQL detects is transient
             store.lock(cur, [f"certificate:{c}" for c in late])
         view = store.load_view(
-            cur, [o.key for o in items], producers, sorted(certs | late), sequences
+            cur, [o.key for o in items], producers, sorted(certs | late), sequences, filled
         )
         for event in held:
             view.held.setdefault(event.producer, []).append(event)

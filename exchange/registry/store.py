@@ -7,7 +7,7 @@ are psycopg2's, translated by the caller's ``exchange.adapters.postgres.transact
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -107,13 +107,15 @@ def load_view(
     producers: Sequence[str],
     certificate_ids: Sequence[str],
     sequences: Sequence[tuple[str, int]],
+    filled: Mapping[str, set[int]],
 ) -> View:
-    """The view of everything a batch touches (held voids are added by the caller)."""
+    """The view of everything a batch touches (held voids are added by the caller);
+    ``filled`` is limits.gaps_filled of ``sequences``, read once by the caller."""
     view = View(book=load_book(cur), register=register.load(cur, producers))
     cur.execute("SELECT event_id::text FROM event_log WHERE event_id = ANY(%s::uuid[])", (keys,))
     view.seen = {r[0] for r in cur.fetchall()}
     _load_certificates(cur, view, certificate_ids)
-    _load_sequences(cur, view, producers, sequences)
+    _load_sequences(cur, view, producers, sequences, filled)
     _load_confirmations(cur, view, certificate_ids)
     return view
 
@@ -148,7 +150,11 @@ def _load_certificates(cur: Cursor, view: View, certificate_ids: Sequence[str]) 
 
 
 def _load_sequences(
-    cur: Cursor, view: View, producers: Sequence[str], sequences: Sequence[tuple[str, int]]
+    cur: Cursor,
+    view: View,
+    producers: Sequence[str],
+    sequences: Sequence[tuple[str, int]],
+    filled: Mapping[str, set[int]],
 ) -> None:
     cur.execute(
         "SELECT ps.producer, ps.sequence, ps.event_id::text FROM producer_sequences ps "
@@ -162,7 +168,7 @@ def _load_sequences(
         (list(producers),),
     )
     view.high_water = dict(cur.fetchall())
-    view.open_gaps = limits.load_open_gaps(cur, producers, sequences)
+    view.open_gaps = limits.load_open_gaps(cur, producers, sequences, filled)
 
 
 def _values(cur: Cursor, query: str, rows: Sequence[tuple[Any, ...]]) -> None:
