@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
+from support.region import provisioned_region
 from support.services import (
     START_HINT,
     Database,
@@ -44,7 +46,11 @@ from support.services import (
     management_url_from_env,
     service_problems,
     sweep_leftovers,
+    unique_name,
 )
+
+if TYPE_CHECKING:
+    from exchange.app.runtime import Runtime
 
 # Shared machines and CI are slow and noisy; a deadline there only produces flaky failures.
 settings.register_profile("ci", deadline=None, max_examples=200)
@@ -144,3 +150,14 @@ def database(make_database: DatabaseFactory) -> Database:
 @pytest.fixture
 def test_database(database: Database) -> Database:
     return database
+
+
+@pytest.fixture(scope="module")
+def rt(
+    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
+) -> Iterator[Runtime]:
+    """A provisioned region of its own (vhost, databases, keys) for each test module that asks
+    for one; a module that needs another region defines its own ``rt``."""
+    tmp = tmp_path_factory.mktemp("region")
+    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
+        yield runtime

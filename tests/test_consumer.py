@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -20,8 +20,7 @@ from typing import Any
 import pika
 import pytest
 from support.database import private_database
-from support.region import provisioned_region
-from support.services import Database, Vhost, unique_name
+from support.services import Database, Vhost
 from support.services_up import Fleet, Service, free_ports, http_get, kpx_argv, service_env
 
 from exchange.adapters.management import Admin
@@ -307,15 +306,6 @@ def test_an_event_the_reconciler_cannot_record_is_dead_lettered_and_the_rest_rec
 
 
 # --------------------------------------------------------------------------- health
-
-
-@pytest.fixture(scope="module")
-def rt(
-    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
-) -> Iterator[Runtime]:
-    tmp = tmp_path_factory.mktemp("region")
-    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
-        yield runtime
 
 
 def test_health_is_ok_only_while_consuming_with_every_watched_thread_alive() -> None:

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.region import provisioned_region
 from support.registry import REGION_DATA
-from support.services import unique_name
 
 from exchange.app.runtime import Runtime
 from exchange.domain.region import parse_region
@@ -53,15 +50,6 @@ def test_discrepancy_filters_are_normalised_or_refused_never_silently_empty() ->
         discrepancy_filters(None, "Q4")
     with pytest.raises(ConfigError, match="--participant"):
         discrepancy_filters("botswana", None)
-
-
-@pytest.fixture(scope="module")
-def rt(
-    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
-) -> Iterator[Runtime]:
-    tmp = tmp_path_factory.mktemp("region")
-    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
-        yield runtime
 
 
 def _reconcile(rt: Runtime, day: date) -> subprocess.CompletedProcess[str]:

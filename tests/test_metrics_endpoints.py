@@ -28,8 +28,6 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.region import provisioned_region
-from support.services import unique_name
 from support.services_up import (
     Fleet,
     free_ports,
@@ -60,15 +58,6 @@ class Trade:
     """What was submitted: certificate ids by issuing member."""
 
     certificates: dict[str, list[str]]
-
-
-@pytest.fixture(scope="module")
-def rt(
-    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
-) -> Iterator[Runtime]:
-    tmp = tmp_path_factory.mktemp("region")
-    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
-        yield runtime
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,6 @@ import pika
 import pika.exceptions
 import pytest
 from support.broker import read_back
-from support.region import provisioned_region
-from support.services import unique_name
 
 from exchange.adapters import postgres
 from exchange.app.runtime import Runtime
@@ -34,15 +31,6 @@ from nodes.operations import Node, Result
 
 KPX = Path(sys.executable).with_name("kpx")
 TABLES = ("certificates", "node_events", "outbox", "import_confirmations", "production")
-
-
-@pytest.fixture(scope="module")
-def rt(
-    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
-) -> Iterator[Runtime]:
-    tmp = tmp_path_factory.mktemp("region")
-    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
-        yield runtime
 
 
 def certificate(destination: str = "AE", *, carats: str = "1000.50", **changes: Any) -> dict:

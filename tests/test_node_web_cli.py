@@ -6,25 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-from support.region import provisioned_region
-from support.services import unique_name
 from test_node_web_support import KPX, free_port, kpx_env
 
 from exchange.app.runtime import Runtime
-
-
-@pytest.fixture(scope="module")
-def rt(
-    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
-) -> Iterator[Runtime]:
-    tmp = tmp_path_factory.mktemp("nodeweb-cli")
-    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
-        yield runtime
 
 
 def kpx(rt: Runtime, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -15,13 +15,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
-from support.region import provisioned_region
-from support.services import unique_name
 
 from exchange.app.runtime import Runtime
 
@@ -52,15 +47,6 @@ def readme_examples(text: str) -> list[Example]:
             command = ["node", "submit", "--member", members[-1], "-"]
         examples.append(Example(lines, command))
     return examples
-
-
-@pytest.fixture(scope="module")
-def rt(
-    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
-) -> Iterator[Runtime]:
-    tmp = tmp_path_factory.mktemp("region")
-    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
-        yield runtime
 
 
 def run(rt: Runtime, example: Example) -> subprocess.CompletedProcess[str]:

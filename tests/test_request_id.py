@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support.region import provisioned_region
-from support.services import unique_name
 
 from exchange.adapters import postgres
 from exchange.app.runtime import Runtime
 from exchange.messaging.outbox import OutboxWriter
 from nodes.operations import Node, Result
-
-
-@pytest.fixture(scope="module")
-def rt(
-    tmp_path_factory: pytest.TempPathFactory, amqp_admin_url: str, database_server_url: str
-) -> Iterator[Runtime]:
-    tmp = tmp_path_factory.mktemp("region")
-    with provisioned_region(tmp, unique_name(), amqp_admin_url, database_server_url) as runtime:
-        yield runtime
 
 
 def certificate(**changes: Any) -> dict[str, Any]:
