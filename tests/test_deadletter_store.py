@@ -19,6 +19,7 @@ from typing import Any
 import pika
 import pytest
 from pika.spec import BasicProperties
+from prometheus_client import REGISTRY
 from support.registry import Env, depth, make_env, wait_until
 
 from exchange.adapters.postgres import Connection, connect, transaction
@@ -187,6 +188,8 @@ def test_the_registry_service_moves_dead_letters_into_the_store(env: Env, db: Co
     try:
         wait_until(lambda: len(stored(db)) == 30, what="30 dead letters stored")
         wait_until(lambda: depth(env, topology.DEAD_QUEUE) == 0, what="the queue emptied")
+        wait_until(lambda: _pending_gauge(topology.REGISTRY_QUEUE) == 30, timeout=40,
+                   what="the service's pending gauge at 30")  # fmt: skip
     finally:
         running.stop()
     assert [m for m, _, _ in stored(db)] == sorted(ids)
@@ -235,3 +238,27 @@ def test_a_dead_letter_the_broker_cannot_route_back_stays_pending(env: Env, db: 
     done = reinjection.reinject(db, env.registry_url, user, "ops", None)
     assert done.unconfirmed == (chosen,) and done.rows == 0
     assert stored(db) == [(chosen, 1, "pending")]
+
+
+def _pending_gauge(queue: str) -> float | None:
+    return REGISTRY.get_sample_value("kpx_dead_letters_pending", {"queue": queue})
+
+
+def test_the_pending_gauge_counts_the_store_per_queue_and_falls_to_zero_after_reinjection(
+    env: Env, db: Connection
+) -> None:
+    # Stored, dead letters are no longer a queue depth: the gauge is what the alert reads.
+    dead_letter_many(env, 3, topology.RECONCILER_QUEUE)
+    deadmover.move_waiting(db, env.registry_url)
+    now = [0.0]
+    gauge = deadmover.PendingGauge(every=15, clock=lambda: now[0])
+    gauge(db)
+    assert _pending_gauge(topology.RECONCILER_QUEUE) == 3
+    user = topology.registry_user(env.vhost)
+    assert reinjection.reinject(db, env.registry_url, user, "ops", None).rows == 3
+    now[0] = 14.9
+    gauge(db)  # not due: not counted again
+    assert _pending_gauge(topology.RECONCILER_QUEUE) == 3
+    now[0] = 15.0
+    gauge(db)
+    assert _pending_gauge(topology.RECONCILER_QUEUE) == 0  # kept at 0, not dropped

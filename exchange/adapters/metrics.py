@@ -77,6 +77,13 @@ EVENTS_REJECTED = Counter(
 DEAD_LETTERS = Counter(
     "kpx_dead_letters_total", "Messages set aside as unreadable.", ["service", "reason"]
 )
+# Moved out of kpx.registry.dead into the store, dead letters no longer show as a queue depth:
+# this gauge is what says they still wait for an operator's decision.
+DEAD_LETTERS_PENDING = Gauge(
+    "kpx_dead_letters_pending",
+    "Dead letters stored and not re-injected, by the queue they failed in.",
+    ["queue"],
+)
 END_TO_END = Histogram(
     "kpx_end_to_end_seconds",
     "From the producer's commit to the registry's commit.",

@@ -9,7 +9,9 @@ their rows (deadstore.py). Nothing is lost, nothing is stored twice.
 A batch the database refuses (a bug) stops the mover and leaves the messages in the queue —
 never dead-lettered again, which would put them back in the very queue being moved. The
 queue's length limit and its 80 % alert (topology.DEAD_LIMIT) are the buffer in front of
-the store; ``kpx check`` shows both.
+the store; ``kpx check`` shows both. The service's mover also counts what is pending in the
+store into ``kpx_dead_letters_pending`` (:class:`PendingGauge`): stored, a dead letter no longer
+shows as a queue depth, and the alert DeadLettersPending reads the gauge instead.
 
 The nodes' set-aside queue ``kpx.nodes.dead`` is not moved: the registry's broker user may
 not read it (topology.py), and what a node sets aside is its own inbox's, for its operator.
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pika.spec import BasicProperties
 
+from exchange.adapters.metrics import DEAD_LETTERS_PENDING
 from exchange.adapters.postgres import Connection, connect, transaction
 from exchange.adapters.rabbitmq import blocking_connection, translated
 from exchange.adapters.retry import stopped_quietly, until_stopped
@@ -39,6 +43,10 @@ BATCH = 250  # messages per transaction (and the prefetch window)
 # none (a new table, before autovacuum's next round), a page of 100 was a bitmap scan of
 # every pending row and a sort — linear in the table, what the store is there to avoid.
 ANALYZE_AFTER = 1_000
+# How often the service counts what is pending in the store: re-injections happen in other
+# processes (the command, the console), and the alert on the gauge waits minutes anyway; a
+# count per batch would make a burst quadratic.
+COUNT_EVERY = 15.0
 Message = tuple[Any, BasicProperties, bytes]
 
 
@@ -55,9 +63,16 @@ def _batches(channel: Any, idle: float) -> Iterator[list[Message]]:
         batch = []
 
 
-def move(db: Connection, channel: Any, stop: threading.Event | None, idle: float) -> int:
+def move(
+    db: Connection,
+    channel: Any,
+    stop: threading.Event | None,
+    idle: float,
+    observe: Callable[[Connection], None] | None = None,
+) -> int:
     """Store and ack what the queue delivers until ``stop`` is set (None: until it is quiet
-    for ``idle`` seconds, or as many as it held at the start have moved); how many moved."""
+    for ``idle`` seconds, or as many as it held at the start have moved); how many moved.
+    ``observe`` is called with ``db`` after every batch, moved or empty."""
     held = channel.queue_declare(topology.DEAD_QUEUE, passive=True).method.message_count
     if stop is None and not held:
         return 0
@@ -72,6 +87,8 @@ def move(db: Connection, channel: Any, stop: threading.Event | None, idle: float
         elif fresh >= ANALYZE_AFTER:  # quiet after a burst
             _analyze(db)
             fresh = 0
+        if observe is not None:
+            observe(db)
         done = (not batch or moved >= held) if stop is None else stop.is_set()
         if done:
             break
@@ -112,11 +129,36 @@ def move_waiting(db: Connection, amqp_url: str) -> int:
         return move(db, channel, None, idle=0.3)
 
 
-class Mover:
-    """The registry service's mover: consumes the queue into the store until ``stop``."""
+class PendingGauge:
+    """``kpx_dead_letters_pending`` from the store, counted at most every ``every`` seconds;
+    a queue whose letters were all re-injected goes back to 0 rather than vanishing."""
 
-    def __init__(self, dsn: str, amqp_url: str) -> None:
+    def __init__(self, every: float = COUNT_EVERY, clock: Callable[[], float] = time.monotonic):
+        self._every, self._clock = every, clock
+        self._due = float("-inf")
+        self._queues: set[str] = set()
+
+    def __call__(self, db: Connection) -> None:
+        now = self._clock()
+        if now < self._due:
+            return
+        with transaction(db) as cur:
+            pending = deadstore.pending_by_queue(cur)
+        for queue in self._queues - pending.keys():
+            DEAD_LETTERS_PENDING.labels(queue).set(0)
+        for queue, n in pending.items():
+            DEAD_LETTERS_PENDING.labels(queue).set(n)
+        self._queues |= pending.keys()
+        self._due = now + self._every
+
+
+class Mover:
+    """The registry service's mover: consumes the queue into the store until ``stop``, and
+    keeps the pending gauge."""
+
+    def __init__(self, dsn: str, amqp_url: str, gauge: PendingGauge | None = None) -> None:
         self.dsn, self.amqp_url = dsn, amqp_url
+        self.gauge = gauge or PendingGauge()
 
     def run(self, stop: threading.Event) -> None:
         """Move until ``stop`` is set, reconnecting after a lost broker or database."""
@@ -130,7 +172,7 @@ class Mover:
         try:
             with _channel(self.amqp_url, "registry-dead-letter-mover") as channel:
                 log.info("dead-letter mover: consuming %s", topology.DEAD_QUEUE)
-                move(db, channel, stop, idle=0.2)
+                move(db, channel, stop, idle=0.2, observe=self.gauge)
         finally:
             db.close()
 

@@ -210,6 +210,15 @@ def counts(cur: Cursor) -> dict[Status, int]:
     return {s: found.get(s, 0) for s in Status}
 
 
+def pending_by_queue(cur: Cursor) -> dict[str, int]:
+    """Stored dead letters not re-injected, per queue they failed in (the pending gauge)."""
+    cur.execute(
+        "SELECT failed_queue, count(*) FROM dead_letters WHERE status = 'pending'"
+        " GROUP BY failed_queue"
+    )
+    return {queue: int(n) for queue, n in cur.fetchall()}
+
+
 def analyze(cur: Cursor) -> None:
     """Refresh the planner's statistics of the table (after a burst of dead letters)."""
     cur.execute("ANALYZE dead_letters")
