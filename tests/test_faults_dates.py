@@ -53,8 +53,7 @@ def test_discrepancy_filters_are_normalised_or_refused_never_silently_empty() ->
 
 
 def _reconcile(rt: Runtime, day: date) -> subprocess.CompletedProcess[str]:
-    env = {"KPX_STATE_DIR": str(rt.settings.state_dir), "KPX_AMQP_URL": rt.settings.amqp_url,
-           "KPX_DATABASE_URL": rt.settings.database_url, "PATH": ""}  # fmt: skip
+    env = rt.settings.child_env({"PATH": ""})
     return subprocess.run(
         [str(KPX), "--region", str(rt.settings.region_path), "reconcile", "--as-of",
          day.isoformat(), "--json"],

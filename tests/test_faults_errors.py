@@ -84,8 +84,7 @@ def test_drain_says_what_is_still_moving_when_it_times_out(rt: Runtime) -> None:
 
 
 def _kpx(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"KPX_STATE_DIR": str(rt.settings.state_dir), "KPX_AMQP_URL": rt.settings.amqp_url,
-           "KPX_DATABASE_URL": rt.settings.database_url, "PATH": ""}  # fmt: skip
+    env = rt.settings.child_env({"PATH": ""})
     return subprocess.run(
         [str(KPX), "--region", str(rt.settings.region_path), *args],
         env=env, capture_output=True, text=True, timeout=60, check=False,

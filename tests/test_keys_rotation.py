@@ -50,13 +50,7 @@ def rt(
 
 
 def env_of(rt: Runtime) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "KPX_REGION": str(rt.settings.region_path),
-        "KPX_AMQP_URL": rt.settings.amqp_url,
-        "KPX_DATABASE_URL": rt.settings.database_url,
-        "KPX_STATE_DIR": str(rt.settings.state_dir),
-    }
+    return rt.settings.child_env({"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
 
 
 @pytest.fixture(scope="module")

@@ -215,17 +215,6 @@ def node_url(rt: Runtime, code: str) -> str:
     return rt.amqp_url(topology.node_user(code, rt.region.vhost))
 
 
-def kpx_env(rt: Runtime) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        KPX_REGION=str(rt.settings.region_path),
-        KPX_STATE_DIR=str(rt.settings.state_dir),
-        KPX_AMQP_URL=rt.settings.amqp_url,
-        KPX_DATABASE_URL=rt.settings.database_url,
-    )
-    return env
-
-
 @contextmanager
 def child(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A child process (logging to ``log``), SIGTERMed then SIGKILLed when the block ends."""
@@ -248,7 +237,7 @@ def child(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproces
 def node_run(region: Region, code: str) -> Any:
     """``kpx node run --member CODE`` as a child process."""
     args = [str(KPX), "node", "run", "--member", code, "--metrics-port", str(free_port())]
-    return child(args, kpx_env(region.rt), region.tmp / f"node-{code}.log")
+    return child(args, region.rt.settings.child_env(), region.tmp / f"node-{code}.log")
 
 
 def verify_delivery(region: Region, code: str, events: int) -> tuple[int, int]:

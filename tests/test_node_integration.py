@@ -10,7 +10,6 @@ and what reached ``kpx.registry`` is read back and opened.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -127,15 +126,13 @@ def purge_registry_queue(rt: Runtime) -> None:
 
 
 def cli(rt: Runtime, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.update(
-        KPX_REGION=str(rt.settings.region_path),
-        KPX_STATE_DIR=str(rt.settings.state_dir),
-        KPX_AMQP_URL=rt.settings.amqp_url,
-        KPX_DATABASE_URL=rt.settings.database_url,
-    )
     return subprocess.run(
-        [str(KPX), *args], input=stdin, env=env, capture_output=True, text=True, timeout=120
+        [str(KPX), *args],
+        input=stdin,
+        env=rt.settings.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

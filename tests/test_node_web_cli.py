@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
-from test_node_web_support import KPX, free_port, kpx_env
+from test_node_web_support import KPX, free_port
 
 from exchange.app.runtime import Runtime
 
@@ -18,7 +18,7 @@ def kpx(rt: Runtime, *args: str, stdin: str = "") -> subprocess.CompletedProcess
     return subprocess.run(
         [str(KPX), *args],
         input=stdin,
-        env=kpx_env(rt),
+        env=rt.settings.child_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -87,7 +87,7 @@ def test_serve_answers_with_a_created_token_until_it_is_revoked_and_stops_on_sig
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [str(KPX), "node", "serve", "--member", "BW", "--port", str(port)],
-        env=kpx_env(rt),
+        env=rt.settings.child_env(),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -68,23 +68,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def kpx_env(rt: Runtime) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        KPX_REGION=str(rt.settings.region_path),
-        KPX_STATE_DIR=str(rt.settings.state_dir),
-        KPX_AMQP_URL=rt.settings.amqp_url,
-        KPX_DATABASE_URL=rt.settings.database_url,
-    )
-    return env
-
-
 @contextmanager
 def child(rt: Runtime, args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(KPX), *args],
-            env=kpx_env(rt),
+            env=rt.settings.child_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

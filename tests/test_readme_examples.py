@@ -11,7 +11,6 @@ PostgreSQL and RabbitMQ: both runs exit 0, and the second answers every line fro
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -50,13 +49,7 @@ def readme_examples(text: str) -> list[Example]:
 
 
 def run(rt: Runtime, example: Example) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.update(
-        KPX_REGION=str(rt.settings.region_path),
-        KPX_STATE_DIR=str(rt.settings.state_dir),
-        KPX_AMQP_URL=rt.settings.amqp_url,
-        KPX_DATABASE_URL=rt.settings.database_url,
-    )
+    env = rt.settings.child_env()
     return subprocess.run(
         [str(KPX), *example.command],
         input="\n".join(example.lines) + "\n",

@@ -161,15 +161,12 @@ def test_a_second_declaration_for_a_period_and_producer_replaces_the_first(
 
 
 def test_the_submit_command_prints_already_applied(rt: Runtime) -> None:
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
     kpx = Path(sys.executable).with_name("kpx")
-    env = dict(os.environ, KPX_REGION=str(rt.settings.region_path),
-               KPX_STATE_DIR=str(rt.settings.state_dir), KPX_AMQP_URL=rt.settings.amqp_url,
-               KPX_DATABASE_URL=rt.settings.database_url)  # fmt: skip
+    env = rt.settings.child_env()
     lines = issue("cli-1") + "\n" + issue("cli-1") + "\n"
     done = subprocess.run([str(kpx), "node", "submit", "--member", "BW", "-"], input=lines,
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip

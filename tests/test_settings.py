@@ -29,6 +29,16 @@ def test_every_setting_comes_from_the_environment() -> None:
     assert settings.state_dir == Path("/var/lib/kpx")
 
 
+def test_a_child_process_environment_reads_back_the_same_settings_and_nothing_else() -> None:
+    settings = Settings.from_env({**ENV, "KPX_METRICS_HOST": "10.0.0.5"})
+    assert Settings.from_env(settings.child_env({"PATH": "/bin"})) == settings
+    # What these settings leave unset does not leak in from the parent's environment.
+    bare = Settings.from_env({"KPX_STATE_DIR": "/srv/kpx"})
+    env = bare.child_env({**ENV, "PATH": "/bin"})
+    assert "KPX_BROKER_ADMIN_PASSWORD" not in env and "KPX_AMQP_MANAGEMENT_URL" not in env
+    assert env["PATH"] == "/bin" and Settings.from_env(env) == bare
+
+
 def test_the_repr_shows_no_secret() -> None:
     shown = repr(Settings.from_env(ENV))
     assert SECRET not in shown

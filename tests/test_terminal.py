@@ -8,7 +8,6 @@ override, a refused line naming such text, and a dead letter whose reason holds 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,13 +50,7 @@ def rt(
 
 
 def kpx(rt: Runtime, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "KPX_REGION": str(rt.settings.region_path),
-        "KPX_AMQP_URL": rt.settings.amqp_url,
-        "KPX_DATABASE_URL": rt.settings.database_url,
-        "KPX_STATE_DIR": str(rt.settings.state_dir),
-    }
+    env = rt.settings.child_env()
     return subprocess.run(
         [str(KPX), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60,
         check=False,

@@ -115,6 +115,27 @@ class Settings:
             metrics_host=env.get("KPX_METRICS_HOST") or DEFAULT_METRICS_HOST,
         )
 
+    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment under which a child ``kpx`` reads back exactly these settings:
+        ``base`` (default: os.environ) with every variable above set from them, and the
+        ones these settings leave unset removed, so nothing of the parent's leaks in."""
+        env = dict(os.environ if base is None else base)
+        values = {
+            "KPX_REGION": str(self.region_path),
+            "KPX_AMQP_URL": self.amqp_url,
+            "KPX_AMQP_MANAGEMENT_URL": self.management_url,
+            "KPX_DATABASE_URL": self.database_url,
+            "KPX_STATE_DIR": str(self.state_dir),
+            "KPX_BROKER_ADMIN_PASSWORD": self.broker_admin_password,
+            "KPX_METRICS_HOST": self.metrics_host,
+        }
+        for name, value in values.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
+
     def admin_password(self) -> str:
         """The broker administrator's password for the definitions; ConfigError when unset."""
         if not self.broker_admin_password:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -157,14 +156,8 @@ def _members(option: str, example: dict[str, Any]) -> list[str]:
 
 
 def _service_env(rt: Runtime) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        KPX_REGION=str(rt.settings.region_path),
-        KPX_STATE_DIR=str(rt.settings.state_dir),
-        KPX_AMQP_URL=rt.settings.amqp_url,
-        KPX_DATABASE_URL=rt.settings.database_url,
-        PYTHONUNBUFFERED="1",
-    )
+    env = rt.settings.child_env()
+    env["PYTHONUNBUFFERED"] = "1"  # the services' log lines reach their files as written
     return env
 
 

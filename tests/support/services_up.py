@@ -184,13 +184,10 @@ class Fleet:
 def service_env(rt: Runtime, amqp_url: str | None = None) -> dict[str, str]:
     """The environment under which ``kpx`` reaches the same region as ``rt`` (through the
     broker at ``amqp_url`` when given)."""
-    env = dict(os.environ)
-    env.pop("KPX_REGION", None)  # --region names the file
-    env.update(
-        KPX_AMQP_URL=amqp_url or rt.settings.amqp_url,
-        KPX_DATABASE_URL=rt.settings.database_url,
-        KPX_STATE_DIR=str(rt.settings.state_dir),
-    )
+    env = rt.settings.child_env()
+    env.pop("KPX_REGION")  # --region names the file
+    if amqp_url is not None:
+        env["KPX_AMQP_URL"] = amqp_url
     return env
 
 
