@@ -6,6 +6,8 @@ and keeps a
 :func:`load`), so the register rules of exchange.domain.register see registrations accepted
 earlier in the same batch. :func:`write` stores accepted events in their order of acceptance
 (one ``register_seq`` for both tables: a revocation ends the versions recorded before it).
+Both read and write the tables as the nodes do (exchange/adapters/registertables.py); what is
+the registry's own is :func:`listing`.
 
 Errors: DatabaseUnavailable (transient) from the adapter.
 """
@@ -16,51 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from exchange.adapters.postgres import Cursor
-from exchange.domain.register import EntryKind, Register, RegisterChange, RegisterEntry, Revocation
+from exchange.adapters.registertables import load, write
 
-_VERSIONS = (
-    "SELECT seq, member, entry_id, kind, name, licence_no, valid_from, valid_until, zone, members"
-    " FROM register_entries WHERE member = ANY(%s) ORDER BY seq"
-)
-_REVOCATIONS = (
-    "SELECT seq, member, entry_id, effective, reason FROM register_revocations"
-    " WHERE member = ANY(%s) ORDER BY seq"
-)
-
-
-def load(cur: Cursor, members: Sequence[str]) -> Register:
-    """The register (every version and revocation) of ``members``."""
-    register = Register()
-    cur.execute(_VERSIONS, (list(members),))
-    for seq, member, entry_id, kind, name, licence, start, end, zone, miners in cur.fetchall():
-        entry = RegisterEntry(
-            member, EntryKind(kind), entry_id, name, licence, start, end, zone, miners
-        )
-        register.add(entry, seq)
-    cur.execute(_REVOCATIONS, (list(members),))
-    for seq, member, entry_id, effective, reason in cur.fetchall():
-        register.revoke(Revocation(member, entry_id, effective, reason), seq)
-    return register
-
-
-def write(cur: Cursor, changes: Sequence[RegisterChange]) -> None:
-    """Store accepted register events in acceptance order (their ``seq`` is that order)."""
-    for payload, event_id in changes:
-        if isinstance(payload, RegisterEntry):
-            cur.execute(
-                "INSERT INTO register_entries (member, entry_id, kind, name, licence_no,"
-                " valid_from, valid_until, zone, members, event_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (payload.member, payload.entry_id, payload.kind.value, payload.name,
-                 payload.licence_no, payload.valid_from, payload.valid_until, payload.zone,
-                 payload.members, event_id),
-            )  # fmt: skip
-        else:
-            cur.execute(
-                "INSERT INTO register_revocations (member, entry_id, effective, reason, event_id)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (payload.member, payload.entry_id, payload.effective, payload.reason, event_id),
-            )
+__all__ = ["listing", "load", "write"]
 
 
 def listing(
