@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from exchange.adapters import metrics, postgres
+from exchange.adapters.instancelock import InstanceLock
 from exchange.messaging.consumer import Consumer, Database, Health, RelayThread, Spec, run_consumer
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore
@@ -33,15 +34,22 @@ class NodeService:
 
     def run(self, stop: threading.Event, metrics_port: int | None = None) -> None:
         """Relay the outbox and consume the inbox until ``stop`` is set; then drain and return."""
-        instance = postgres.single_instance(self.dsn, f"node {self.code}")
+        instance = InstanceLock(self.dsn, f"node {self.code}")
+        keeper = instance.thread(stop)
+        keeper.start()
         try:
-            self._run(stop, metrics_port)
+            self._run(stop, metrics_port, keeper)
         finally:
             instance.close()
+        if instance.lost is not None:  # another instance runs now: not a clean stop
+            raise instance.lost
 
-    def _run(self, stop: threading.Event, metrics_port: int | None) -> None:
+    def _run(
+        self, stop: threading.Event, metrics_port: int | None, keeper: threading.Thread
+    ) -> None:
         migrate(self.dsn)
         health = Health()
+        health.watch("instance-lock", keeper)
         relay = RelayThread(self.dsn, self.amqp_url, self.code, health)
         if metrics_port is not None:
             metrics.serve(metrics_port, health.check)
