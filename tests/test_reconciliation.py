@@ -11,26 +11,21 @@ from exchange.domain.discrepancy import (
     ConfirmationFacts,
     Flow,
     Limits,
-    Spread,
-    SupplyPeriod,
     certificate_findings,
     confirmed_by_destination,
     gap_finding,
     gap_overdue,
-    is_outlier,
-    log_price,
     mirror_differences,
     mirror_finding,
     period_closed,
-    robust_z,
-    spread,
-    supply_balances,
     unconfirmed_expired,
     unknown_certificate,
     within_pct,
 )
 from exchange.domain.kpstats import Period
 from exchange.domain.region import Policy
+from exchange.domain.supply import SupplyPeriod, supply_balances
+from exchange.domain.valuation import Spread, is_outlier, log_price, robust_z, spread
 
 LIMITS = Limits()
 MEMBERS = frozenset({"BW", "ZA"})

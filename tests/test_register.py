@@ -9,7 +9,6 @@ from decimal import Decimal
 import pytest
 from test_rules import certificate, parcel, partner_certificate
 
-from exchange.domain.discrepancy import SupplyPeriod, producer_exceeded, supply_balances
 from exchange.domain.events import PAYLOAD_TYPES
 from exchange.domain.region import parse_region
 from exchange.domain.register import (
@@ -26,6 +25,7 @@ from exchange.domain.register import (
     unregistered_declaration,
     unregistered_parcel,
 )
+from exchange.domain.supply import SupplyPeriod, producer_exceeded, supply_balances
 from exchange.errors import ConfigError, Refusal
 from exchange.wire.codec import default_store
 

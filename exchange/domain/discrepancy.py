@@ -12,7 +12,9 @@ Two paths use them:
   (exchange/reconciler/deadline_checks.py states each SQL predicate beside the function here it
   mirrors; the integration tests hit the same edges as the unit tests); EXPORTS_EXCEED_SUPPLY,
   MIRROR_MISMATCH and SEQUENCE_GAP aggregate in SQL (members x half-years, pairs x quarters,
-  gap ranges: small) and decide here.
+  gap ranges: small) and decide here; the supply balances behind EXPORTS_EXCEED_SUPPLY are
+  exchange/domain/supply.py, the robust statistics of VALUATION_OUTLIER
+  exchange/domain/valuation.py.
 
 All comparisons are exact decimal arithmetic: a tolerance of ``pct`` percent passes when
 ``|received - stated| * 100 <= stated * pct`` — exactly at the tolerance passes, one cent more
@@ -23,8 +25,6 @@ under which it is stored once. No function here raises on valid input.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -32,10 +32,6 @@ from decimal import Decimal
 
 from exchange.domain.kpstats import Period
 from exchange.domain.region import Policy
-
-# Scales the MAD to the standard deviation of a normal distribution (Iglewicz and Hoaglin's
-# modified z-score), so that the region's k = 3.5 means what the literature means by it.
-MAD_SCALE = 0.6745
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,81 +183,7 @@ def period_closed(period: Period, grace_days: int, as_of: date) -> bool:
     return past_deadline(period.last, grace_days, as_of)
 
 
-# ---------------------------------------------------------------- valuation outliers
-
-
-@dataclass(frozen=True, slots=True)
-class Spread:
-    """Median and median absolute deviation of ln(USD/ct) for one origin and HS code."""
-
-    median: float
-    mad: float
-    n: int
-
-
-def log_price(value_usd: Decimal, carats: Decimal) -> float:
-    """ln(USD per carat), the scale on which prices of different origins are comparable."""
-    return math.log(float(value_usd) / float(carats))
-
-
-def spread(sample: Sequence[float]) -> Spread:
-    """Median and MAD of a non-empty sample (percentile_cont(0.5) in SQL is the same)."""
-    med = statistics.median(sample)
-    return Spread(med, statistics.median(abs(x - med) for x in sample), len(sample))
-
-
-def robust_z(x: float, s: Spread) -> float | None:
-    """The modified z-score 0.6745 (x - median) / MAD, or None when MAD is 0 (no scale)."""
-    if s.mad == 0:
-        return None
-    return MAD_SCALE * (x - s.median) / s.mad
-
-
-def is_outlier(x: float, s: Spread, k: float, min_sample: int) -> bool:
-    """VALUATION_OUTLIER: enough history (n >= min_sample) and |robust z| > k."""
-    z = robust_z(x, s)
-    return s.n >= min_sample and z is not None and abs(z) > k
-
-
-# ---------------------------------------------------------------- supply and mirror
-
-
-@dataclass(frozen=True, slots=True)
-class SupplyPeriod:
-    """A member's declared production and own-origin exports in one half-year."""
-
-    period: str
-    production: Decimal
-    exports: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class SupplyBalance:
-    """One half-year's balance: stock carried in, and whether exports exceeded supply."""
-
-    period: str
-    production: Decimal
-    exports: Decimal
-    carried_in: Decimal
-
-    @property
-    def exceeded(self) -> bool:
-        return self.exports > self.production + self.carried_in
-
-
-def supply_balances(periods: Sequence[SupplyPeriod], carry_over: bool) -> list[SupplyBalance]:
-    """Walk a member's half-years in order, carrying unexported production forward.
-
-    The stock carried into a period is what earlier periods produced and did not export,
-    never below zero (an excess in one period does not pre-pay the next).
-    """
-    stock = Decimal("0.00")
-    out = []
-    for p in sorted(periods, key=lambda p: p.period):
-        carried = stock if carry_over else Decimal("0.00")
-        out.append(SupplyBalance(p.period, p.production, p.exports, carried))
-        stock = max(Decimal("0.00"), carried + p.production - p.exports)
-    return out
+# ---------------------------------------------------------------- mirror
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,45 +203,6 @@ def mirror_differences(exported: Flow, imported: Flow, pct: Decimal) -> list[str
         "certificates": (Decimal(exported.certificates), Decimal(imported.certificates)),
     }
     return [name for name, (a, b) in pairs.items() if abs(a - b) * 100 > max(a, b) * pct]
-
-
-def supply_finding(member: str, b: SupplyBalance) -> Discrepancy:
-    """EXPORTS_EXCEED_SUPPLY for a balance that is exceeded, with its figures."""
-    supply = b.production + b.carried_in
-    return Discrepancy(
-        "EXPORTS_EXCEED_SUPPLY",
-        f"{member} exported {b.exports} ct of {member} origin in {b.period}, more than its "
-        f"supply of {supply} ct (declared production {b.production} ct + stock carried in "
-        f"{b.carried_in} ct from earlier periods) by {b.exports - supply} ct",
-        participants=(member,),
-        period=b.period,
-    )
-
-
-def producer_exceeded(b: SupplyBalance, carats_pct: Decimal) -> bool:
-    """PRODUCER_EXPORTS_EXCEED_PRODUCTION: exports beyond supply by more than ``carats_pct``.
-
-    The producer's supply is its declared production plus the stock carried in (the same
-    carry-over walk as EXPORTS_EXCEED_SUPPLY); the carats tolerance absorbs the scales of
-    mine and export office: exactly at it passes, one cent more fails.
-    """
-    supply = b.production + b.carried_in
-    return (b.exports - supply) * 100 > supply * carats_pct
-
-
-def producer_finding(member: str, producer_id: str, b: SupplyBalance, pct: Decimal) -> Discrepancy:
-    """PRODUCER_EXPORTS_EXCEED_PRODUCTION for an exceeded balance, with both figures."""
-    supply = b.production + b.carried_in
-    return Discrepancy(
-        "PRODUCER_EXPORTS_EXCEED_PRODUCTION",
-        f"{member}: parcels naming producer {producer_id} exported in {b.period} weigh "
-        f"{b.exports} ct, but it declared production of {b.production} ct (+ {b.carried_in} ct "
-        f"carried in from earlier periods = {supply} ct); {b.exports - supply} ct more, beyond "
-        f"the {pct}% carats tolerance",
-        participants=(member,),
-        period=b.period,
-        subject=producer_id,
-    )
 
 
 def mirror_finding(

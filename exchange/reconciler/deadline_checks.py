@@ -20,15 +20,16 @@ How each SQL predicate mirrors exchange.domain.discrepancy (the same edges are i
   ``as_of``) of a number of the regional format; ``accepted`` = a ``recon.certificates`` row;
   ``rejected`` = a REJECTED CertificateIssued of that number in the registry's ``event_log``;
   else ``as_of > received_on + grace``.
-- VALUATION_OUTLIER = ``spread`` / ``robust_z`` / ``is_outlier``: x = ln(value_usd::float8 /
-  carats::float8) per parcel of known origin (certificates issued on or before ``as_of``);
+- VALUATION_OUTLIER = ``spread`` / ``robust_z`` / ``is_outlier`` (domain/valuation.py):
+  x = ln(value_usd::float8 / carats::float8) per parcel of known origin (certificates issued
+  on or before ``as_of``);
   per (origin, HS code) the median is ``percentile_cont(0.5)`` (what ``statistics.median``
   computes), MAD the same over |x - median|; fires when n >= min sample, MAD > 0 and
   |0.6745 (x - median) / MAD| > k. One finding per certificate: its most extreme parcel.
 - SEQUENCE_GAP = ``gap_overdue``: ``detected_at < (as_of + 1 day at 00:00 UTC) - timeout``,
   per open range of ``sequence_gap_ranges`` (consecutive missing numbers): one finding.
-- EXPORTS_EXCEED_SUPPLY and MIRROR_MISMATCH: SQL sums, ``supply_balances`` /
-  ``mirror_finding`` decide, for periods closed as of the date (``period_closed``).
+- EXPORTS_EXCEED_SUPPLY and MIRROR_MISMATCH: SQL sums, ``supply_balances`` (domain/supply.py)
+  / ``mirror_finding`` decide, for periods closed as of the date (``period_closed``).
 
 Errors: DatabaseUnavailable (transient: re-run; a re-run raises nothing twice).
 """
@@ -46,14 +47,12 @@ from exchange.adapters.postgres import Connection, Cursor, transaction
 from exchange.domain.discrepancy import (
     Discrepancy,
     Flow,
-    SupplyPeriod,
     gap_finding,
     mirror_finding,
     period_closed,
-    supply_balances,
-    supply_finding,
 )
 from exchange.domain.kpstats import Period
+from exchange.domain.supply import SupplyPeriod, supply_balances, supply_finding
 from exchange.errors import ConfigError
 from exchange.reconciler import notices, register_checks
 from exchange.reconciler.store import COLUMNS, Context, insert_for_run

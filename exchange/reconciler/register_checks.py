@@ -47,16 +47,18 @@ from exchange.adapters.postgres import Cursor
 from exchange.domain.discrepancy import (
     Discrepancy,
     Flow,
-    SupplyPeriod,
     mirror_differences,
     past_deadline,
     period_closed,
+)
+from exchange.domain.kpstats import Period
+from exchange.domain.register import PRODUCER_KINDS
+from exchange.domain.supply import (
+    SupplyPeriod,
     producer_exceeded,
     producer_finding,
     supply_balances,
 )
-from exchange.domain.kpstats import Period
-from exchange.domain.register import PRODUCER_KINDS
 from exchange.domain.trade import (
     StatusChange,
     kp_code,
