@@ -260,6 +260,33 @@ def test_a_level_one_tile_hash_is_the_root_of_256_leaves() -> None:
     assert top == tree.merkle_root(leaves[:256])
 
 
+def test_every_stored_hash_is_read_back_from_the_tiles_of_the_tree() -> None:
+    """What a tile client reads: heights between tile levels come from the tile below."""
+    hashes = tree.MemoryHashes()
+    for i in range(70_000):
+        hashes.append(i.to_bytes(3, "big"))
+    size = hashes.size
+    for index in [
+        *range(600),
+        *range(tree.stored_hash_count(size) - 600, tree.stored_hash_count(size)),
+    ]:
+        wanted, start, end = tile.tile_for_hash(index, size)
+        data = b"".join(hashes.read(wanted.hash_indexes()))
+        assert tile.hash_from_tile(data, start, end) == hashes.hashes[index], index
+    assert tile.tile_for_hash(tree.stored_hash_index(9, 3), size)[0] == tile.Tile(1, 0, 256)
+    with pytest.raises(MalformedNote):  # the subtree [69888, 70144) is not complete yet
+        tile.tile_for_hash(tree.stored_hash_index(8, 273), size)
+
+
+def test_an_entry_bundle_parses_back_to_exactly_its_entries() -> None:
+    entries = [b"", b"a", b"x" * 300]
+    bundle = tile.entry_bundle(entries)
+    assert tile.parse_entry_bundle(bundle, 3) == entries
+    for bad, width in ((bundle, 2), (bundle[:-1], 3), (bundle + b"\x00", 3)):
+        with pytest.raises(MalformedNote):
+            tile.parse_entry_bundle(bad, width)
+
+
 def test_the_right_edge_stores_what_the_stored_hash_index_expects() -> None:
     hashes = tree.MemoryHashes()
     edge = tree.RightEdge(0, [])
