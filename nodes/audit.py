@@ -16,39 +16,56 @@ than what the witness holds: it was just proved consistent with everything the n
 stored, so the witness can verify the next checkpoints from it again (a node that missed
 checkpoints, or whose database was restored, refuses them as ``unverifiable`` until then).
 
-The registry is reached through a :class:`LogSource` (its database in a one-machine region,
-its ``/log`` HTTP face elsewhere), so this module holds only the checks.
+The node computes every proof itself, from the log's stored hashes as a :class:`LogSource`
+serves them (nodes/logclient.py: the registry's public tiles over HTTP), and checks it against
+the signed root: a source that serves a wrong hash only makes a proof fail. Each event is found
+at the leaf index the registry's decision gave (``node_events.leaf_index``); one accepted
+without an index (before that column, or by a single ``RegistryDecision``) is looked for in
+the log's entries, a scan bounded by the log's size, and the index proved is stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from exchange.adapters.postgres import Cursor
-from exchange.errors import BadProof, BadSignature, KpxError, MalformedNote, NotFound
+from exchange.errors import (
+    BadProof,
+    BadSignature,
+    KpxError,
+    MalformedNote,
+    NotFound,
+    TransientError,
+)
 from exchange.tlog import checkpoint, proof, tree
 from exchange.tlog.checkpoint import Checkpoint
 from exchange.tlog.note import Verifier
+from exchange.tlog.tree import HashReader
+
+# The registry logs a batch of cosignatures only and signs its checkpoint with the next batch:
+# such an event's leaf may lie past the latest checkpoint without anything being wrong.
+_SERVED_LATER = "LogCosigned"
 
 
 class LogSource(Protocol):
-    """What an auditor asks of the registry's log."""
+    """What an auditor reads of the registry's log (nothing of it trusted)."""
 
     def latest_checkpoint_note(self) -> str:
         """The latest checkpoint note (cosignatures may follow)."""
         ...
 
-    def leaf(self, event_id: str) -> tuple[int, bytes]:
-        """(leaf index, leaf bytes) of an event; raises NotFound."""
+    def hashes(self, size: int) -> HashReader:
+        """The stored hashes of the tree of ``size`` leaves."""
         ...
 
-    def inclusion(self, index: int, size: int) -> list[bytes]:
-        """The audit path of leaf ``index`` in the tree of ``size``."""
+    def entry(self, index: int, size: int) -> bytes:
+        """The bytes of leaf ``index`` in the tree of ``size``; raises NotFound."""
         ...
 
-    def consistency(self, old: int, new: int) -> list[bytes]:
-        """The consistency proof from tree size ``old`` to ``new``."""
+    def entries(self, size: int) -> Iterator[tuple[int, bytes]]:
+        """``(leaf index, bytes)`` of every leaf of the tree of ``size``, in order."""
         ...
 
 
@@ -61,10 +78,15 @@ class AuditReport:
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
     anchored: bool = False  # the latest checkpoint became the witness's newest
+    unindexed: int = 0  # accepted events without a stored leaf index: looked for by a scan
+    located: int = 0  # of those, found, proved and their index stored
+    scanned: int = 0  # entries read by that scan
+    later: int = 0  # cosignatures logged after the latest checkpoint: checked next time
 
 
 def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> AuditReport:
-    """Run every check of the module docstring; never raises for a failed check."""
+    """Run every check of the module docstring; never raises for a failed check (a
+    TransientError — the log or the database unreachable — propagates)."""
     report = AuditReport()
     try:
         text = source.latest_checkpoint_note()
@@ -73,8 +95,9 @@ def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> Aud
         report.problems.append(f"latest checkpoint: {exc}")
         return report
     report.latest = latest
-    _check_events(cur, source, latest, report)
-    _check_checkpoints(cur, source, latest, report)
+    read = source.hashes(latest.size)
+    _check_events(cur, source, read, latest, report)
+    _check_checkpoints(cur, read, latest, report)
     cur.execute("SELECT tree_size, reason, detail FROM witness_refusals ORDER BY id")
     for size, reason, detail in cur.fetchall():
         if reason != "unverifiable":  # no evidence against the log: the anchor below fixes it
@@ -96,31 +119,81 @@ def _anchor(cur: Cursor, latest: Checkpoint, text: str, report: AuditReport) -> 
         report.anchored = True
 
 
-def _check_events(cur: Cursor, source: LogSource, latest: Checkpoint, report: AuditReport) -> None:
+def _check_events(
+    cur: Cursor, source: LogSource, read: HashReader, latest: Checkpoint, report: AuditReport
+) -> None:
     cur.execute(
-        "SELECT DISTINCT ON (e.event_id) e.event_id::text, e.event_type, o.body "
+        "SELECT DISTINCT ON (e.event_id) e.event_id::text, e.event_type, e.leaf_index, o.body "
         "FROM node_events e JOIN outbox o ON o.event_id = e.event_id "
         "WHERE e.registry_state = 'accepted' ORDER BY e.event_id"
     )
-    for event_id, event_type, body in cur.fetchall():
+    rows = [(str(r[0]), str(r[1]), r[2], bytes(r[3])) for r in cur.fetchall()]
+    located = _locate(source, latest, [(e, b) for e, _, i, b in rows if i is None], report)
+    for event_id, event_type, stored, body in rows:
+        index = stored if stored is not None else located.get(event_id)
+        if index is None and event_type == _SERVED_LATER:
+            report.later += 1  # not among the leaves under the checkpoint: logged after it
+            continue
+        if index is not None and index >= latest.size and event_type == _SERVED_LATER:
+            report.later += 1
+            continue
+        report.events += 1
         try:
-            index, leaf = source.leaf(event_id)
-            if index >= latest.size and event_type == "LogCosigned":
-                continue  # a batch of cosignatures only is served with the next checkpoint
-            report.events += 1
-            if leaf != bytes(body):
+            if index is None:
+                raise NotFound(
+                    f"no leaf of the {latest.size} under it is the envelope this node sent"
+                )
+            if index >= latest.size:
+                raise BadProof(f"its leaf {index} is past the checkpoint's {latest.size}")
+            if source.entry(index, latest.size) != body:
                 raise BadProof(f"leaf {index} is not the envelope this node sent")
-            path = source.inclusion(index, latest.size)
-            proof.verify_inclusion(index, latest.size, tree.leaf_hash(leaf), path, latest.root)
+            path = proof.prove_inclusion(index, latest.size, read)
+            proof.verify_inclusion(index, latest.size, tree.leaf_hash(body), path, latest.root)
+        except TransientError:
+            raise
         except KpxError as exc:
             report.problems.append(f"event {event_id}: not included in the latest tree: {exc}")
+            continue
+        if stored is None:  # proved just now: the next audit goes straight to it
+            cur.execute(
+                "UPDATE node_events SET leaf_index = %s WHERE event_id = %s::uuid",
+                (index, event_id),
+            )
+            report.located += 1
+
+
+def _locate(
+    source: LogSource, latest: Checkpoint, wanted: list[tuple[str, bytes]], report: AuditReport
+) -> dict[str, int]:
+    """Leaf indexes of the events with none stored, by reading every entry under the
+    checkpoint until all are found (at most the log's size); unproved until checked."""
+    report.unindexed = len(wanted)
+    by_body: dict[bytes, list[str]] = {}
+    for event_id, body in wanted:
+        by_body.setdefault(body, []).append(event_id)
+    found: dict[str, int] = {}
+    if not by_body:
+        return found
+    try:
+        for index, data in source.entries(latest.size):
+            report.scanned += 1
+            for event_id in by_body.pop(data, []):
+                found[event_id] = index
+            if not by_body:
+                break
+    except TransientError:
+        raise
+    except KpxError as exc:  # the events not found yet are reported one by one
+        report.problems.append(f"the log's entries could not all be read: {exc}")
+    return found
 
 
 def _check_checkpoints(
-    cur: Cursor, source: LogSource, latest: Checkpoint, report: AuditReport
+    cur: Cursor, read: HashReader, latest: Checkpoint, report: AuditReport
 ) -> None:
     cur.execute("SELECT tree_size, root_hash FROM witness_checkpoints ORDER BY 1")
-    for size, root in cur.fetchall():
+    rows: list[tuple[Any, ...]] = list(cur.fetchall())
+    for size, root in rows:
         report.checkpoints += 1
         if size > latest.size:
             report.problems.append(
@@ -128,8 +201,10 @@ def _check_checkpoints(
             )
             continue
         try:
-            path = source.consistency(size, latest.size)
+            path = proof.prove_consistency(size, latest.size, read)
             proof.verify_consistency(size, latest.size, bytes(root), latest.root, path)
+        except TransientError:
+            raise
         except KpxError as exc:
             report.problems.append(
                 f"checkpoint {size} stored by this node is not consistent with the latest "
