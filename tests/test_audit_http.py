@@ -303,16 +303,22 @@ def test_an_unreachable_log_is_service_unavailable_not_a_failed_audit(
     assert f"GET {url}/log/checkpoint" in str(result.exception)
 
 
+def _kpx(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(KPX), *args], env=rt.settings.child_env(), capture_output=True, text=True, timeout=120
+    )
+
+
 def test_kpx_node_audit_with_the_portal_down_exits_3_with_one_line(rt: Runtime) -> None:
     """Through the command line's error boundary, in a provisioned region of its own."""
     down = f"http://127.0.0.1:{free_port()}"
-    done = subprocess.run(
-        [str(KPX), "node", "audit", "--member", "BW", "--log-url", down],
-        env=rt.settings.child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _kpx(rt, "node", "audit", "--member", "BW", "--log-url", down)
     assert done.returncode == ExitCode.UNAVAILABLE, (done.stdout, done.stderr)
     assert done.stderr.startswith(f"kpx: service unavailable: GET {down}/log/checkpoint")
     assert "Traceback" not in done.stderr
+
+
+def test_a_log_url_that_is_not_http_is_a_usage_error(rt: Runtime) -> None:
+    done = _kpx(rt, "node", "audit", "--member", "BW", "--log-url", "127.0.0.1:8400")
+    assert done.returncode == ExitCode.USAGE, (done.stdout, done.stderr)
+    assert "is not an http(s) URL" in done.stderr

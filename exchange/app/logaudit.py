@@ -10,6 +10,7 @@ node's ``trusted/`` folder.
 from __future__ import annotations
 
 import sys
+from urllib.parse import urlsplit
 
 import click
 
@@ -44,7 +45,7 @@ def audit(rt: Runtime, member: str, log_url: str | None) -> None:
     cannot be reached."""
     code = member.upper()
     key = _log_key(rt, code)
-    url = (log_url or rt.region.public_url).rstrip("/")
+    url = _base_url(log_url or rt.region.public_url)
     node = connect(rt.node_dsn(code))
     try:
         with LogClient(url) as log, transaction(node) as cur:
@@ -64,6 +65,14 @@ def audit(rt: Runtime, member: str, log_url: str | None) -> None:
         sys.exit(ExitCode.FAILED)
     anchored = "; the witness now verifies from it" if report.anchored else ""
     click.echo(f"audit of {code} passed: {summary}{anchored}")
+
+
+def _base_url(url: str) -> str:
+    """The log's base URL; a typo is a usage error (exit 2), not an unreachable log (3)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--log-url")
+    return url.rstrip("/")
 
 
 def _notes(report: AuditReport) -> list[str]:
