@@ -22,13 +22,17 @@ the signed root: a source that serves a wrong hash only makes a proof fail. Each
 at the leaf index the registry's decision gave (``node_events.leaf_index``); one accepted
 without an index (before that column, or by a single ``RegistryDecision``) is looked for in
 the log's entries, a scan bounded by the log's size, and the index proved is stored.
+
+Three steps, so that no node transaction stays open while the log is read over the network:
+:func:`read_records` (what the node knows, one short transaction), :func:`audit` (the log
+only), :func:`record` (the indexes proved and the anchor, a second short transaction).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from exchange.adapters.postgres import Cursor
 from exchange.errors import (
@@ -69,24 +73,71 @@ class LogSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class AcceptedEvent:
+    """One of this node's events the registry accepted, with the envelope bytes it sent."""
+
+    event_id: str
+    event_type: str
+    leaf_index: int | None  # as the registry's decision gave it; None: not said
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A checkpoint this node's witness refused."""
+
+    tree_size: int | None
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class NodeRecords:
+    """What the audit checks the log against: all of it from the node's own database."""
+
+    events: list[AcceptedEvent]
+    checkpoints: list[tuple[int, bytes]]  # (tree size, root hash) the witness stored
+    refusals: list[Refusal]
+
+
 @dataclass
 class AuditReport:
     """What the audit checked and what failed."""
 
     latest: Checkpoint | None = None
+    latest_note: str = ""
     events: int = 0
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
     anchored: bool = False  # the latest checkpoint became the witness's newest
     unindexed: int = 0  # accepted events without a stored leaf index: looked for by a scan
-    located: int = 0  # of those, found, proved and their index stored
+    located: dict[str, int] = field(default_factory=dict)  # of those, found and proved
     scanned: int = 0  # entries read by that scan
     later: int = 0  # cosignatures logged after the latest checkpoint: checked next time
 
 
-def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> AuditReport:
+def read_records(cur: Cursor) -> NodeRecords:
+    """The node's accepted events, stored checkpoints and refusals."""
+    cur.execute(
+        "SELECT DISTINCT ON (e.event_id) e.event_id::text, e.event_type, e.leaf_index, o.body "
+        "FROM node_events e JOIN outbox o ON o.event_id = e.event_id "
+        "WHERE e.registry_state = 'accepted' ORDER BY e.event_id"
+    )
+    events = [
+        AcceptedEvent(str(e), str(t), None if i is None else int(i), bytes(b))
+        for e, t, i, b in cur.fetchall()
+    ]
+    cur.execute("SELECT tree_size, root_hash FROM witness_checkpoints ORDER BY 1")
+    checkpoints = [(int(size), bytes(root)) for size, root in cur.fetchall()]
+    cur.execute("SELECT tree_size, reason, detail FROM witness_refusals ORDER BY id")
+    refusals = [Refusal(size, str(reason), str(detail)) for size, reason, detail in cur.fetchall()]
+    return NodeRecords(events, checkpoints, refusals)
+
+
+def audit(records: NodeRecords, source: LogSource, log_key: Verifier, region: str) -> AuditReport:
     """Run every check of the module docstring; never raises for a failed check (a
-    TransientError — the log or the database unreachable — propagates)."""
+    TransientError — the log unreachable — propagates)."""
     report = AuditReport()
     try:
         text = source.latest_checkpoint_note()
@@ -94,48 +145,54 @@ def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> Aud
     except (BadSignature, MalformedNote, NotFound) as exc:
         report.problems.append(f"latest checkpoint: {exc}")
         return report
-    report.latest = latest
+    report.latest, report.latest_note = latest, text
     read = source.hashes(latest.size)
-    _check_events(cur, source, read, latest, report)
-    _check_checkpoints(cur, read, latest, report)
-    cur.execute("SELECT tree_size, reason, detail FROM witness_refusals ORDER BY id")
-    for size, reason, detail in cur.fetchall():
-        if reason != "unverifiable":  # no evidence against the log: the anchor below fixes it
-            report.problems.append(f"witness refused checkpoint {size} ({reason}): {detail}")
-    if not report.problems:
-        _anchor(cur, latest, text, report)
+    _check_events(records.events, source, read, latest, report)
+    _check_checkpoints(records.checkpoints, read, latest, report)
+    for refusal in records.refusals:
+        if refusal.reason != "unverifiable":  # no evidence against the log: an anchor fixes it
+            report.problems.append(
+                f"witness refused checkpoint {refusal.tree_size} ({refusal.reason}): "
+                f"{refusal.detail}"
+            )
     return report
 
 
-def _anchor(cur: Cursor, latest: Checkpoint, text: str, report: AuditReport) -> None:
+def record(cur: Cursor, report: AuditReport) -> None:
+    """Store the leaf indexes the audit proved; if it passed, anchor the witness on the latest
+    checkpoint when that is newer than what the witness holds (sets ``report.anchored``)."""
+    for event_id, index in sorted(report.located.items()):
+        cur.execute(
+            "UPDATE node_events SET leaf_index = %s WHERE event_id = %s::uuid "
+            "AND leaf_index IS NULL",
+            (index, event_id),
+        )
+    latest = report.latest
+    if report.problems or latest is None:
+        return
     cur.execute("SELECT max(tree_size) FROM witness_checkpoints")
     (newest,) = cur.fetchone() or (None,)
     if newest is None or newest < latest.size:
         cur.execute(
             "INSERT INTO witness_checkpoints (tree_size, root_hash, note) VALUES (%s, %s, %s) "
             "ON CONFLICT DO NOTHING",
-            (latest.size, latest.root, text),
+            (latest.size, latest.root, report.latest_note),
         )
         report.anchored = True
 
 
 def _check_events(
-    cur: Cursor, source: LogSource, read: HashReader, latest: Checkpoint, report: AuditReport
+    events: list[AcceptedEvent],
+    source: LogSource,
+    read: HashReader,
+    latest: Checkpoint,
+    report: AuditReport,
 ) -> None:
-    cur.execute(
-        "SELECT DISTINCT ON (e.event_id) e.event_id::text, e.event_type, e.leaf_index, o.body "
-        "FROM node_events e JOIN outbox o ON o.event_id = e.event_id "
-        "WHERE e.registry_state = 'accepted' ORDER BY e.event_id"
-    )
-    rows = [(str(r[0]), str(r[1]), r[2], bytes(r[3])) for r in cur.fetchall()]
-    located = _locate(source, latest, [(e, b) for e, _, i, b in rows if i is None], report)
-    for event_id, event_type, stored, body in rows:
-        index = stored if stored is not None else located.get(event_id)
-        if index is None and event_type == _SERVED_LATER:
+    found = _locate(source, latest, [e for e in events if e.leaf_index is None], report)
+    for event in events:
+        index = event.leaf_index if event.leaf_index is not None else found.get(event.event_id)
+        if event.event_type == _SERVED_LATER and (index is None or index >= latest.size):
             report.later += 1  # not among the leaves under the checkpoint: logged after it
-            continue
-        if index is not None and index >= latest.size and event_type == _SERVED_LATER:
-            report.later += 1
             continue
         report.events += 1
         try:
@@ -145,32 +202,31 @@ def _check_events(
                 )
             if index >= latest.size:
                 raise BadProof(f"its leaf {index} is past the checkpoint's {latest.size}")
-            if source.entry(index, latest.size) != body:
+            if source.entry(index, latest.size) != event.body:
                 raise BadProof(f"leaf {index} is not the envelope this node sent")
             path = proof.prove_inclusion(index, latest.size, read)
-            proof.verify_inclusion(index, latest.size, tree.leaf_hash(body), path, latest.root)
+            leaf = tree.leaf_hash(event.body)
+            proof.verify_inclusion(index, latest.size, leaf, path, latest.root)
         except TransientError:
             raise
         except KpxError as exc:
-            report.problems.append(f"event {event_id}: not included in the latest tree: {exc}")
-            continue
-        if stored is None:  # proved just now: the next audit goes straight to it
-            cur.execute(
-                "UPDATE node_events SET leaf_index = %s WHERE event_id = %s::uuid",
-                (index, event_id),
+            report.problems.append(
+                f"event {event.event_id}: not included in the latest tree: {exc}"
             )
-            report.located += 1
+            continue
+        if event.leaf_index is None:  # proved just now: the next audit goes straight to it
+            report.located[event.event_id] = index
 
 
 def _locate(
-    source: LogSource, latest: Checkpoint, wanted: list[tuple[str, bytes]], report: AuditReport
+    source: LogSource, latest: Checkpoint, wanted: list[AcceptedEvent], report: AuditReport
 ) -> dict[str, int]:
     """Leaf indexes of the events with none stored, by reading every entry under the
     checkpoint until all are found (at most the log's size); unproved until checked."""
     report.unindexed = len(wanted)
     by_body: dict[bytes, list[str]] = {}
-    for event_id, body in wanted:
-        by_body.setdefault(body, []).append(event_id)
+    for event in wanted:
+        by_body.setdefault(event.body, []).append(event.event_id)
     found: dict[str, int] = {}
     if not by_body:
         return found
@@ -189,11 +245,9 @@ def _locate(
 
 
 def _check_checkpoints(
-    cur: Cursor, read: HashReader, latest: Checkpoint, report: AuditReport
+    stored: list[tuple[int, bytes]], read: HashReader, latest: Checkpoint, report: AuditReport
 ) -> None:
-    cur.execute("SELECT tree_size, root_hash FROM witness_checkpoints ORDER BY 1")
-    rows: list[tuple[Any, ...]] = list(cur.fetchall())
-    for size, root in rows:
+    for size, root in stored:
         report.checkpoints += 1
         if size > latest.size:
             report.problems.append(
@@ -202,7 +256,7 @@ def _check_checkpoints(
             continue
         try:
             path = proof.prove_consistency(size, latest.size, read)
-            proof.verify_consistency(size, latest.size, bytes(root), latest.root, path)
+            proof.verify_consistency(size, latest.size, root, latest.root, path)
         except TransientError:
             raise
         except KpxError as exc:

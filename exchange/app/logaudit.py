@@ -18,7 +18,7 @@ from exchange.adapters.postgres import connect, transaction
 from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, pass_runtime
 from exchange.tlog import note
-from nodes.audit import AuditReport
+from nodes.audit import AuditReport, read_records, record
 from nodes.audit import audit as run_audit
 from nodes.logclient import LogClient
 from nodes.witness import load_log_key
@@ -48,9 +48,15 @@ def audit(rt: Runtime, member: str, log_url: str | None) -> None:
     url = _base_url(log_url or rt.region.public_url)
     node = connect(rt.node_dsn(code))
     try:
-        with LogClient(url) as log, transaction(node) as cur:
-            report = run_audit(cur, log, key, rt.region.code)
+        with transaction(node) as cur:
+            records = read_records(cur)
+        # No node transaction is open while the log is read: a scan of a large log over the
+        # network must not hold a snapshot (and vacuum) of the node's database meanwhile.
+        with LogClient(url) as log:
+            report = run_audit(records, log, key, rt.region.code)
             fetched = f"{log.tiles_fetched} tiles and {log.bundles_fetched} entry bundles"
+        with transaction(node) as cur:
+            record(cur, report)
     finally:
         node.close()
     for problem in report.problems:
@@ -81,7 +87,7 @@ def _notes(report: AuditReport) -> list[str]:
         out.append(
             f"{report.unindexed} accepted event(s) had no stored leaf index: looked for among "
             f"the log's entries ({report.scanned} read, at most the tree's size); "
-            f"{report.located} found, proved and stored"
+            f"{len(report.located)} found, proved and stored"
         )
     if report.later:
         out.append(
