@@ -51,7 +51,7 @@ class LogClient:
         self.base = base_url.rstrip("/")
         self.attempts = attempts
         self._http = httpx.Client(timeout=httpx.Timeout(timeout))
-        self._tiles: dict[Tile, bytes] = {}
+        self._tiles: dict[Tile, list[list[bytes]]] = {}
         self._bundles: dict[Tile, list[bytes]] = {}
         self.tiles_fetched = 0
         self.bundles_fetched = 0
@@ -84,8 +84,8 @@ class LogClient:
         def read(indexes: Sequence[int]) -> list[bytes]:
             out = []
             for index in indexes:
-                wanted, start, end = tile.tile_for_hash(index, size)
-                out.append(tile.hash_from_tile(self._tile(wanted), start, end))
+                wanted, height, position = tile.tile_for_hash(index, size)
+                out.append(self._tile(wanted)[height][position])
             return out
 
         return read
@@ -109,14 +109,15 @@ class LogClient:
 
     # --- HTTP ------------------------------------------------------------------------------
 
-    def _tile(self, wanted: Tile) -> bytes:
+    def _tile(self, wanted: Tile) -> list[list[bytes]]:
+        """The tile's hashes and the subtrees they complete (tile.tile_levels), fetched once."""
         if wanted not in self._tiles:
             data = self._get(f"log/{wanted.path()}", wanted.width * tile.HASH)
             if len(data) != wanted.width * tile.HASH:
                 raise MalformedNote(
                     f"tile {wanted.path()} has {len(data)} bytes, not {wanted.width * tile.HASH}"
                 )
-            self._tiles[wanted] = data
+            self._tiles[wanted] = tile.tile_levels(data)
             self.tiles_fetched += 1
         return self._tiles[wanted]
 

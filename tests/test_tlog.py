@@ -270,10 +270,11 @@ def test_every_stored_hash_is_read_back_from_the_tiles_of_the_tree() -> None:
         *range(600),
         *range(tree.stored_hash_count(size) - 600, tree.stored_hash_count(size)),
     ]:
-        wanted, start, end = tile.tile_for_hash(index, size)
-        data = b"".join(hashes.read(wanted.hash_indexes()))
-        assert tile.hash_from_tile(data, start, end) == hashes.hashes[index], index
-    assert tile.tile_for_hash(tree.stored_hash_index(9, 3), size)[0] == tile.Tile(1, 0, 256)
+        wanted, height, position = tile.tile_for_hash(index, size)
+        levels = tile.tile_levels(b"".join(hashes.read(wanted.hash_indexes())))
+        assert levels[height][position] == hashes.hashes[index], index
+    # height 9 = tile level 1, one pair up: the 4th pair of level-1 tile 0
+    assert tile.tile_for_hash(tree.stored_hash_index(9, 3), size) == (tile.Tile(1, 0, 256), 1, 3)
     with pytest.raises(MalformedNote):  # the subtree [69888, 70144) is not complete yet
         tile.tile_for_hash(tree.stored_hash_index(8, 273), size)
 

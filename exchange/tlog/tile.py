@@ -3,7 +3,7 @@
 Tile ``(level L, index N, width W)`` is the W consecutive hashes, from the ``N * 256``-th on,
 of the complete subtrees of height ``8 * L``; with the stored-hash index of :mod:`.tree`
 each is one stored hash, so serving a tile is one read. A client reads the stored hashes of
-the heights in between from the tile below them (:func:`tile_for_hash`, :func:`hash_from_tile`),
+the heights in between from the tile below them (:func:`tile_for_hash`, :func:`tile_levels`),
 as golang/mod's ``tlog.TileHashReader`` does.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exchange.errors import MalformedNote
-from exchange.tlog.tree import HASH_SIZE, merkle_root, split_stored_hash_index, stored_hash_index
+from exchange.tlog.tree import HASH_SIZE, node_hash, split_stored_hash_index, stored_hash_index
 
 HEIGHT = 8
 FULL = 1 << HEIGHT  # 256 hashes, 8192 bytes
@@ -122,8 +122,9 @@ def parse_entry_bundle(data: bytes, width: int) -> list[bytes]:
 
 
 def tile_for_hash(index: int, size: int) -> tuple[Tile, int, int]:
-    """The tile, as it stands in a tree of ``size`` leaves, that gives stored hash ``index``,
-    and the range ``[start, end)`` of the tile's hashes whose subtree hash it is.
+    """Where stored hash ``index`` is read from in a tree of ``size`` leaves: the tile as it
+    stands in that tree, and the ``(height, position)`` of the hash in :func:`tile_levels`
+    of the tile's data.
 
     A stored hash of height ``8L + r`` is the root of ``2**r`` consecutive hashes of the tile
     at level L; raises MalformedNote if the tree of ``size`` has not stored that hash yet.
@@ -133,13 +134,17 @@ def tile_for_hash(index: int, size: int) -> tuple[Tile, int, int]:
     first = n << height  # its first hash of height 8L
     wanted = tile_for_size(tile_level, first >> HEIGHT, size)
     start = first - (wanted.index << HEIGHT)
-    end = start + (1 << height)
-    if end > wanted.width:
+    if start + (1 << height) > wanted.width:
         raise MalformedNote(f"stored hash {index} is not in a tree of size {size}")
-    return wanted, start, end
+    return wanted, height, start >> height
 
 
-def hash_from_tile(data: bytes, start: int, end: int) -> bytes:
-    """The subtree hash of a tile's hashes ``[start, end)`` (a power of two, aligned)."""
-    hashes = [data[i * HASH : (i + 1) * HASH] for i in range(start, end)]
-    return merkle_root(hashes)
+def tile_levels(data: bytes) -> list[list[bytes]]:
+    """A tile's hashes (level 0) and the subtrees they complete: level r's j-th hash is the
+    subtree hash of the tile's hashes ``[j * 2**r, (j + 1) * 2**r)``. Computed once per tile
+    (at most 255 hashes), so each stored hash read from it afterwards costs nothing."""
+    levels = [[data[i : i + HASH] for i in range(0, len(data), HASH)]]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        levels.append([node_hash(below[j], below[j + 1]) for j in range(0, len(below) - 1, 2)])
+    return levels
