@@ -255,22 +255,49 @@ def test_a_rewritten_history_resigned_with_the_log_key_contradicts_the_stored_ch
     assert "not included in the latest tree" not in result.output  # BW's own bytes are there
 
 
-def _lying_proxy(upstream: str, *, flip_hash: int | None = None, status: int | None = None) -> Any:
-    """An HTTP server in front of the portal: it flips one byte of the hash at position
-    ``flip_hash`` of every level-0 tile 000 it relays, or answers every request ``status``."""
+def _lying_proxy(
+    upstream: str,
+    *,
+    flip_hash: int | None = None,
+    status: int | None = None,
+    fail_first: int = 0,
+    pad_tiles: bool = False,
+) -> Any:
+    """An HTTP server in front of the portal. It flips one byte of the hash at position
+    ``flip_hash`` of every level-0 tile 000 it relays, answers every request ``status``,
+    answers the first ``fail_first`` requests 503, or adds a byte to every hash tile."""
+    seen = iter(range(1_000_000))
 
     async def relay(request: Request) -> Response:
         if status is not None:
             return Response(b"", status)
+        if next(seen) < fail_first:
+            return Response(b"overloaded", 503)
         async with httpx.AsyncClient() as client:
             got = await client.get(f"{upstream}{request.url.path}")
         body = got.content
-        if flip_hash is not None and request.url.path.startswith("/log/tile/0/000"):
+        path = request.url.path
+        if flip_hash is not None and path.startswith("/log/tile/0/000"):
             at = flip_hash * 32
             body = body[:at] + bytes([body[at] ^ 1]) + body[at + 1 :]
+        if pad_tiles and path.startswith("/log/tile/") and "/entries/" not in path:
+            body += b"\x00"
         return Response(body, got.status_code)
 
     return Starlette(routes=[Route("/{path:path}", relay)])
+
+
+def test_transient_failures_of_the_log_are_retried(region: Copy) -> None:
+    with serve(_lying_proxy(region.url, fail_first=2)) as flaky:
+        result = region.audit("--log-url", flaky)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_tile_of_the_wrong_size_fails_the_audit(region: Copy) -> None:
+    with serve(_lying_proxy(region.url, pad_tiles=True)) as mirror:
+        result = region.audit("--log-url", mirror)
+    assert result.exit_code == 1, result.output
+    assert "more than" in result.output and "not included in the latest tree" in result.output
 
 
 def test_a_mirror_lying_about_one_hash_of_a_tile_fails_the_audit(region: Copy) -> None:
