@@ -9,15 +9,17 @@ itself (:mod:`exchange.tlog.proof`) and checks against that checkpoint's signed 
 tile that lies makes the proof fail.
 
 Tiles are fetched at their width in the tree of the size asked (the checkpoint's), so a
-partial tile at the right edge is the one that tree had, and kept for the life of the
-client: one audit. Transient HTTP failures (no connection, a timeout, 429 or 5xx) are retried
-a few times with jittered backoff, then raise LogUnavailable (exit 3); a 404 raises NotFound
-and an answer of the wrong size MalformedNote, which the audit reports as a failed check.
+partial tile at the right edge is the one that tree had (or, once gone, the start of the full
+one), and kept for the life of the client: one audit. Transient HTTP failures (no
+connection, a timeout, 429 or 5xx) are retried a few times with jittered backoff, then raise
+LogUnavailable (exit 3); a 404 raises NotFound and an answer of the wrong size MalformedNote,
+which the audit reports as a failed check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
@@ -32,6 +34,11 @@ from exchange.tlog.tree import HashReader
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 _CHECKPOINT_LIMIT = 1 << 16  # a checkpoint with its cosignatures is a few hundred bytes
 _ENTRY_LIMIT = 2 + 0xFFFF  # one bundle record at most
+
+
+def _byte_length(wanted: Tile) -> int:
+    """The size in bytes of a hash tile."""
+    return wanted.width * tile.HASH
 
 
 class LogClient:
@@ -112,16 +119,34 @@ class LogClient:
     def _tile(self, wanted: Tile) -> list[list[bytes]]:
         """The tile's hashes and the subtrees they complete (tile.tile_levels), fetched once."""
         if wanted not in self._tiles:
-            data = self._get(f"log/{wanted.path()}", wanted.width * tile.HASH)
-            if len(data) != wanted.width * tile.HASH:
-                raise MalformedNote(
-                    f"tile {wanted.path()} has {len(data)} bytes, not {wanted.width * tile.HASH}"
-                )
+            try:
+                data = self._hash_tile(wanted)
+            except NotFound:
+                if wanted.width == tile.FULL:
+                    raise
+                # C2SP tlog-tiles: a partial tile may be gone once the log filled it; the
+                # full tile begins with the same hashes (a tile only ever grows).
+                data = self._hash_tile(replace(wanted, width=tile.FULL))[: _byte_length(wanted)]
             self._tiles[wanted] = tile.tile_levels(data)
-            self.tiles_fetched += 1
         return self._tiles[wanted]
 
+    def _hash_tile(self, wanted: Tile) -> bytes:
+        expected = _byte_length(wanted)
+        data = self._get(f"log/{wanted.path()}", expected)
+        if len(data) != expected:
+            raise MalformedNote(f"tile {wanted.path()} has {len(data)} bytes, not {expected}")
+        self.tiles_fetched += 1
+        return data
+
     def _bundle(self, bundle: Tile) -> list[bytes]:
+        try:
+            return self._entry_bundle(bundle)
+        except NotFound:
+            if bundle.width == tile.FULL:
+                raise
+            return self._entry_bundle(replace(bundle, width=tile.FULL))[: bundle.width]
+
+    def _entry_bundle(self, bundle: Tile) -> list[bytes]:
         data = self._get(f"log/{bundle.entries_path()}", bundle.width * _ENTRY_LIMIT)
         self.bundles_fetched += 1
         try:
