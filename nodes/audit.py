@@ -189,8 +189,13 @@ def _check_events(
     report: AuditReport,
 ) -> None:
     found = _locate(source, latest, [e for e in events if e.leaf_index is None], report)
-    for event in events:
-        index = event.leaf_index if event.leaf_index is not None else found.get(event.event_id)
+    indexed = [
+        (event, event.leaf_index if event.leaf_index is not None else found.get(event.event_id))
+        for event in events
+    ]
+    # In leaf order: the source reads each entry bundle and tile once, one after the other.
+    indexed.sort(key=lambda pair: (pair[1] is None, pair[1] or 0, pair[0].event_id))
+    for event, index in indexed:
         if event.event_type == _SERVED_LATER and (index is None or index >= latest.size):
             report.later += 1  # not among the leaves under the checkpoint: logged after it
             continue

@@ -10,14 +10,15 @@ tile that lies makes the proof fail.
 
 Tiles are fetched at their width in the tree of the size asked (the checkpoint's), so a
 partial tile at the right edge is the one that tree had (or, once gone, the start of the full
-one), and kept for the life of the client: one audit. Transient HTTP failures (no
-connection, a timeout, 429 or 5xx) are retried a few times with jittered backoff, then raise
-LogUnavailable (exit 3); a 404 raises NotFound and an answer of the wrong size MalformedNote,
-which the audit reports as a failed check.
+one), and kept for the life of the client (one audit), the least recently used out first.
+Transient HTTP failures (no connection, a timeout, 429 or 5xx) are retried a few times with
+jittered backoff, then raise LogUnavailable (exit 3); a 404 raises NotFound and an answer of
+the wrong size MalformedNote, which the audit reports as a failed check.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -34,6 +35,7 @@ from exchange.tlog.tree import HashReader
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 _CHECKPOINT_LIMIT = 1 << 16  # a checkpoint with its cosignatures is a few hundred bytes
 _ENTRY_LIMIT = 2 + 0xFFFF  # one bundle record at most
+_TILES_KEPT = 1024  # the right edge's and the upper levels' tiles stay: proofs share them
 
 
 def _byte_length(wanted: Tile) -> int:
@@ -58,8 +60,12 @@ class LogClient:
         self.base = base_url.rstrip("/")
         self.attempts = attempts
         self._http = httpx.Client(timeout=httpx.Timeout(timeout))
-        self._tiles: dict[Tile, list[list[bytes]]] = {}
-        self._bundles: dict[Tile, list[bytes]] = {}
+        # Immutable once fetched for a tree of a given size: kept, least recently used first
+        # out beyond _TILES_KEPT (a level-0 tile and its subtrees take about 36 kB).
+        self._tiles: OrderedDict[Tile, list[list[bytes]]] = OrderedDict()
+        # The last bundle read only: the audit reads its events in leaf order, and a bundle
+        # can weigh megabytes.
+        self._bundle_kept: tuple[Tile, list[bytes]] | None = None
         self.tiles_fetched = 0
         self.bundles_fetched = 0
 
@@ -102,9 +108,9 @@ class LogClient:
         if not 0 <= index < size:
             raise NotFound(f"leaf {index} is outside the log's {size} leaves")
         bundle = tile.tile_for_size(0, index // tile.FULL, size)
-        if bundle not in self._bundles:
-            self._bundles[bundle] = self._bundle(bundle)
-        return self._bundles[bundle][index % tile.FULL]
+        if self._bundle_kept is None or self._bundle_kept[0] != bundle:
+            self._bundle_kept = (bundle, self._bundle(bundle))
+        return self._bundle_kept[1][index % tile.FULL]
 
     def entries(self, size: int) -> Iterator[tuple[int, bytes]]:
         """Every entry of the tree of ``size``, in order, one bundle fetched at a time (not
@@ -118,7 +124,9 @@ class LogClient:
 
     def _tile(self, wanted: Tile) -> list[list[bytes]]:
         """The tile's hashes and the subtrees they complete (tile.tile_levels), fetched once."""
-        if wanted not in self._tiles:
+        if wanted in self._tiles:
+            self._tiles.move_to_end(wanted)
+        else:
             try:
                 data = self._hash_tile(wanted)
             except NotFound:
@@ -128,6 +136,8 @@ class LogClient:
                 # full tile begins with the same hashes (a tile only ever grows).
                 data = self._hash_tile(replace(wanted, width=tile.FULL))[: _byte_length(wanted)]
             self._tiles[wanted] = tile.tile_levels(data)
+            if len(self._tiles) > _TILES_KEPT:
+                self._tiles.popitem(last=False)
         return self._tiles[wanted]
 
     def _hash_tile(self, wanted: Tile) -> bytes:
