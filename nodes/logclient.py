@@ -59,7 +59,9 @@ class LogClient:
     ) -> None:
         self.base = base_url.rstrip("/")
         self.attempts = attempts
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout))
+        # Redirects followed (a portal moved to https, a mirror behind a CDN): whoever answers,
+        # nothing it serves is trusted.
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=True)
         # Immutable once fetched for a tree of a given size: kept, least recently used first
         # out beyond _TILES_KEPT (a level-0 tile and its subtrees take about 36 kB).
         self._tiles: OrderedDict[Tile, list[list[bytes]]] = OrderedDict()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from support.browser import serve
 
@@ -51,7 +51,11 @@ def mirror() -> Iterator[tuple[str, tree.MemoryHashes, list[str]]]:
             return Response(tile.entry_bundle([_entry(n) for n in range(start, start + width)]))
         return Response(b"".join(log.read(tile.Tile(level, index, width).hash_indexes())))
 
-    app = Starlette(routes=[Route("/log/tile/{path:path}", serve_tile)])
+    def moved(request: Request) -> Response:  # the old address of the mirror
+        return RedirectResponse(f"/log/tile/{request.path_params['path']}", 301)
+
+    routes = [Route("/log/tile/{path:path}", serve_tile), Route("/old/log/tile/{path:path}", moved)]
+    app = Starlette(routes=routes)
     with serve(app) as url:
         yield url, log, asked
 
@@ -83,3 +87,10 @@ def test_each_tile_is_fetched_once_per_client(
         for index in range(0, SIZE, 7):
             proof.prove_inclusion(index, SIZE, read)
         assert client.tiles_fetched == 4  # 0/000, 0/001, 0/002.p/88 and 1/000.p/2
+
+
+def test_a_mirror_that_moved_is_followed(mirror: tuple[str, tree.MemoryHashes, list[str]]) -> None:
+    url, log, _ = mirror
+    with LogClient(f"{url}/old") as client:
+        path = proof.prove_inclusion(7, SIZE, client.hashes(SIZE))
+        proof.verify_inclusion(7, SIZE, tree.leaf_hash(_entry(7)), path, log.root())
