@@ -7,8 +7,9 @@ should do about it::
     ├── TransientError              retry with bounded backoff; the input is fine
     │   ├── BrokerUnavailable       RabbitMQ unreachable, connection or channel lost, blocked
     │   ├── DatabaseUnavailable     PostgreSQL unreachable, connection lost, serialization failure
-    │   └── KeyNotYetKnown          a key id the source of truth does not hold yet (a verifier
-    │                               downstream of the registry: the key is on its way)
+    │   ├── KeyNotYetKnown          a key id the source of truth does not hold yet (a verifier
+    │   │                           downstream of the registry: the key is on its way)
+    │   └── LogUnavailable          the registry's public log does not answer over HTTP
     └── PermanentError              never retried: reject, refuse or dead-letter
         ├── ConfigError             a bad or missing setting (names the key)
         ├── CodecError              bytes that are not a kpx Avro message
@@ -60,6 +61,11 @@ class DatabaseUnavailable(TransientError):
 
 class KeyNotYetKnown(TransientError):
     """A key id not registered yet where the verifier looks it up: retry, never dead-letter."""
+
+
+class LogUnavailable(TransientError):
+    """The registry's public log (its portal's ``/log``, or a mirror) does not answer over HTTP:
+    no connection, a timeout, or a 5xx / 429 answer, after bounded retries."""
 
 
 class PermanentError(KpxError):

@@ -16,40 +16,89 @@ than what the witness holds: it was just proved consistent with everything the n
 stored, so the witness can verify the next checkpoints from it again (a node that missed
 checkpoints, or whose database was restored, refuses them as ``unverifiable`` until then).
 
-The registry is reached through a :class:`LogSource` (its database in a one-machine region,
-its ``/log`` HTTP face elsewhere), so this module holds only the checks.
+The node computes every proof itself, from the log's stored hashes as a :class:`LogSource`
+serves them (nodes/logclient.py: the registry's public tiles over HTTP), and checks it against
+the signed root: a source that serves a wrong hash only makes a proof fail. Each event is found
+at the leaf index the registry's decision gave (``node_events.leaf_index``); one accepted
+without an index (before that column, or by a single ``RegistryDecision``) is looked for in
+the log's entries, a scan bounded by the log's size, and the index proved is stored.
+
+Three steps, so that no node transaction stays open while the log is read over the network:
+:func:`read_records` (what the node knows, one short transaction), :func:`audit` (the log
+only), :func:`record` (the indexes proved and the anchor, a second short transaction).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from exchange.adapters.postgres import Cursor
-from exchange.errors import BadProof, BadSignature, KpxError, MalformedNote, NotFound
+from exchange.errors import (
+    BadProof,
+    BadSignature,
+    KpxError,
+    MalformedNote,
+    NotFound,
+    TransientError,
+)
 from exchange.tlog import checkpoint, proof, tree
 from exchange.tlog.checkpoint import Checkpoint
 from exchange.tlog.note import Verifier
+from exchange.tlog.tree import HashReader
+
+# The registry logs a batch of cosignatures only and signs its checkpoint with the next batch:
+# such an event's leaf may lie past the latest checkpoint without anything being wrong.
+_SERVED_LATER = "LogCosigned"
 
 
 class LogSource(Protocol):
-    """What an auditor asks of the registry's log."""
+    """What an auditor reads of the registry's log (nothing of it trusted)."""
 
     def latest_checkpoint_note(self) -> str:
         """The latest checkpoint note (cosignatures may follow)."""
         ...
 
-    def leaf(self, event_id: str) -> tuple[int, bytes]:
-        """(leaf index, leaf bytes) of an event; raises NotFound."""
+    def hashes(self, size: int) -> HashReader:
+        """The stored hashes of the tree of ``size`` leaves."""
         ...
 
-    def inclusion(self, index: int, size: int) -> list[bytes]:
-        """The audit path of leaf ``index`` in the tree of ``size``."""
+    def entry(self, index: int, size: int) -> bytes:
+        """The bytes of leaf ``index`` in the tree of ``size``; raises NotFound."""
         ...
 
-    def consistency(self, old: int, new: int) -> list[bytes]:
-        """The consistency proof from tree size ``old`` to ``new``."""
+    def entries(self, size: int) -> Iterator[tuple[int, bytes]]:
+        """``(leaf index, bytes)`` of every leaf of the tree of ``size``, in order."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedEvent:
+    """One of this node's events the registry accepted, with the envelope bytes it sent."""
+
+    event_id: str
+    event_type: str
+    leaf_index: int | None  # as the registry's decision gave it; None: not said
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A checkpoint this node's witness refused."""
+
+    tree_size: int | None
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class NodeRecords:
+    """What the audit checks the log against: all of it from the node's own database."""
+
+    events: list[AcceptedEvent]
+    checkpoints: list[tuple[int, bytes]]  # (tree size, root hash) the witness stored
+    refusals: list[Refusal]
 
 
 @dataclass
@@ -57,14 +106,38 @@ class AuditReport:
     """What the audit checked and what failed."""
 
     latest: Checkpoint | None = None
+    latest_note: str = ""
     events: int = 0
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
     anchored: bool = False  # the latest checkpoint became the witness's newest
+    unindexed: int = 0  # accepted events without a stored leaf index: looked for by a scan
+    located: dict[str, int] = field(default_factory=dict)  # of those, found and proved
+    scanned: int = 0  # entries read by that scan
+    later: int = 0  # cosignatures logged after the latest checkpoint: checked next time
 
 
-def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> AuditReport:
-    """Run every check of the module docstring; never raises for a failed check."""
+def read_records(cur: Cursor) -> NodeRecords:
+    """The node's accepted events, stored checkpoints and refusals."""
+    cur.execute(
+        "SELECT DISTINCT ON (e.event_id) e.event_id::text, e.event_type, e.leaf_index, o.body "
+        "FROM node_events e JOIN outbox o ON o.event_id = e.event_id "
+        "WHERE e.registry_state = 'accepted' ORDER BY e.event_id"
+    )
+    events = [
+        AcceptedEvent(str(e), str(t), None if i is None else int(i), bytes(b))
+        for e, t, i, b in cur.fetchall()
+    ]
+    cur.execute("SELECT tree_size, root_hash FROM witness_checkpoints ORDER BY 1")
+    checkpoints = [(int(size), bytes(root)) for size, root in cur.fetchall()]
+    cur.execute("SELECT tree_size, reason, detail FROM witness_refusals ORDER BY id")
+    refusals = [Refusal(size, str(reason), str(detail)) for size, reason, detail in cur.fetchall()]
+    return NodeRecords(events, checkpoints, refusals)
+
+
+def audit(records: NodeRecords, source: LogSource, log_key: Verifier, region: str) -> AuditReport:
+    """Run every check of the module docstring; never raises for a failed check (a
+    TransientError — the log unreachable — propagates)."""
     report = AuditReport()
     try:
         text = source.latest_checkpoint_note()
@@ -72,55 +145,114 @@ def audit(cur: Cursor, source: LogSource, log_key: Verifier, region: str) -> Aud
     except (BadSignature, MalformedNote, NotFound) as exc:
         report.problems.append(f"latest checkpoint: {exc}")
         return report
-    report.latest = latest
-    _check_events(cur, source, latest, report)
-    _check_checkpoints(cur, source, latest, report)
-    cur.execute("SELECT tree_size, reason, detail FROM witness_refusals ORDER BY id")
-    for size, reason, detail in cur.fetchall():
-        if reason != "unverifiable":  # no evidence against the log: the anchor below fixes it
-            report.problems.append(f"witness refused checkpoint {size} ({reason}): {detail}")
-    if not report.problems:
-        _anchor(cur, latest, text, report)
+    report.latest, report.latest_note = latest, text
+    read = source.hashes(latest.size)
+    _check_events(records.events, source, read, latest, report)
+    _check_checkpoints(records.checkpoints, read, latest, report)
+    for refusal in records.refusals:
+        if refusal.reason != "unverifiable":  # no evidence against the log: an anchor fixes it
+            report.problems.append(
+                f"witness refused checkpoint {refusal.tree_size} ({refusal.reason}): "
+                f"{refusal.detail}"
+            )
     return report
 
 
-def _anchor(cur: Cursor, latest: Checkpoint, text: str, report: AuditReport) -> None:
+def record(cur: Cursor, report: AuditReport) -> None:
+    """Store the leaf indexes the audit proved; if it passed, anchor the witness on the latest
+    checkpoint when that is newer than what the witness holds (sets ``report.anchored``)."""
+    for event_id, index in sorted(report.located.items()):
+        cur.execute(
+            "UPDATE node_events SET leaf_index = %s WHERE event_id = %s::uuid "
+            "AND leaf_index IS NULL",
+            (index, event_id),
+        )
+    latest = report.latest
+    if report.problems or latest is None:
+        return
     cur.execute("SELECT max(tree_size) FROM witness_checkpoints")
     (newest,) = cur.fetchone() or (None,)
     if newest is None or newest < latest.size:
         cur.execute(
             "INSERT INTO witness_checkpoints (tree_size, root_hash, note) VALUES (%s, %s, %s) "
             "ON CONFLICT DO NOTHING",
-            (latest.size, latest.root, text),
+            (latest.size, latest.root, report.latest_note),
         )
         report.anchored = True
 
 
-def _check_events(cur: Cursor, source: LogSource, latest: Checkpoint, report: AuditReport) -> None:
-    cur.execute(
-        "SELECT DISTINCT ON (e.event_id) e.event_id::text, e.event_type, o.body "
-        "FROM node_events e JOIN outbox o ON o.event_id = e.event_id "
-        "WHERE e.registry_state = 'accepted' ORDER BY e.event_id"
-    )
-    for event_id, event_type, body in cur.fetchall():
+def _check_events(
+    events: list[AcceptedEvent],
+    source: LogSource,
+    read: HashReader,
+    latest: Checkpoint,
+    report: AuditReport,
+) -> None:
+    found = _locate(source, latest, [e for e in events if e.leaf_index is None], report)
+    indexed = [
+        (event, event.leaf_index if event.leaf_index is not None else found.get(event.event_id))
+        for event in events
+    ]
+    # In leaf order: the source reads each entry bundle and tile once, one after the other.
+    indexed.sort(key=lambda pair: (pair[1] is None, pair[1] or 0, pair[0].event_id))
+    for event, index in indexed:
+        if event.event_type == _SERVED_LATER and (index is None or index >= latest.size):
+            report.later += 1  # not among the leaves under the checkpoint: logged after it
+            continue
+        report.events += 1
         try:
-            index, leaf = source.leaf(event_id)
-            if index >= latest.size and event_type == "LogCosigned":
-                continue  # a batch of cosignatures only is served with the next checkpoint
-            report.events += 1
-            if leaf != bytes(body):
+            if index is None:
+                raise NotFound(
+                    f"no leaf of the {latest.size} under it is the envelope this node sent"
+                )
+            if index >= latest.size:
+                raise BadProof(f"its leaf {index} is past the checkpoint's {latest.size}")
+            if source.entry(index, latest.size) != event.body:
                 raise BadProof(f"leaf {index} is not the envelope this node sent")
-            path = source.inclusion(index, latest.size)
-            proof.verify_inclusion(index, latest.size, tree.leaf_hash(leaf), path, latest.root)
+            path = proof.prove_inclusion(index, latest.size, read)
+            leaf = tree.leaf_hash(event.body)
+            proof.verify_inclusion(index, latest.size, leaf, path, latest.root)
+        except TransientError:
+            raise
         except KpxError as exc:
-            report.problems.append(f"event {event_id}: not included in the latest tree: {exc}")
+            report.problems.append(
+                f"event {event.event_id}: not included in the latest tree: {exc}"
+            )
+            continue
+        if event.leaf_index is None:  # proved just now: the next audit goes straight to it
+            report.located[event.event_id] = index
+
+
+def _locate(
+    source: LogSource, latest: Checkpoint, wanted: list[AcceptedEvent], report: AuditReport
+) -> dict[str, int]:
+    """Leaf indexes of the events with none stored, by reading every entry under the
+    checkpoint until all are found (at most the log's size); unproved until checked."""
+    report.unindexed = len(wanted)
+    by_body: dict[bytes, list[str]] = {}
+    for event in wanted:
+        by_body.setdefault(event.body, []).append(event.event_id)
+    found: dict[str, int] = {}
+    if not by_body:
+        return found
+    try:
+        for index, data in source.entries(latest.size):
+            report.scanned += 1
+            for event_id in by_body.pop(data, []):
+                found[event_id] = index
+            if not by_body:
+                break
+    except TransientError:
+        raise
+    except KpxError as exc:  # the events not found yet are reported one by one
+        report.problems.append(f"the log's entries could not all be read: {exc}")
+    return found
 
 
 def _check_checkpoints(
-    cur: Cursor, source: LogSource, latest: Checkpoint, report: AuditReport
+    stored: list[tuple[int, bytes]], read: HashReader, latest: Checkpoint, report: AuditReport
 ) -> None:
-    cur.execute("SELECT tree_size, root_hash FROM witness_checkpoints ORDER BY 1")
-    for size, root in cur.fetchall():
+    for size, root in stored:
         report.checkpoints += 1
         if size > latest.size:
             report.problems.append(
@@ -128,8 +260,10 @@ def _check_checkpoints(
             )
             continue
         try:
-            path = source.consistency(size, latest.size)
-            proof.verify_consistency(size, latest.size, bytes(root), latest.root, path)
+            path = proof.prove_consistency(size, latest.size, read)
+            proof.verify_consistency(size, latest.size, root, latest.root, path)
+        except TransientError:
+            raise
         except KpxError as exc:
             report.problems.append(
                 f"checkpoint {size} stored by this node is not consistent with the latest "

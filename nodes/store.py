@@ -215,14 +215,21 @@ def apply_decisions(cur: Cursor, decisions: Sequence[Decision]) -> None:
     psycopg2.extras.execute_values(
         cur,
         "UPDATE node_events e SET registry_state = v.state, registry_reason = v.reason, "
-        "registry_detail = v.detail, decided_at = v.decided_at "
-        "FROM (VALUES %s) AS v (event_id, state, reason, detail, decided_at) "
+        "registry_detail = v.detail, decided_at = v.decided_at, leaf_index = v.leaf_index "
+        "FROM (VALUES %s) AS v (event_id, state, reason, detail, decided_at, leaf_index) "
         "WHERE e.event_id = v.event_id AND e.registry_state <> 'accepted'",
         [
-            (d.subject_event_id, d.decision.value.lower(), d.reason, d.detail, d.decided_at)
+            (
+                d.subject_event_id,
+                d.decision.value.lower(),
+                d.reason,
+                d.detail,
+                d.decided_at,
+                d.leaf_index,  # where the registry's log holds it (None: rejected, or unsaid)
+            )
             for d in final.values()
         ],
-        template="(%s::uuid, %s, %s, %s, %s::timestamptz)",
+        template="(%s::uuid, %s, %s, %s, %s::timestamptz, %s::bigint)",
         page_size=500,
     )
 

@@ -260,6 +260,34 @@ def test_a_level_one_tile_hash_is_the_root_of_256_leaves() -> None:
     assert top == tree.merkle_root(leaves[:256])
 
 
+def test_every_stored_hash_is_read_back_from_the_tiles_of_the_tree() -> None:
+    """What a tile client reads: heights between tile levels come from the tile below."""
+    hashes = tree.MemoryHashes()
+    for i in range(70_000):
+        hashes.append(i.to_bytes(3, "big"))
+    size = hashes.size
+    for index in [
+        *range(600),
+        *range(tree.stored_hash_count(size) - 600, tree.stored_hash_count(size)),
+    ]:
+        wanted, height, position = tile.tile_for_hash(index, size)
+        levels = tile.tile_levels(b"".join(hashes.read(wanted.hash_indexes())))
+        assert levels[height][position] == hashes.hashes[index], index
+    # height 9 = tile level 1, one pair up: the 4th pair of level-1 tile 0
+    assert tile.tile_for_hash(tree.stored_hash_index(9, 3), size) == (tile.Tile(1, 0, 256), 1, 3)
+    with pytest.raises(MalformedNote):  # the subtree [69888, 70144) is not complete yet
+        tile.tile_for_hash(tree.stored_hash_index(8, 273), size)
+
+
+def test_an_entry_bundle_parses_back_to_exactly_its_entries() -> None:
+    entries = [b"", b"a", b"x" * 300]
+    bundle = tile.entry_bundle(entries)
+    assert tile.parse_entry_bundle(bundle, 3) == entries
+    for bad, width in ((bundle, 2), (bundle[:-1], 3), (bundle + b"\x00", 3)):
+        with pytest.raises(MalformedNote):
+            tile.parse_entry_bundle(bad, width)
+
+
 def test_the_right_edge_stores_what_the_stored_hash_index_expects() -> None:
     hashes = tree.MemoryHashes()
     edge = tree.RightEdge(0, [])

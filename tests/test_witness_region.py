@@ -2,13 +2,14 @@
 
 A registry (relay on, log on) and node BW (its relay and inbox, with its witness) run in
 threads; ZA and NA publish certificates. BW receives each checkpoint, verifies and cosigns
-it; the registry keeps the cosignature and serves it with the checkpoint. The audit of BW
-passes; a node that was shown another tree than the registry shows now fails it.
+it; the registry keeps the cosignature and serves it with the checkpoint. BW stores the leaf
+index of each of its accepted events. The audit of BW, over the registry's portal (its
+``/log`` tiles), passes; a node that was shown another tree than the registry shows now fails
+it. test_audit_http tampers with the log and its HTTP face.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Iterator
@@ -18,24 +19,24 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from support.registry import Env, as_user, certificate, issuance, make_env, wait_until
+from support.registry import Env, certificate, issuance, make_env, wait_until
+from support.witnessing import issue_at, serve_portal, start_node, start_registry
 
 from exchange.adapters.postgres import connect, fetch_all, transaction
 from exchange.app.logaudit import audit
 from exchange.messaging.outbox import OutboxWriter
 from exchange.registry import log as registry_log
-from exchange.registry import service
 from exchange.tlog import checkpoint, note, tree
-from exchange.wire.signing import Keyring
-from nodes.operations import Node
-from nodes.service import NodeService, migrate
+from nodes.service import migrate
 from nodes.witness import Witness, load_log_key
+
+Region = tuple[Env, Path, dict[str, str], str]  # env, log key folder, node DSNs, portal URL
 
 
 @pytest.fixture(scope="module")
 def region(
     make_session_vhost: Any, make_session_database: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Env, Path, dict[str, str]]]:
+) -> Iterator[Region]:
     vhost, registry_db = make_session_vhost(), make_session_database()
     env = make_env(vhost.name, vhost.amqp_url, registry_db.url)
     keys = tmp_path_factory.mktemp("keys")
@@ -44,7 +45,7 @@ def region(
     for dsn in nodes.values():
         migrate(dsn)
     stop = threading.Event()
-    threads = [_registry(env, keys, stop), _node(env, keys, "BW", nodes["BW"], stop)]
+    threads = [start_registry(env, keys, stop), start_node(env, keys, "BW", nodes["BW"], stop)]
     try:
         for serial in range(1, 4):
             for member, dest in (("ZA", "NA"), ("NA", "ZA")):
@@ -56,10 +57,11 @@ def region(
         # Two announced checkpoints at least (one per batch that accepted an event): the tests
         # below need an older one to show a late witness; the first batch must land first.
         wait_until(lambda: _announced(env) >= 1, timeout=30, what="a first checkpoint")
-        _issue_at(env, "BW", nodes["BW"], count=3)
+        issue_at(env, "BW", nodes["BW"], count=3)
         wait_until(lambda: _announced(env) >= 2, timeout=30, what="a second checkpoint")
         wait_until(lambda: _cosigned_latest(env), timeout=30, what="BW's cosignature served")
-        yield env, keys, nodes
+        with serve_portal(env) as url:
+            yield env, keys, nodes, url
     finally:
         stop.set()
         for thread in threads:
@@ -72,66 +74,6 @@ def _announced(env: Env) -> int:
     return int(rows[0]["n"])
 
 
-def _issue_at(env: Env, code: str, dsn: str, count: int) -> None:
-    """Issue certificates through the node itself (its outbox, its relay)."""
-    line = json.dumps({"op": "issue", "certificate": ISSUE})
-    conn = connect(dsn)
-    try:
-        node = Node(
-            code, env.region, OutboxWriter(env.producers.store, env.producers.signers[code])
-        )
-        results = list(node.submit(conn, [line] * count))
-    finally:
-        conn.close()
-    assert all(r.ok for r in results), results
-
-
-ISSUE = {
-    "destination": "ZA",
-    "origin": {"type": "UNMIXED", "countries": ["BW"]},
-    "exporter": {"name": "Exporter", "address": "Gaborone", "country": "BW", "licence_no": "E-1"},
-    "importer": {"name": "Importer", "address": "Pretoria", "country": "ZA", "licence_no": "I-1"},
-    "date_of_issue": "2026-11-20",
-    "date_of_expiry": "2026-12-20",
-    "parcels": [{"parcel_no": 1, "hs_code": "7102.31", "carats": "10.50",
-                 "value_usd": "1920.00", "origin_country": "BW"}],
-    "container": {"container_id": "C-1", "seal_numbers": ["S1"]},
-}  # fmt: skip
-
-
-def _registry(env: Env, keys: Path, stop: threading.Event) -> threading.Thread:
-    args = (env.dsn, env.registry_url, env.region, env.producers.store, env.registry_signer)
-    kwargs = {"log_signer": registry_log.load_key(keys), "batch_size": 10}
-    thread = threading.Thread(
-        target=service.run_registry, args=(*args, stop), kwargs=kwargs, daemon=True
-    )
-    thread.start()
-    return thread
-
-
-def _node(env: Env, keys: Path, code: str, dsn: str, stop: threading.Event) -> threading.Thread:
-    signer = env.producers.signers[code]
-    witness = Witness(
-        code, "XS", load_log_key(keys), signer, OutboxWriter(env.producers.store, signer)
-    )
-    node = NodeService(
-        code=code,
-        dsn=dsn,
-        amqp_url=as_user(env.admin_url, env.user(code)),
-        schemas=env.producers.store,
-        keyring=_keyring(env),
-        senders=frozenset({"XS", "XS-RECONCILER"}),
-        witness=witness,
-    )
-    thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
-    thread.start()
-    return thread
-
-
-def _keyring(env: Env) -> Keyring:
-    return Keyring([env.registry_signer.verify_key])
-
-
 def _cosigned_latest(env: Env) -> bool:
     rows = env.query(
         "SELECT c.tree_size FROM log_checkpoints c JOIN log_cosignatures s USING (tree_size) "
@@ -141,21 +83,20 @@ def _cosigned_latest(env: Env) -> bool:
     return bool(rows)
 
 
-def kpx_audit(env: Env, keys: Path, nodes: dict[str, str], code: str) -> Result:
+def kpx_audit(url: str, keys: Path, nodes: dict[str, str], code: str) -> Result:
+    """``kpx node audit --member CODE`` with the portal at ``url`` as the region's public URL."""
     obj = SimpleNamespace(
-        registry_dsn=env.dsn,
         node_dsn=lambda c: nodes[c],
-        keys_dir=keys,
         trusted_dir=lambda c: keys,
-        region=SimpleNamespace(code="XS"),
+        region=SimpleNamespace(code="XS", public_url=url),
     )
     return CliRunner().invoke(audit, ["--member", code], obj=obj)
 
 
 def test_the_served_checkpoint_carries_the_nodes_verified_cosignature(
-    region: tuple[Env, Path, dict[str, str]],
+    region: Region,
 ) -> None:
-    env, keys, _ = region
+    env, keys, _, _ = region
     conn = connect(env.dsn)
     try:
         served = registry_log.latest_checkpoint_note(conn)
@@ -169,9 +110,9 @@ def test_the_served_checkpoint_carries_the_nodes_verified_cosignature(
 
 
 def test_cosignatures_are_accepted_node_events_and_leaves_of_the_log(
-    region: tuple[Env, Path, dict[str, str]],
+    region: Region,
 ) -> None:
-    env, _, nodes = region
+    env, _, nodes, _ = region
     conn = connect(nodes["BW"])
     try:
         wait_until(
@@ -193,21 +134,49 @@ def test_cosignatures_are_accepted_node_events_and_leaves_of_the_log(
     assert logged[0]["n"] >= 1
 
 
-def test_the_audit_of_an_honest_witness_passes(
-    region: tuple[Env, Path, dict[str, str]],
+def test_each_accepted_event_is_stored_with_its_leaf_index_in_the_registrys_log(
+    region: Region,
 ) -> None:
-    env, keys, nodes = region
-    result = kpx_audit(env, keys, nodes, "BW")
+    env, _, nodes, _ = region
+    conn = connect(nodes["BW"])
+    try:
+        wait_until(
+            lambda: not fetch_all(conn, "SELECT 1 FROM node_events WHERE registry_state = "
+                                  "'pending' LIMIT 1"),
+            what="every BW event answered",
+        )  # fmt: skip
+        rows = fetch_all(
+            conn,
+            "SELECT event_id::text, event_type, leaf_index FROM node_events "
+            "WHERE registry_state = 'accepted'",
+        )
+    finally:
+        conn.close()
+    registry = connect(env.dsn)
+    try:
+        logged = {r["event_id"]: registry_log.leaf_of_event(registry, r["event_id"])[0]
+                  for r in rows}  # fmt: skip
+    finally:
+        registry.close()
+    assert {r["event_type"] for r in rows} >= {"CertificateIssued", "LogCosigned"}
+    assert {r["event_id"]: r["leaf_index"] for r in rows} == logged
+
+
+def test_the_audit_of_an_honest_witness_passes(
+    region: Region,
+) -> None:
+    _, keys, nodes, url = region
+    result = kpx_audit(url, keys, nodes, "BW")
     assert result.exit_code == 0, result.output
     checked = re.search(r"audit of BW passed: (\d+) accepted events", result.output)
     assert checked and int(checked.group(1)) >= 3  # its 3 issues, and cosignatures served
 
 
 def test_a_node_shown_another_tree_is_caught_by_its_next_audit(
-    region: tuple[Env, Path, dict[str, str]],
+    region: Region,
 ) -> None:
     """The split view: the registry (it holds the log key) gave NA a tree of its own."""
-    env, keys, nodes = region
+    env, keys, nodes, url = region
     fork = tree.MemoryHashes()
     for i in range(3):
         fork.append(b"another history %d" % i)
@@ -229,15 +198,15 @@ def test_a_node_shown_another_tree_is_caught_by_its_next_audit(
             )
     finally:
         conn.close()
-    result = kpx_audit(env, keys, nodes, "NA")
+    result = kpx_audit(url, keys, nodes, "NA")
     assert result.exit_code == 1
     assert "checkpoint 3 stored by this node is not consistent with the latest" in result.output
 
 
 def test_a_witness_that_missed_checkpoints_is_anchored_again_by_a_passing_audit(
-    region: tuple[Env, Path, dict[str, str]], make_database: Any
+    region: Region, make_database: Any
 ) -> None:
-    env, keys, nodes = region
+    env, keys, nodes, url = region
     late = make_database().url
     migrate(late)
     signer = env.producers.signers["ZA"]
@@ -252,7 +221,7 @@ def test_a_witness_that_missed_checkpoints_is_anchored_again_by_a_passing_audit(
         skipped = rows[-1]["tree_size"]
         with transaction(conn) as cur:
             assert witness.receive(cur, first) == "stored"
-        result = kpx_audit(env, keys, {**nodes, "ZA": late}, "ZA")
+        result = kpx_audit(url, keys, {**nodes, "ZA": late}, "ZA")
         assert result.exit_code == 0, result.output
         assert "the witness now verifies from it" in result.output
         with transaction(conn) as cur:
@@ -263,10 +232,10 @@ def test_a_witness_that_missed_checkpoints_is_anchored_again_by_a_passing_audit(
 
 
 def test_an_audit_against_a_checkpoint_signed_with_another_key_fails(
-    region: tuple[Env, Path, dict[str, str]], tmp_path: Path
+    region: Region, tmp_path: Path
 ) -> None:
-    env, _, nodes = region
+    _, _, nodes, url = region
     (tmp_path / "log.pub").write_text(f"{note.generate_signer('kpx/XS').verifier}\n")
-    result = kpx_audit(env, tmp_path, nodes, "BW")  # this node was given another log key
+    result = kpx_audit(url, tmp_path, nodes, "BW")  # this node was given another log key
     assert result.exit_code == 1
     assert "latest checkpoint: note is signed by no known key" in result.output

@@ -75,7 +75,7 @@ def cli(ctx: click.Context, region: str | None, verbose: int) -> None:
     """kpx — the regional exchange for Kimberley Process certificates.
 
     Exit codes: 0 ok, 1 refused or failed check, 2 usage or configuration, 3 service
-    unavailable (broker or database).
+    unavailable (broker, database, or the registry's public log).
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -9,8 +9,8 @@ code   meaning
        a refused ``submit`` line), or any other permanent kpx error
 2      usage or configuration: a bad option or argument, a missing or bad setting
        (``ConfigError``), an unreadable key file (``KeyFileError``)
-3      service unavailable: RabbitMQ or PostgreSQL does not answer (``TransientError``
-       after its bounded retries)
+3      service unavailable: RabbitMQ, PostgreSQL or the registry's public log over HTTP
+       does not answer (``TransientError`` after its bounded retries)
 130    interrupted (Ctrl-C)
 =====  ===========================================================================
 

@@ -1,48 +1,27 @@
-"""``kpx node audit --member XX`` wired to the registry's log (composition: node ↔ registry).
+"""``kpx node audit --member XX`` wired to the registry's public log (composition: node ↔ log).
 
-In a region run on one machine the auditor reads the registry's log from its database
-through :mod:`exchange.registry.log`; the checks themselves are the node's
-(:mod:`nodes.audit`) and trust nothing but the log key.
+A member state reaches the regional body's portal, never its database: the auditor reads the
+log's checkpoint, tiles and entry bundles over HTTP (:mod:`nodes.logclient`), from the region
+file's ``[registry] public_url`` or a mirror given with ``--log-url``. The checks are the
+node's (:mod:`nodes.audit`), with its own database, and trust nothing but the log key in the
+node's ``trusted/`` folder.
 """
 
 from __future__ import annotations
 
 import sys
+from urllib.parse import urlsplit
 
 import click
 
-from exchange.adapters.postgres import Connection, connect, transaction
+from exchange.adapters.postgres import connect, transaction
 from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, pass_runtime
-from exchange.registry import log as registry_log
-from exchange.tlog import note, proof
+from exchange.tlog import note
+from nodes.audit import AuditReport, read_records, record
 from nodes.audit import audit as run_audit
+from nodes.logclient import LogClient
 from nodes.witness import load_log_key
-
-
-class RegistryDatabase:
-    """A :class:`nodes.audit.LogSource` over the registry's database."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def latest_checkpoint_note(self) -> str:
-        """The latest checkpoint, cosignatures attached."""
-        return registry_log.latest_checkpoint_note(self.conn)
-
-    def leaf(self, event_id: str) -> tuple[int, bytes]:
-        """Leaf index and envelope bytes of an event."""
-        return registry_log.leaf_of_event(self.conn, event_id)
-
-    def inclusion(self, index: int, size: int) -> list[bytes]:
-        """The audit path of a leaf in the tree of ``size``."""
-        with transaction(self.conn) as cur:
-            return proof.prove_inclusion(index, size, registry_log.reader(cur))
-
-    def consistency(self, old: int, new: int) -> list[bytes]:
-        """The consistency proof between two sizes."""
-        with transaction(self.conn) as cur:
-            return proof.prove_consistency(old, new, registry_log.reader(cur))
 
 
 def _log_key(rt: Runtime, code: str) -> note.Verifier:
@@ -52,20 +31,39 @@ def _log_key(rt: Runtime, code: str) -> note.Verifier:
 
 @click.command("audit")
 @click.option("--member", required=True, metavar="XX", help="The node to audit.")
+@click.option(
+    "--log-url",
+    metavar="URL",
+    default=None,
+    help="Where the log is served (its /log/checkpoint and /log/tile/… under URL), e.g. a "
+    "mirror. Default: the region file's [registry] public_url, the registry's portal.",
+)
 @pass_runtime
-def audit(rt: Runtime, member: str) -> None:
+def audit(rt: Runtime, member: str, log_url: str | None) -> None:
     """Exit 0 only if the registry's log includes every event this node had accepted and
-    agrees with every checkpoint it witnessed; otherwise 1, naming what fails."""
+    agrees with every checkpoint it witnessed; otherwise 1, naming what fails; 3 if the log
+    cannot be reached."""
     code = member.upper()
-    registry, node = connect(rt.registry_dsn), connect(rt.node_dsn(code))
+    key = _log_key(rt, code)
+    url = _base_url(log_url or rt.region.public_url)
+    node = connect(rt.node_dsn(code))
     try:
         with transaction(node) as cur:
-            report = run_audit(cur, RegistryDatabase(registry), _log_key(rt, code), rt.region.code)
+            records = read_records(cur)
+        # No node transaction is open while the log is read: a scan of a large log over the
+        # network must not hold a snapshot (and vacuum) of the node's database meanwhile.
+        with LogClient(url) as log:
+            report = run_audit(records, log, key, rt.region.code)
+            fetched = f"{log.tiles_fetched} tiles and {log.bundles_fetched} entry bundles"
+        with transaction(node) as cur:
+            record(cur, report)
     finally:
-        registry.close()
         node.close()
     for problem in report.problems:
         click.echo(problem, err=True)
+    click.echo(f"read {url}/log: {fetched}; every proof computed here from them")
+    for line in _notes(report):
+        click.echo(line)
     size = report.latest.size if report.latest else "?"
     summary = f"{report.events} accepted events, {report.checkpoints} checkpoints, tree {size}"
     if report.problems:
@@ -73,3 +71,27 @@ def audit(rt: Runtime, member: str) -> None:
         sys.exit(ExitCode.FAILED)
     anchored = "; the witness now verifies from it" if report.anchored else ""
     click.echo(f"audit of {code} passed: {summary}{anchored}")
+
+
+def _base_url(url: str) -> str:
+    """The log's base URL; a typo is a usage error (exit 2), not an unreachable log (3)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--log-url")
+    return url.rstrip("/")
+
+
+def _notes(report: AuditReport) -> list[str]:
+    out = []
+    if report.unindexed:
+        out.append(
+            f"{report.unindexed} accepted event(s) had no stored leaf index: looked for among "
+            f"the log's entries ({report.scanned} read, at most the tree's size); "
+            f"{len(report.located)} found, proved and stored"
+        )
+    if report.later:
+        out.append(
+            f"{report.later} cosignature(s) logged after the latest checkpoint: "
+            "the next audit checks them"
+        )
+    return out

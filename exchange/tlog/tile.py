@@ -2,7 +2,9 @@
 
 Tile ``(level L, index N, width W)`` is the W consecutive hashes, from the ``N * 256``-th on,
 of the complete subtrees of height ``8 * L``; with the stored-hash index of :mod:`.tree`
-each is one stored hash, so serving a tile is one read.
+each is one stored hash, so serving a tile is one read. A client reads the stored hashes of
+the heights in between from the tile below them (:func:`tile_for_hash`, :func:`tile_levels`),
+as golang/mod's ``tlog.TileHashReader`` does.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exchange.errors import MalformedNote
-from exchange.tlog.tree import stored_hash_index
+from exchange.tlog.tree import HASH_SIZE, node_hash, split_stored_hash_index, stored_hash_index
 
 HEIGHT = 8
 FULL = 1 << HEIGHT  # 256 hashes, 8192 bytes
+HASH = HASH_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +102,49 @@ def entry_bundle(entries: list[bytes]) -> bytes:
             raise MalformedNote(f"an entry of {len(data)} bytes does not fit a bundle")
         out += len(data).to_bytes(2, "big") + data
     return bytes(out)
+
+
+def parse_entry_bundle(data: bytes, width: int) -> list[bytes]:
+    """The entries of a bundle that must hold exactly ``width``; raises MalformedNote."""
+    entries: list[bytes] = []
+    at = 0
+    while at < len(data):
+        if at + 2 > len(data):
+            raise MalformedNote(f"entry bundle cut inside the length of entry {len(entries)}")
+        end = at + 2 + int.from_bytes(data[at : at + 2], "big")
+        if end > len(data):
+            raise MalformedNote(f"entry bundle cut inside entry {len(entries)}")
+        entries.append(data[at + 2 : end])
+        at = end
+    if len(entries) != width:
+        raise MalformedNote(f"entry bundle holds {len(entries)} entries, not {width}")
+    return entries
+
+
+def tile_for_hash(index: int, size: int) -> tuple[Tile, int, int]:
+    """Where stored hash ``index`` is read from in a tree of ``size`` leaves: the tile as it
+    stands in that tree, and the ``(height, position)`` of the hash in :func:`tile_levels`
+    of the tile's data.
+
+    A stored hash of height ``8L + r`` is the root of ``2**r`` consecutive hashes of the tile
+    at level L; raises MalformedNote if the tree of ``size`` has not stored that hash yet.
+    """
+    level, n = split_stored_hash_index(index)
+    tile_level, height = divmod(level, HEIGHT)
+    first = n << height  # its first hash of height 8L
+    wanted = tile_for_size(tile_level, first >> HEIGHT, size)
+    start = first - (wanted.index << HEIGHT)
+    if start + (1 << height) > wanted.width:
+        raise MalformedNote(f"stored hash {index} is not in a tree of size {size}")
+    return wanted, height, start >> height
+
+
+def tile_levels(data: bytes) -> list[list[bytes]]:
+    """A tile's hashes (level 0) and the subtrees they complete: level r's j-th hash is the
+    subtree hash of the tile's hashes ``[j * 2**r, (j + 1) * 2**r)``. Computed once per tile
+    (at most 255 hashes), so each stored hash read from it afterwards costs nothing."""
+    levels = [[data[i : i + HASH] for i in range(0, len(data), HASH)]]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        levels.append([node_hash(below[j], below[j + 1]) for j in range(0, len(below) - 1, 2)])
+    return levels
