@@ -96,12 +96,16 @@ class Lookups:
         self._trips: set[asyncio.Task[None]] = set()
         self._due = False  # a dispatch is scheduled for the end of this loop iteration
 
-    async def verify(self, text: str, region: str, on: date) -> Verdict:
-        """The verdict on ``on`` for the number typed as ``text``; checks digits before lookup."""
+    async def verify(self, text: str, region: str, on: date, asked: bool = False) -> Verdict:
+        """The verdict on ``on`` for the number typed as ``text``; checks digits before lookup.
+
+        ``asked``: the caller has just missed the cache (:meth:`cached_body`); it is not
+        asked again.
+        """
         number = normalise(text)
         # Before the precheck: only numbers that passed it (for this portal's one region)
         # and were found are ever cached.
-        entry = self.cache.get(number)
+        entry = None if asked else self.cache.get(number)
         if entry is not None:
             return judge(number, entry.facts, on)
         early = precheck(number, region)

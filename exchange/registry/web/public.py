@@ -198,7 +198,7 @@ def lean_routes(portal: Portal) -> list[LeanRoute]:
         if body is not None:
             return Answer(200, body, JSON_NO_STORE)
         try:
-            verdict = await portal.lookups.verify(number, portal.region.code, today)
+            verdict = await portal.lookups.verify(number, portal.region.code, today, asked=True)
         except DatabaseUnavailable as exc:
             busy(exc)
             return Answer.problem(503, *BUSY)
