@@ -82,7 +82,7 @@ def session_secret(rt: Runtime) -> bytes:
               help="Verification lookups per second per client (bursts of 3x).")  # fmt: skip
 @click.option("--public-connections", type=int, default=4, show_default=True,
               help="Database connections for verification (ingest never waits).")  # fmt: skip
-@click.option("--verify-cache", type=int, default=DEFAULT_SIZE, show_default=True,
+@click.option("--verify-cache", type=click.IntRange(min=0), default=DEFAULT_SIZE, show_default=True,
               help="Certificates whose facts the verification cache holds (0: none).")  # fmt: skip
 @pass_runtime
 def serve(
