@@ -427,6 +427,9 @@ def test_a_phone_sees_valid_then_do_not_accept_after_a_void(
     portal_region.wait(lambda: portal_region.registry(
         "SELECT 1 FROM certificates WHERE certificate_id = %s AND state = 'VOIDED'", (number,)
     ), "the void")  # fmt: skip
+    # The portal's cache hears of the void when its notification arrives, milliseconds later.
+    api = f"{portal_region.url}/api/v1/verify/{number}"
+    portal_region.wait(lambda: not httpx.get(api).json()["valid"], "the void's notification", 2.0)
     page.reload()
     assert page.locator(".verdict .big").inner_text() == "DO NOT ACCEPT"
     assert "cancelled" in page.locator(".verdict .why").inner_text()

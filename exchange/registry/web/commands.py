@@ -24,6 +24,7 @@ from exchange.registry.web.app import build
 from exchange.registry.web.lookups import Lookups
 from exchange.registry.web.portal import Limits, Portal
 from exchange.registry.web.reads import PublicPool
+from exchange.registry.web.verifycache import DEFAULT_SIZE
 from exchange.wire import topology
 
 DEFAULT_PORT = 8400
@@ -39,7 +40,12 @@ def prepare(rt: Runtime) -> None:
     reconciler_service.prepare(rt.registry_dsn)
 
 
-def portal_for(rt: Runtime, limits: Limits | None = None, public_connections: int = 4) -> Portal:
+def portal_for(
+    rt: Runtime,
+    limits: Limits | None = None,
+    public_connections: int = 4,
+    cache_size: int = DEFAULT_SIZE,
+) -> Portal:
     """The portal's shared state on the runtime's region and database."""
     user = topology.registry_user(rt.region.vhost)
     return Portal(
@@ -48,7 +54,7 @@ def portal_for(rt: Runtime, limits: Limits | None = None, public_connections: in
         signer=lambda: rt.signer(rt.region.code),
         amqp_url=lambda: rt.amqp_url(user),
         broker_user=user,
-        lookups=Lookups(rt.registry_dsn, public_connections),
+        lookups=Lookups(rt.registry_dsn, public_connections, cache_size=cache_size),
         public=PublicPool(rt.registry_dsn, 2, read_only=True),
         work=PublicPool(rt.registry_dsn, 2, wait_seconds=10, statement_timeout_ms=30_000),
         limits=limits or Limits(),
@@ -76,8 +82,17 @@ def session_secret(rt: Runtime) -> bytes:
               help="Verification lookups per second per client (bursts of 3x).")  # fmt: skip
 @click.option("--public-connections", type=int, default=4, show_default=True,
               help="Database connections for verification (ingest never waits).")  # fmt: skip
+@click.option("--verify-cache", type=click.IntRange(min=0), default=DEFAULT_SIZE, show_default=True,
+              help="Certificates whose facts the verification cache holds (0: none).")  # fmt: skip
 @pass_runtime
-def serve(rt: Runtime, host: str, port: int, verify_rate: float, public_connections: int) -> None:
+def serve(
+    rt: Runtime,
+    host: str,
+    port: int,
+    verify_rate: float,
+    public_connections: int,
+    verify_cache: int,
+) -> None:
     """Public verification, published statistics, the log, and the regional console."""
     import uvicorn
 
@@ -86,7 +101,7 @@ def serve(rt: Runtime, host: str, port: int, verify_rate: float, public_connecti
     stop_on_signals()
     prepare(rt)
     limits = Limits(verify_rate=verify_rate, verify_burst=verify_rate * 3)
-    portal = portal_for(rt, limits, public_connections)
+    portal = portal_for(rt, limits, public_connections, verify_cache)
     app = build(portal, session_secret(rt))
     click.echo(f"kpx registry serve: http://{host}:{port}/ (public URL {rt.region.public_url})")
     try:

@@ -14,11 +14,16 @@ read-only sessions. A lookup not answered within ``wait_seconds``, or arriving w
 ``backlog`` lookups already wait, gets :class:`~exchange.errors.DatabaseUnavailable` (the page
 answers 503): a flood of lookups queues here, briefly, and never reaches ingest's connections.
 
-Nothing is cached: every round trip reads the certificates as the registry last committed
-them, after the lookup arrived, so a void is seen by the very next lookup. A connection that
-fails is closed and a fresh one opened for the next round trip; a round trip that finds its
-idle connection dead (the server restarted, the backend was terminated) is sent once more on a
-fresh one, since it only reads.
+Certificates already found are answered from the cache (verifycache.py) without a round trip:
+:meth:`Lookups.cached_body` answers the JSON API synchronously, inside the handler, with the
+body encoded once a day; :meth:`Lookups.verify` judges the cached facts for the page. A
+cached certificate is evicted when the database announces its change at commit, so a void is
+seen by the first lookup after its notification reaches the portal (milliseconds); while the
+cache's listener is down every lookup reads the database. UNKNOWN and REJECTED numbers are
+never cached. A lookup that misses reads the certificates as the registry last committed
+them, after the lookup arrived. A connection that fails is closed and a fresh one opened for
+the next round trip; a round trip that finds its idle connection dead (the server restarted,
+the backend was terminated) is sent once more on a fresh one, since it only reads.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ from datetime import date
 from typing import Any
 
 import psycopg2
-import psycopg2.extensions
 
 from exchange.adapters.postgres import Connection, translated
 from exchange.errors import DatabaseUnavailable
+from exchange.registry.web.pgasync import ready
 from exchange.registry.web.reads import session_options
 from exchange.registry.web.verdict import Facts, Verdict, judge, normalise, precheck
+from exchange.registry.web.verifycache import DEFAULT_SIZE, VerifyCache
 
 log = logging.getLogger(__name__)
 
@@ -63,36 +69,6 @@ _EXECUTE = "EXECUTE kpx_verify (%s)"
 Row = tuple[Any, ...]
 Waiting = tuple[str, "asyncio.Future[Row]"]
 
-_OK, _READ, _WRITE = (
-    psycopg2.extensions.POLL_OK,
-    psycopg2.extensions.POLL_READ,
-    psycopg2.extensions.POLL_WRITE,
-)
-
-
-async def _ready(conn: Connection) -> None:
-    """Drive ``conn``'s pending operation to its end, waiting on its socket in the loop."""
-    loop = asyncio.get_running_loop()
-    while (state := conn.poll()) != _OK:
-        if state == _READ:
-            watch, unwatch = loop.add_reader, loop.remove_reader
-        elif state == _WRITE:
-            watch, unwatch = loop.add_writer, loop.remove_writer
-        else:  # POLL_ERROR is raised by poll() itself; anything else is psycopg2's bug
-            raise psycopg2.OperationalError(f"unexpected poll state {state}")
-        fd = conn.fileno()
-        woken: asyncio.Future[None] = loop.create_future()
-        watch(fd, _wake, woken)
-        try:
-            await woken
-        finally:
-            unwatch(fd)
-
-
-def _wake(woken: asyncio.Future[None]) -> None:
-    if not woken.done():  # the socket may be seen ready again before the waiter runs
-        woken.set_result(None)
-
 
 class Lookups:
     """At most ``max_connections`` non-blocking, read-only connections for verification."""
@@ -105,8 +81,10 @@ class Lookups:
         statement_timeout_ms: int = 2000,
         batch: int = 32,
         backlog: int = 1000,
+        cache_size: int = DEFAULT_SIZE,
     ) -> None:
         self._dsn = dsn
+        self.cache = VerifyCache(dsn, cache_size)  # size 0: every lookup reads the database
         self._options = session_options(statement_timeout_ms, read_only=True)
         self._max = max_connections
         self._wait = wait_seconds
@@ -118,14 +96,29 @@ class Lookups:
         self._trips: set[asyncio.Task[None]] = set()
         self._due = False  # a dispatch is scheduled for the end of this loop iteration
 
-    async def verify(self, text: str, region: str, on: date) -> Verdict:
-        """The verdict on ``on`` for the number typed as ``text``; checks digits before lookup."""
+    async def verify(self, text: str, region: str, on: date, asked: bool = False) -> Verdict:
+        """The verdict on ``on`` for the number typed as ``text``; checks digits before lookup.
+
+        ``asked``: the caller has just missed the cache (:meth:`cached_body`); it is not
+        asked again.
+        """
         number = normalise(text)
+        # Before the precheck: only numbers that passed it (for this portal's one region)
+        # and were found are ever cached.
+        entry = None if asked else self.cache.get(number)
+        if entry is not None:
+            return judge(number, entry.facts, on)
         early = precheck(number, region)
         if early is not None:
             return early
         row = await self._lookup(number)
         return judge(number, _facts(row), on, row[10])
+
+    def cached_body(self, text: str, on: date) -> bytes | None:
+        """The JSON API's body on ``on`` for a certificate in the cache, without waiting;
+        None when it must be looked up (:meth:`verify`)."""
+        entry = self.cache.get(normalise(text))
+        return None if entry is None else entry.body(on)
 
     async def _lookup(self, number: str) -> Row:
         if len(self._waiting) >= self._backlog:
@@ -167,6 +160,8 @@ class Lookups:
     async def _trip(self, conn: Connection | None, batch: list[Waiting]) -> None:
         """One round trip for ``batch`` on ``conn`` (None: on a connection opened for it)."""
         fresh = conn is None
+        found: list[tuple[str, Facts]] = []
+        ticket = self.cache.ticket()  # before the statement: its snapshot is later
         try:
             if conn is None:
                 conn = await self._connect()
@@ -197,17 +192,20 @@ class Lookups:
             raise
         else:
             self._idle.append(conn)
-            for (_, answer), row in zip(batch, rows, strict=True):
+            for (number, answer), row in zip(batch, rows, strict=True):
+                if (facts := _facts(row)) is not None:
+                    found.append((number, facts))
                 if not answer.done():
                     answer.set_result(row)
         finally:
+            self.cache.admit(ticket, found)
             self._dispatch()
 
     @staticmethod
     async def _query(conn: Connection, numbers: list[str]) -> list[Row]:
         with translated("verify"), conn.cursor() as cur:
             cur.execute(_EXECUTE, (numbers,))
-            await _ready(conn)
+            await ready(conn)
             return cur.fetchall()
 
     async def _connect(self) -> Connection:
@@ -217,10 +215,10 @@ class Lookups:
                 options=self._options, connect_timeout=10,
             )  # fmt: skip
             try:
-                await _ready(conn)
+                await ready(conn)
                 with conn.cursor() as cur:
                     cur.execute(_PREPARE)
-                    await _ready(conn)
+                    await ready(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -233,7 +231,9 @@ class Lookups:
         self._open -= 1
 
     def close(self) -> None:
-        """Close the idle connections (at shutdown, once no lookup runs)."""
+        """Close the cache's listener and the idle connections (at shutdown, once no lookup
+        runs)."""
+        self.cache.close()
         while self._idle:
             self._close(self._idle.pop())
 

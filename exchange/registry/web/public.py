@@ -1,7 +1,8 @@
 """The public pages: verification (page, form, JSON API), the published statistics and keys.
 
 No login, no JavaScript. Verification and the key list are rate-limited per client;
-verification reads through the portal's non-blocking lookups (lookups.py), the keys through
+verification reads through the portal's non-blocking lookups (lookups.py) and their cache
+(verifycache.py; a cached certificate is answered without waiting), the keys through
 the bounded public pool; statistics are what ``kpx stats`` prints, cached for a few seconds;
 the keys are what ``kpx registry keys list --json`` prints (the same function).
 
@@ -28,7 +29,7 @@ from exchange.registry.web import figures
 from exchange.registry.web.errors import BUSY, TOO_MANY, busy, problem
 from exchange.registry.web.portal import Portal
 from exchange.web.forms import client_address, client_host
-from exchange.web.lean import TEXT, Answer, LeanRoute
+from exchange.web.lean import JSON_NO_STORE, TEXT, Answer, LeanRoute
 
 
 def _portal(request: Request) -> Portal:
@@ -190,8 +191,14 @@ def lean_routes(portal: Portal) -> list[LeanRoute]:
     async def verify_api(scope: Scope, number: str) -> Answer:
         if not portal.verify_limit.allow(client_host(scope)):
             return Answer.problem(429, *TOO_MANY)
+        today = portal.today()
+        # A certificate in the cache is answered here and now, its body encoded once a day:
+        # no future, no waiting for the loop's next iteration.
+        body = portal.lookups.cached_body(number, today)
+        if body is not None:
+            return Answer(200, body, JSON_NO_STORE)
         try:
-            verdict = await portal.lookups.verify(number, portal.region.code, portal.today())
+            verdict = await portal.lookups.verify(number, portal.region.code, today, asked=True)
         except DatabaseUnavailable as exc:
             busy(exc)
             return Answer.problem(503, *BUSY)
