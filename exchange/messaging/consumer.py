@@ -196,6 +196,7 @@ class Consumer(Generic[T, R]):
 
         Raises TransientError (the BatchConsumer retries the same batch).
         """
+        started = time.monotonic()
         pairs = [(d, item) for d in batch if (item := self._decode(d)) is not None]
         items = [item for _, item in pairs]
         culprits: list[T] = []
@@ -209,6 +210,8 @@ class Consumer(Generic[T, R]):
             )
             results, culprits = self._one_by_one(pairs)
         self._dead_done.clear()
+        metrics.CONSUMER_BATCH.labels(self.spec.service).observe(time.monotonic() - started)
+        metrics.CONSUMER_BATCH_MESSAGES.labels(self.spec.service).observe(len(batch))
         self.handler.committed(self.db, results, culprits)
 
     def _decode(self, delivery: Delivery) -> T | None:
