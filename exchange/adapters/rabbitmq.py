@@ -401,6 +401,8 @@ class BatchConsumer:
         self.url, self.queue, self.name = url, queue, name
         self.prefetch, self.batch_size, self.max_wait = prefetch, batch_size, max_wait
         self.max_age = max_age  # the longest a message waits for its batch to fill
+        # max_wait: how often an idle consumer wakes to look at its stop event; a batch no
+        # longer waits for such a pause to close (see run).
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._dead_channel: BlockingChannel | None = None

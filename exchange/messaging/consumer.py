@@ -107,7 +107,7 @@ class Spec:
     service: str  # the dead-letter metric's service label
     prefetch: int = 500
     batch_size: int = 250
-    max_wait: float = 0.02
+    max_wait: float = 0.02  # an idle consumer's look at stop; batches close without it
     dead_letters: str = topology.DEAD  # a node's consumer: kpx.dead.nodes (it may not write DEAD)
 
 
