@@ -23,6 +23,7 @@ publish → confirm per relay, and mean time and size of a consumed batch per se
 from __future__ import annotations
 
 import itertools
+import time
 import urllib.request
 from collections.abc import Mapping
 from contextlib import closing
@@ -123,9 +124,7 @@ def scrape(ports: Mapping[str, int]) -> Histograms:
         "kpx_consumer_batch_messages": "service",
     }
     for port in ports.values():
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-            text = answer.read().decode()
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(_metrics(port)):
             label = wanted.get(family.name)
             if label is None:
                 continue
@@ -137,6 +136,19 @@ def scrape(ports: Mapping[str, int]) -> Histograms:
                 elif sample.name.endswith("_count"):
                     out[key] = (total, count + sample.value)
     return out
+
+
+def _metrics(port: int, timeout: float = 30.0) -> str:
+    """The text of a service's /metrics; a service still starting is waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as got:
+                return str(got.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def histogram_summary(before: Histograms, after: Histograms) -> str:
