@@ -18,7 +18,11 @@ operator would.
    rate for ``seconds``; latency = when the registry's acceptance became visible in the
    issuing node's database (a poller looks up the pending certificates' ``registry_state``
    every 5 ms: up to ~5 ms late) − when ``submit`` returned after the node's commit. p50
-   and p99.
+   and p99, and where the time goes (:mod:`benchmarks.e2e_breakdown`): each certificate's
+   five stages — node relay confirmed, registry batch began, registry's answer confirmed,
+   node inbox batch began, seen — from timestamps the databases keep, as mean (p50/p99);
+   with the services' own histograms over the run: publish → confirm per relay, and count,
+   mean size and mean time of the consumed batches per service.
 3. **catch-up**: with the registry stopped, N signed CertificateIssued events (default
    100,000) are published to ``kpx.registry`` as their nodes; then the registry starts and
    the clock runs until all N are committed. Peak RSS of the registry process (VmHWM) and

@@ -93,3 +93,48 @@ def test_a_burst_still_forms_full_batches_and_every_message_is_handled_once(
     # the rest is buffered, so every later batch but the last is full.
     assert all(size == 25 for size in recorder.sizes[1:-1]), recorder.sizes
     assert len(recorder.sizes) <= 5, recorder.sizes
+
+
+class _Crash(Exception):
+    """The handler dying before its batch is durable."""
+
+
+def test_a_batch_that_was_not_handled_comes_back_whole_and_nothing_is_lost(vhost: Vhost) -> None:
+    """Small batches are acked one by one after their handler returned: a handler that dies
+    leaves its batch (and everything after it) unacked, redelivered to the next consumer."""
+    _publish(vhost.amqp_url, 30)
+    handled: list[bytes] = []
+
+    def dies_on_the_second_batch(batch: list[Delivery]) -> None:
+        if handled:
+            raise _Crash
+        handled.extend(d.body for d in batch)
+
+    first = BatchConsumer(vhost.amqp_url, QUEUE, name="kpxt-first", prefetch=30, batch_size=10)
+    try:
+        first.run(dies_on_the_second_batch, threading.Event())
+    except _Crash:
+        pass
+    finally:
+        first.close()
+    assert len(handled) == 10
+    recorder = _Recorder(20)
+    redelivered: list[bool] = []
+    original = recorder.__call__
+
+    def noting(batch: list[Delivery]) -> None:
+        redelivered.extend(d.redelivered for d in batch)
+        original(batch)
+
+    consumer = BatchConsumer(
+        vhost.amqp_url, QUEUE, name="kpxt-second", prefetch=30, batch_size=10, max_wait=0.05
+    )
+    thread = threading.Thread(target=consumer.run, args=(noting, recorder.stop), daemon=True)
+    thread.start()
+    try:
+        assert recorder.stop.wait(30), f"only {len(recorder.bodies)} of 20 redelivered"
+    finally:
+        thread.join(timeout=10)
+        consumer.close()
+    assert sorted(handled + recorder.bodies) == sorted(f"m{i}".encode() for i in range(30))
+    assert redelivered[:10] == [True] * 10  # the batch the handler died on, whole
