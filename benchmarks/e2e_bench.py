@@ -457,11 +457,12 @@ def run(
         time.sleep(1.0)  # the last batches' histograms observed
         histograms = breakdown.histogram_summary(before, breakdown.scrape(ports))
         lat, split = _latency(traced), breakdown.stages(rt, traced)
+        witnessing = breakdown.witness_traffic(rt, traced)
     caught: dict[str, float] = {}
     if backlog:
         with scratch_region() as rt:
             caught = catch_up(rt, backlog)
-    where = f"{breakdown.summary(split)}; {histograms}"
+    where = f"{breakdown.summary(split)}; {histograms}; {witnessing}"
     return rows(n, rate, submit_rate, lat, rate / 2, publish_ceiling, naive, caught, where)
 
 

@@ -15,7 +15,10 @@ whose sum is its latency:
 5. ``node inbox``: → the acceptance was seen by the benchmark's 5 ms poller (the inbox's
    transaction and commit, and up to 5 ms of polling).
 
-``now()`` in PostgreSQL is the transaction's start, on the same clock as this process. The
+``now()`` in PostgreSQL is the transaction's start, on the same clock as this process. A
+quorum queue confirms a message about when it delivers it, so the registry's answer can be
+in the node's inbox before the registry marked it sent: ``to node`` is then negative and
+``registry`` holds the confirm; their sum is what the answer took. The
 services' own histograms (scraped before and after the run) split stages further: mean
 publish → confirm per relay, and mean time and size of a consumed batch per service.
 """
@@ -110,6 +113,25 @@ def summary(durations: Mapping[str, list[float]]) -> str:
         p50, p99 = percentile(values, 50) * 1000, percentile(values, 99) * 1000
         parts.append(f"{stage} {mean:.0f} ({p50:.0f}/{p99:.0f})")
     return "mean (p50/p99) ms: " + ", ".join(parts)
+
+
+def witness_traffic(rt: Runtime, traced: Traced) -> str:
+    """What witnessing added during the run: checkpoints sent, cosignatures recorded."""
+    since = min(at for _, at in traced.committed.values())
+    with _conn(rt.registry_dsn) as conn:
+        [row] = postgres.fetch_all(
+            conn,
+            "SELECT (SELECT count(*) FROM outbox WHERE event_type = 'LogCheckpoint' "
+            "AND created_at >= to_timestamp(%s)) AS checkpoints, "
+            "(SELECT count(*) FROM event_log WHERE event_type = 'LogCosigned' "
+            "AND received_at >= to_timestamp(%s)) AS cosigned, "
+            "(SELECT count(*) FROM event_log WHERE received_at >= to_timestamp(%s)) AS events",
+            (since, since, since),
+        )
+    return (
+        f"witnessing: {row['checkpoints']:,} checkpoints to the nodes, {row['cosigned']:,} "
+        f"cosignatures among the registry's {row['events']:,} events"
+    )
 
 
 Histograms = dict[tuple[str, str], tuple[float, float]]  # (metric, label) -> (sum, count)
