@@ -66,8 +66,8 @@ PUBLISH_CONFIRM = Histogram(
     ["producer"],
     buckets=_CONFIRM_BUCKETS,
 )
-# One consumed batch, from its last delivery to its commit (decode, record, commit): the
-# service-side share of the end-to-end latency, beside the batch's size.
+# One consumed batch, from when it closed to its commit (decode, record, commit): the
+# service's share of the end-to-end latency, beside the batch's size.
 CONSUMER_BATCH = Histogram(
     "kpx_consumer_batch_seconds",
     "Time to decode, record and commit one consumed batch.",
