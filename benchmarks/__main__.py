@@ -79,8 +79,10 @@ E2E_LIMIT = (
     "consumer lingers for a fuller batch any more, so what is left is mostly waiting behind "
     "the registry's batch in hand (to registry), the registry's own batch and its answer's "
     "confirm (registry), and the node's inbox transaction. Each batch's checkpoint still "
-    "goes to every node, whose cosignature is one more registry event (the breakdown counts "
-    "them): as many node inbox transactions for checkpoints as for decisions. The naive baseline "
+    "goes to every node, whose cosignature is one more registry event with its own decision "
+    "back (the breakdown counts them): batches that close at once are small at half load, "
+    "so there are about as many checkpoints as certificate chunks, and the nodes' inboxes "
+    "and the registry spend a good part of their time witnessing. The naive baseline "
     "validates, numbers and signs nothing, and the raw publish ceiling is pika alone with "
     "nothing else running."
 )

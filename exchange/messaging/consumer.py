@@ -331,8 +331,8 @@ def run_consumer(
     # thread that decodes and verifies (CPU). Each time a waiting thread wakes (a NOTIFY, a
     # query's answer, a confirm) it must take the GIL from the busy thread, which gives it up
     # only every switch interval: 5 ms by default, several times per message on the answer's
-    # path. 1 ms keeps those hand-overs short; the extra switches cost the CPU-bound thread
-    # next to nothing.
+    # path. 1 ms keeps those hand-overs short; a switch is forced only while another thread
+    # is waiting for the GIL, so an idle relay costs the consumer nothing.
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         if relay is not None:
