@@ -18,7 +18,11 @@ operator would.
    rate for ``seconds``; latency = when the registry's acceptance became visible in the
    issuing node's database (a poller looks up the pending certificates' ``registry_state``
    every 5 ms: up to ~5 ms late) − when ``submit`` returned after the node's commit. p50
-   and p99.
+   and p99, and where the time goes (:mod:`benchmarks.e2e_breakdown`): each certificate's
+   five stages — node relay confirmed, registry batch began, registry's answer confirmed,
+   node inbox batch began, seen — from timestamps the databases keep, as mean (p50/p99);
+   with the services' own histograms over the run: publish → confirm per relay, and count,
+   mean size and mean time of the consumed batches per service.
 3. **catch-up**: with the registry stopped, N signed CertificateIssued events (default
    100,000) are published to ``kpx.registry`` as their nodes; then the registry starts and
    the clock runs until all N are committed. Peak RSS of the registry process (VmHWM) and
@@ -50,6 +54,8 @@ import pika
 from pika.spec import BasicProperties
 
 from benchmarks import Row, issue_line, scratch_region
+from benchmarks import e2e_breakdown as breakdown
+from benchmarks.e2e_breakdown import Traced
 from benchmarks.registry_bench import _certificate
 from benchmarks.relay_bench import percentile
 from exchange.adapters import postgres
@@ -65,6 +71,7 @@ from nodes.operations import Node
 NODES = ("BW", "ZA", "NA")
 KPX = str(Path(sys.executable).parent / "kpx")
 _PREFILL_CHUNK = 5_000
+_METRICS_PORTS: dict[int, int] = {}  # a service subprocess's pid -> its metrics port
 
 
 def _free_port() -> int:
@@ -87,8 +94,10 @@ def _environment(rt: Runtime) -> dict[str, str]:
 @contextmanager
 def _service(rt: Runtime, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """``kpx <args> --metrics-port <free>`` as a subprocess, stopped with SIGTERM at the end."""
-    command = [KPX, *args, "--metrics-port", str(_free_port())]
+    port = _free_port()
+    command = [KPX, *args, "--metrics-port", str(port)]
     process = subprocess.Popen(command, env=_environment(rt), stderr=subprocess.PIPE)
+    _METRICS_PORTS[process.pid] = port
     try:
         yield process
     finally:
@@ -104,16 +113,18 @@ def _service(rt: Runtime, *args: str) -> Iterator[subprocess.Popen[bytes]]:
 
 
 @contextmanager
-def _pipeline(rt: Runtime) -> Iterator[subprocess.Popen[bytes]]:
-    """The registry, the three nodes and the reconciler running; yields the registry's."""
+def _pipeline(rt: Runtime) -> Iterator[dict[str, int]]:
+    """The registry, the three nodes and the reconciler running; yields their metrics ports
+    by service ("registry", "BW", "ZA", "NA", "reconciler")."""
     with (
         _service(rt, "registry", "run") as registry,
-        _service(rt, "node", "run", "--member", "BW"),
-        _service(rt, "node", "run", "--member", "ZA"),
-        _service(rt, "node", "run", "--member", "NA"),
-        _service(rt, "reconciler", "run"),
+        _service(rt, "node", "run", "--member", "BW") as bw,
+        _service(rt, "node", "run", "--member", "ZA") as za,
+        _service(rt, "node", "run", "--member", "NA") as na,
+        _service(rt, "reconciler", "run") as reconciler,
     ):
-        yield registry
+        processes = {"registry": registry, "BW": bw, "ZA": za, "NA": na, "reconciler": reconciler}
+        yield {name: _METRICS_PORTS[p.pid] for name, p in processes.items()}
 
 
 def _line(code: str) -> str:
@@ -290,12 +301,14 @@ class _Poller(threading.Thread):
             conn.close()
 
 
-def latencies(rt: Runtime, rate: float, seconds: float, chunk: int = 5) -> list[float]:
-    """Node commit → acceptance recorded at the node, seconds, sorted, at ``rate``/s."""
+def latencies(rt: Runtime, rate: float, seconds: float, chunk: int = 5) -> Traced:
+    """Each certificate's node and commit time, and when its acceptance was recorded there,
+    at ``rate``/s."""
     submitter = _Submitter(rt)
     poller = _Poller(rt)
     poller.start()
-    committed: dict[str, float] = {}
+    traced = Traced()
+    committed = traced.committed
     try:
         interval, next_at = chunk / rate, time.monotonic()
         end = next_at + seconds
@@ -304,7 +317,7 @@ def latencies(rt: Runtime, rate: float, seconds: float, chunk: int = 5) -> list[
             code = submitter.next_code()
             ids = submitter.submit(chunk)
             now = time.time()
-            committed.update((cid, now) for cid in ids)
+            committed.update((cid, (code, now)) for cid in ids)
             poller.add(code, ids)
             next_at += interval
         deadline = time.monotonic() + 120
@@ -317,7 +330,13 @@ def latencies(rt: Runtime, rate: float, seconds: float, chunk: int = 5) -> list[
     missing = len(committed) - len(poller.seen)
     if missing:
         raise RuntimeError(f"e2e latency: {missing} certificates never decided at their node")
-    return sorted(max(0.0, poller.seen[cid] - at) for cid, at in committed.items())
+    traced.seen = poller.seen
+    return traced
+
+
+def _latency(traced: Traced) -> list[float]:
+    """Node commit → acceptance recorded at the node, seconds, sorted."""
+    return sorted(max(0.0, traced.seen[cid] - at) for cid, (_, at) in traced.committed.items())
 
 
 def _prefill(rt: Runtime, n: int) -> None:
@@ -430,15 +449,21 @@ def run(
         from benchmarks import naive_baseline
 
         naive = naive_baseline.run(2_000)[0].figure
-    with scratch_region() as rt, _pipeline(rt):
+    with scratch_region() as rt, _pipeline(rt) as ports:
         time.sleep(2.0)  # connected and idle, as running services are
         rate, submit_rate = throughput(rt, n)
-        lat = latencies(rt, rate / 2, seconds)
+        before = breakdown.scrape(ports)
+        traced = latencies(rt, rate / 2, seconds)
+        time.sleep(1.0)  # the last batches' histograms observed
+        histograms = breakdown.histogram_summary(before, breakdown.scrape(ports))
+        lat, split = _latency(traced), breakdown.stages(rt, traced)
+        witnessing = breakdown.witness_traffic(rt, traced)
     caught: dict[str, float] = {}
     if backlog:
         with scratch_region() as rt:
             caught = catch_up(rt, backlog)
-    return rows(n, rate, submit_rate, lat, rate / 2, publish_ceiling, naive, caught)
+    where = f"{breakdown.summary(split)}; {histograms}; {witnessing}"
+    return rows(n, rate, submit_rate, lat, rate / 2, publish_ceiling, naive, caught, where)
 
 
 def rows(
@@ -450,8 +475,9 @@ def rows(
     publish_ceiling: float,
     naive: float,
     caught: dict[str, float],
+    where: str = "",
 ) -> list[Row]:
-    """The result rows."""
+    """The result rows; ``where`` is the latency's breakdown (:mod:`benchmarks.e2e_breakdown`)."""
     p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
     out = [
         Row("end to end: 3 nodes → registry → decisions at the nodes → reconciler", rate,
@@ -470,6 +496,13 @@ def rows(
                  "acceptance recorded at the node (5 ms poll)"),
         Row("end to end latency p99 at half load", p99, "ms", goal="< 100 ms", met=p99 < 100),
     ]  # fmt: skip
+    if where:
+        stages = ", ".join(breakdown.STAGES)
+        out.append(
+            Row("end to end latency at half load: where it goes", p50, "ms",
+                note=f"the p50 above, split into stages ({stages}) from the databases' "
+                     f"timestamps, {where}")
+        )  # fmt: skip
     if caught:
         backlog = int(caught["n"])
         out += [

@@ -9,6 +9,7 @@ consumer (three hand-written consumers): named in the test's docstring.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,12 +28,20 @@ from exchange.adapters.management import Admin
 from exchange.adapters.postgres import connect, dsn_for, migrate, transaction
 from exchange.app.runtime import Runtime
 from exchange.domain.region import Region, load_region
-from exchange.messaging.consumer import Health
+from exchange.messaging.consumer import (
+    SWITCH_INTERVAL,
+    Consumer,
+    Health,
+    Spec,
+    run_consumer,
+)
+from exchange.messaging.consumer import Database as ServiceDatabase
 from exchange.reconciler import service as reconciler_service
 from exchange.wire import topology
 from exchange.wire.codec import SchemaStore, default_store
 from exchange.wire.envelope import open_envelope, seal
 from exchange.wire.signing import Keyring, Signer, generate_key
+from nodes.inbox import Inbox
 from nodes.service import NodeService
 from nodes.service import migrate as migrate_node
 
@@ -384,3 +393,28 @@ def test_a_node_whose_database_restarts_sets_a_bad_message_aside_once_and_applie
         finally:
             stopped(stop, thread)
     assert dead_letters(vhost, topology.NODE_DEAD_QUEUE) == [b"not an envelope"]
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_a_running_service_hands_the_gil_to_its_waiting_threads_every_millisecond(
+    vhost: Vhost,
+) -> None:
+    """At the default 5 ms, a relay thread woken by a NOTIFY or a confirm waited up to 5 ms
+    for the consumer thread's GIL, several times on a decision's way out."""
+    conn = pika.BlockingConnection(pika.URLParameters(vhost.amqp_url))
+    conn.channel().queue_declare("kpxt.idle", arguments={"x-queue-type": "quorum"}, durable=True)
+    conn.close()
+    inbox = Inbox(NODE, default_store(), Keyring(), frozenset())
+    consumer = Consumer(
+        vhost.amqp_url, Spec("kpxt.idle", "kpxt", "kpxt"), inbox, ServiceDatabase("", "")
+    )
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    default = sys.getswitchinterval()
+    try:
+        run_consumer(consumer, stop)
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+    finally:
+        sys.setswitchinterval(default)

@@ -66,6 +66,20 @@ PUBLISH_CONFIRM = Histogram(
     ["producer"],
     buckets=_CONFIRM_BUCKETS,
 )
+# One consumed batch, from when it closed to its commit (decode, record, commit): the
+# service's share of the end-to-end latency, beside the batch's size.
+CONSUMER_BATCH = Histogram(
+    "kpx_consumer_batch_seconds",
+    "Time to decode, record and commit one consumed batch.",
+    ["service"],
+    buckets=_CONFIRM_BUCKETS,
+)
+CONSUMER_BATCH_MESSAGES = Histogram(
+    "kpx_consumer_batch_messages",
+    "Messages in one consumed batch.",
+    ["service"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
 BROKER_CONNECTED = Gauge("kpx_broker_connected", "1 while connected to the broker.", ["service"])
 BROKER_BLOCKED = Gauge("kpx_broker_blocked", "1 while the broker blocks publishing.", ["service"])
 EVENTS_CONSUMED = Counter(

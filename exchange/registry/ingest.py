@@ -334,13 +334,19 @@ def write_decided(
     store.write_log(cur, list(session.rows.values()), session.updates)
     store.write_changes(cur, session.changes)
     leaves: dict[str, int] = {}
+    appended = None
     if merkle is not None:  # DESIGN §12: leaves and checkpoint in the decision's commit
-        appended = merkle.append(cur, session.leaves)
+        appended = merkle.place(cur, session.leaves)
         if appended is not None:  # the batch's leaves end the tree, in order
             first = appended.checkpoint.size - len(session.leaves)
             leaves = {e.event_id: first + i for i, e in enumerate(session.leaves)}
     # Appended after the log, so each decision names its leaf index (DESIGN §4, §12).
     writer.append_many(cur, session.answers.messages(writer.signer.producer, leaves))
+    if merkle is not None and appended is not None:
+        # Announced after the answers, so the outbox (published in id order) puts a node's
+        # decisions ahead of the checkpoint in its queue: it records them without waiting
+        # for the checkpoint to be verified and cosigned first.
+        merkle.checkpoint(cur, appended, session.leaves)
 
 
 class Ingest:

@@ -68,7 +68,17 @@ class LogWriter:
         self.signer, self.origin, self.announce = signer, origin, announce
 
     def append(self, cur: Cursor, leaves: Sequence[Leaf]) -> Appended | None:
-        """Append the events' envelope bytes in order; None when there are none."""
+        """Append the events' envelope bytes in order and checkpoint them; None when there
+        are none. :meth:`place` then :meth:`checkpoint`, for a caller with nothing between."""
+        placed = self.place(cur, leaves)
+        if placed is not None:
+            self.checkpoint(cur, placed, leaves)
+        return placed
+
+    def place(self, cur: Cursor, leaves: Sequence[Leaf]) -> Appended | None:
+        """Append the leaves and sign their checkpoint, not yet stored nor announced; None
+        when there are none. The caller writes what must reach the nodes first (the batch's
+        decisions, which name their leaves), then calls :meth:`checkpoint`."""
         if not leaves:
             return None
         cur.execute("SELECT tree_size FROM log_head FOR UPDATE")
@@ -97,14 +107,17 @@ class LogWriter:
         previous = 0 if announced_size is None else int(announced_size)
         reader = _overlay(cur, dict(stored))
         proof_ = proof.prove_consistency(previous, new.size, reader)
-        appended = Appended(new, text, previous, proof_)
+        return Appended(new, text, previous, proof_)
+
+    def checkpoint(self, cur: Cursor, appended: Appended, leaves: Sequence[Leaf]) -> None:
+        """Store the checkpoint :meth:`place` signed, announced to the witnesses or not."""
         announced = self.announce(cur, appended, leaves) if self.announce else True
+        new = appended.checkpoint
         cur.execute(
             "INSERT INTO log_checkpoints (tree_size, root_hash, note, announced) "
             "VALUES (%s, %s, %s, %s)",
-            (new.size, new.root, text, announced),
+            (new.size, new.root, appended.note, announced),
         )
-        return appended
 
 
 def read_hashes(cur: Cursor, indexes: Sequence[int]) -> list[bytes]:
