@@ -29,17 +29,11 @@ from exchange.domain.discrepancy import (
     ConfirmationFacts,
     Flow,
     Limits,
-    SupplyPeriod,
     certificate_findings,
-    is_outlier,
-    log_price,
     mirror_differences,
     mirror_finding,
     past_deadline,
     period_closed,
-    producer_exceeded,
-    spread,
-    supply_balances,
 )
 from exchange.domain.events import DiscrepancyKind, ImportConfirmation, ProductionDeclaration
 from exchange.domain.kpstats import Period, half_year_of, quarter_of
@@ -51,7 +45,9 @@ from exchange.domain.register import (
     unregistered_declaration,
     unregistered_parcel,
 )
+from exchange.domain.supply import SupplyPeriod, producer_exceeded, supply_balances
 from exchange.domain.trade import Parsed, read_trade
+from exchange.domain.valuation import is_outlier, log_price, spread
 
 REGION: Region = load_region(setup.EXAMPLE)
 MEMBERS = [m.code for m in REGION.members]
