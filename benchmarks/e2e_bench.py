@@ -406,7 +406,7 @@ def catch_up(rt: Runtime, n: int) -> dict[str, float]:
     """Fill a backlog of ``n`` with the registry stopped, then drain it; figures."""
     filled_at = time.perf_counter()
     _prefill(rt, n)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + max(300.0, n / 500)  # a million take ~6 min to queue
     while _queued(rt) < n and time.monotonic() < deadline:
         time.sleep(0.5)
     fill_seconds = time.perf_counter() - filled_at

@@ -63,8 +63,11 @@ def env(make_vhost: Any, make_database: Any) -> Env:
 
 @contextmanager
 def registry(env: Env) -> Iterator[None]:
-    """The registry running with its log (so accepted events get leaf indexes)."""
-    running = env.run_registry(log_signer=note.generate_signer(checkpoint.origin_for("XS")))
+    """The registry running with its log (so accepted events get leaf indexes), its batches
+    lingering until the queued backlog has arrived: one batch takes it all."""
+    running = env.run_registry(
+        log_signer=note.generate_signer(checkpoint.origin_for("XS")), linger=0.05
+    )
     try:
         yield
     finally:

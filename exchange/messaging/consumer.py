@@ -108,6 +108,7 @@ class Spec:
     prefetch: int = 500
     batch_size: int = 250
     max_wait: float = 0.02  # an idle consumer's look at stop; batches close without it
+    linger: float = 0.0  # BatchConsumer's: 0 closes a batch as soon as nothing is buffered
     dead_letters: str = topology.DEAD  # a node's consumer: kpx.dead.nodes (it may not write DEAD)
 
 
@@ -179,6 +180,7 @@ class Consumer(Generic[T, R]):
         self._broker = BatchConsumer(
             self.amqp_url, spec.queue, name=spec.connection_name,
             prefetch=spec.prefetch, batch_size=spec.batch_size, max_wait=spec.max_wait,
+            linger=spec.linger,
         )  # fmt: skip
         self._dead_done.clear()  # delivery tags belong to a channel: a new one starts afresh
         connected = metrics.BROKER_CONNECTED.labels(spec.connection_name)

@@ -68,6 +68,7 @@ def run_registry(
     relay: bool = True,
     drain_timeout: float = 5.0,
     log_signer: note.Signer | None = None,
+    linger: float = 0.0,
 ) -> None:
     """Run the registry until ``stop`` is set; see the module docstring.
 
@@ -80,8 +81,9 @@ def run_registry(
     relays = RelayThread(dsn, amqp_url, region.code, health) if relay else None
     server = metrics.serve(metrics_port, health.check) if metrics_port is not None else None
     spec = Spec(
-        topology.REGISTRY_QUEUE, "registry", SERVICE, prefetch=prefetch, batch_size=batch_size
-    )
+        topology.REGISTRY_QUEUE, "registry", SERVICE, prefetch=prefetch, batch_size=batch_size,
+        linger=linger,
+    )  # fmt: skip
     handler = ingest(db, region, store_, signer, log_signer)
     consumer = Consumer(amqp_url, spec, handler, db, health)
     # Dead letters go from their queue into the store, where they are listed and re-injected
