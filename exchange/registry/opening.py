@@ -145,6 +145,7 @@ class Opener:
             payload,
             record,
             body,
+            env["payload"],
         )
 
     def _refused(
@@ -195,6 +196,7 @@ class Opener:
             payload,
             envelope.payload,
             body,
+            env["payload"],
         )
         # The digest key of the bytes is computed only on the refusal paths: an authentic
         # event is keyed by its own id, and hashing every body cost ~40 us an event. The id
@@ -260,8 +262,10 @@ def make_event(
     payload: Payload,
     record: dict[str, Any],
     body: bytes,
+    encoded: bytes = b"",
 ) -> Event:
-    """An Event; a certificate's JSON body and digest are computed once, here."""
+    """An Event; a certificate's JSON body and digest are computed once, here. ``encoded``
+    is the payload's single-object bytes as received."""
     cert_text, digest = None, b""
     if isinstance(payload, Issuance):
         cert_text = certificate_text(record["certificate"])
@@ -277,6 +281,7 @@ def make_event(
         record,
         cert_text,
         digest,
+        encoded,
     )
 
 

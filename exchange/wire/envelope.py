@@ -71,9 +71,12 @@ def seal(
     *,
     event_id: str | None = None,
     produced_at: datetime | None = None,
+    payload: bytes | None = None,
 ) -> tuple[str, bytes]:
     """Encode ``record`` as ``event_type``, wrap it in a signed envelope; return (event_id, bytes).
 
+    ``payload`` is the record's encoding when the caller has made it already (the registry
+    splices its shipment notices, exchange/wire/spliced.py): it is sealed as given.
     Raises SchemaViolation when the record does not match its schema.
     """
     event_id = event_id or str(uuid.uuid4())
@@ -86,7 +89,7 @@ def seal(
             "sequence": sequence,
             "produced_at": produced_at or datetime.now(UTC),
             "key_id": signer.key_id,
-            "payload": store.encode(event_type, record),
+            "payload": store.encode(event_type, record) if payload is None else payload,
             "signature": b"",
         },
     )
