@@ -96,6 +96,17 @@ class Isolates(Protocol[T]):
         ...
 
 
+@runtime_checkable
+class LooksAhead(Protocol):
+    """A handler that starts work on a whole batch before its deliveries are decoded one
+    by one (the registry verifies the signatures in a helper process). Advisory: whatever
+    it raises is logged and the batch is decoded as usual."""
+
+    def look_ahead(self, batch: Sequence[Delivery]) -> None:
+        """See the class."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
     """Where a consumer reads and what it is called in logs and metrics."""
@@ -196,6 +207,11 @@ class Consumer(Generic[T, R]):
 
         Raises TransientError (the BatchConsumer retries the same batch).
         """
+        if isinstance(self.handler, LooksAhead):
+            try:
+                self.handler.look_ahead(batch)
+            except Exception:
+                log.exception("%s: looking ahead failed; decoding as usual", self.spec.service)
         pairs = [(d, item) for d in batch if (item := self._decode(d)) is not None]
         items = [item for _, item in pairs]
         culprits: list[T] = []

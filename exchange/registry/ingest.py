@@ -372,6 +372,14 @@ class Ingest:
         self.log = log  # the transparency log (DESIGN §12); None only in tests of the policy
         self.splicer = NoticeSplicer(writer.store)
 
+    def look_ahead(self, batch: Sequence[Delivery]) -> None:
+        """Start verifying the batch's signatures ahead (the consumer's LooksAhead)."""
+        self.opener.look_ahead(batch)
+
+    def close(self) -> None:
+        """Stop the opener's helper process, if any."""
+        self.opener.close()
+
     def decode(self, delivery: Delivery) -> Decoded[Opened]:
         """Open (decode and verify) one delivery; bytes that are no envelope go to kpx.dead."""
         o = self.opener.open(delivery)

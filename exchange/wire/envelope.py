@@ -122,6 +122,14 @@ def open_envelope(
     return _with_payload(store, env, data)
 
 
+def signed_parts(data: bytes) -> tuple[bytes, bytes] | None:
+    """(the signed bytes, the signature) of wire bytes whose last field is a 64-byte
+    signature, as :func:`open_envelope` verifies them; None when it is not."""
+    if data[-66:-64] != _SIGNATURE_PREFIX:
+        return None
+    return data[:-66] + _EMPTY_BYTES, data[-64:]
+
+
 def read_verified(store: SchemaStore, data: bytes) -> Envelope:
     """Decode wire bytes whose signature was verified already, by someone this reader trusts.
 
