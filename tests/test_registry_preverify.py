@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pika.spec import BasicProperties
@@ -143,3 +146,35 @@ def test_the_opener_decides_the_same_with_and_without_the_helper(ahead: AheadVer
     assert ahead.helped >= 25
     refusals = {o[4][0] for o in plain if o[4] is not None}
     assert refusals >= {"BAD_SIGNATURE", "SCHEMA_INVALID"}
+
+
+_ORPHAN = """
+import os, sys, time
+from exchange.registry.preverify import AheadVerifier
+if __name__ == "__main__":
+    ahead = AheadVerifier(min_batch=1)
+    ahead.start([b"no envelope"] * 4, {})
+    time.sleep(1)
+    print(ahead._helper.pid, flush=True)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_the_helper_does_not_outlive_a_consumer_killed_with_sigkill(tmp_path: Path) -> None:
+    script = tmp_path / "consumer.py"
+    script.write_text(_ORPHAN)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL
+    pid = int(done.stdout.strip())
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid), "the helper outlived its consumer"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -67,10 +67,17 @@ def serve(tasks: Any, results: Any, current: Any) -> None:
     keys) out, until None or the consumer's process is gone. A chunk of a batch the opener
     has finished (``current`` moved on) is skipped: a helper that fell behind catches up
     instead of queueing work no one will use."""
+    parent = multiprocessing.parent_process()
     while True:
         try:
-            task = tasks.get()
-        except (EOFError, OSError):  # the consumer's process died
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            # The queue's pipe stays open in this process too, so a consumer killed with
+            # SIGKILL shows only here: its helper must not outlive it.
+            if parent is not None and not parent.is_alive():
+                return
+            continue
+        except (EOFError, OSError):
             return
         if task is None:
             return
