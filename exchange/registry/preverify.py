@@ -136,6 +136,11 @@ class AheadVerifier:
             return True
         return False
 
+    @property
+    def helper_pid(self) -> int | None:
+        """The helper process's id while one runs (for measuring it)."""
+        return None if self._helper is None else int(self._helper.pid)
+
     def close(self, *, wait: bool = False) -> None:
         """Stop the helper (it ends with the consumer); ``wait`` for it to exit."""
         self._chunks.clear()
@@ -173,7 +178,7 @@ class AheadVerifier:
         return True
 
     def _collect(self) -> None:
-        while True:
+        while not self._results.empty():  # a poll of the pipe: cheaper than a failed get
             try:
                 generation, index, publics = self._results.get_nowait()
             except queue.Empty:
