@@ -132,6 +132,15 @@ def registry_rows(result: dict[str, float], publish: float, naive: float) -> lis
     ]  # fmt: skip
 
 
+def registry_processes_row(result: dict[str, float]) -> Row:
+    """Two registry processes on the one queue (advisory locks keep them apart)."""
+    rate = result["registry_per_s"]
+    return Row(f"registry ingest, {int(result['processes'])} processes on one queue", rate,
+               "events/s", ceiling=result["raw_per_s"],
+               ceiling_what="pika consume + 500-row batched insert, same run",
+               note=f"{int(result['n']):,} events")  # fmt: skip
+
+
 def run_all(scale: float) -> tuple[list[Row], list[str]]:
     """Every benchmark; (rows, notes)."""
     rows: list[Row] = []
@@ -167,6 +176,8 @@ def run_all(scale: float) -> tuple[list[Row], list[str]]:
             registry.run(size(20_000)), publish, naive_rate or float("nan")))  # fmt: skip
         if any(row.met is False for row in ingest):
             notes.append(f"Registry ingest below its goals. {REGISTRY_LIMIT}")
+        step("registry_bench, 2 processes", lambda: [registry_processes_row(
+            registry.run(size(20_000), processes=2))])  # fmt: skip
     e2e = _optional("e2e_bench")
     if e2e is None:
         notes.append("benchmarks.e2e_bench is missing: end-to-end figures skipped.")

@@ -7,7 +7,9 @@ same N signed CertificateIssued messages already in a quorum queue:
   batched insert (500-row ``execute_values``, one commit per batch) of the bodies into a plain
   table — what any consumer of these bytes costs at least;
 - **registry**: ``run_registry`` (relay off: publishing the answers is the relay's throughput,
-  measured by the outbox benchmarks) — decode, verify the Ed25519 signature, run the rules, and
+  measured by the outbox benchmarks; its signature helper on, as ``kpx registry run`` has
+  it, ``--processes N`` for N registries on the one queue) — decode, verify the Ed25519
+  signature (ahead, in the helper process, exchange/registry/preverify.py), run the rules, and
   write event log, certificate, parcels, history, sequences and, per batch, one signed
   decisions message per producer, one notices message per destination and one
   accepted-events message for the reconciler (the outbox rows per event are reported).
@@ -24,6 +26,9 @@ recorded in batches against a real throw-away database, first plainly (µs per e
 process's CPU opening and recording, and the wall time of recording and committing), then
 the next N under cProfile (µs per event in each hot function, inclusive; the profiler
 inflates call-heavy code, so compare these only with another run of the same mode). The
+signature helper is started and warmed first, then measured apart: its CPU per event
+(another process, on the other core, not in "client CPU") and the share of signatures the
+opener took from it rather than verifying in line. The
 handler appends to the transparency log as ``kpx registry run`` does with its log key, and
 the plain pass also times every statement of the recording (client wall per statement text,
 round trip included: where the recording waits on PostgreSQL).
