@@ -232,7 +232,7 @@ def raw_ceiling(admin_url: str, vhost: str, dsn: str, n: int) -> float:
 
 
 def _registry_process(
-    dsn: str, url: str, vhost: str, stop: Any, batch_size: int, prefetch: int
+    dsn: str, url: str, vhost: str, stop: Any, batch_size: int, prefetch: int, ahead: bool
 ) -> None:
     """One registry in a child process (its own interpreter: no shared GIL) until ``stop``."""
     done = threading.Event()
@@ -244,7 +244,7 @@ def _registry_process(
     threading.Thread(target=relay_stop, daemon=True).start()
     service.run_registry(
         dsn, url, _region(vhost), default_store(), generate_key("XS"), done,
-        relay=False, batch_size=batch_size, prefetch=prefetch,
+        relay=False, batch_size=batch_size, prefetch=prefetch, verify_ahead=ahead,
     )  # fmt: skip
 
 
@@ -258,6 +258,7 @@ def registry_rate(
     processes: int = 1,
     batch_size: int = 250,
     prefetch: int = 500,
+    verify_ahead: bool = True,
 ) -> float:
     """Run the registry on the pre-filled kpx.registry until all n are decided; events/s.
 
@@ -273,7 +274,10 @@ def registry_rate(
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
     workers = [
-        spawn.Process(target=_registry_process, args=(dsn, url, vhost, stop, batch_size, prefetch))
+        spawn.Process(
+            target=_registry_process,
+            args=(dsn, url, vhost, stop, batch_size, prefetch, verify_ahead),
+        )
         for _ in range(processes)
     ]
     for worker in workers:
@@ -323,7 +327,12 @@ def reconciler_decode_cost(n: int = 2_000) -> tuple[float, float]:
 
 
 def run(
-    n: int = 20_000, *, processes: int = 1, batch_size: int = 250, prefetch: int = 500
+    n: int = 20_000,
+    *,
+    processes: int = 1,
+    batch_size: int = 250,
+    prefetch: int = 500,
+    verify_ahead: bool = True,
 ) -> dict[str, float]:
     """Measure both rates on the same N messages; print and return them with their ratio."""
     admin_url = os.environ.get("KPX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -340,6 +349,7 @@ def run(
         registry = registry_rate(
             admin_url, name, dsn, n, signers,
             processes=processes, batch_size=batch_size, prefetch=prefetch,
+            verify_ahead=verify_ahead,
         )  # fmt: skip
     finally:
         admin = Admin(admin_url)
@@ -353,7 +363,7 @@ def run(
     print(
         f"registry ingest {registry:,.0f} events/s; raw consume + batched insert {raw:,.0f}/s; "
         f"ratio {result['ratio']:.2f} (goal >= 0.3), n = {n:,}, {processes} process(es), "
-        f"batches of {batch_size}"
+        f"batches of {batch_size}, signature helper {'on' if verify_ahead else 'off'}"
     )
     print(
         f"reconciler, per accepted event: verify the node signature again {verify_us:,.0f} us, "
@@ -526,7 +536,7 @@ def _warm_helper(
     ahead.helped = 0
 
 
-def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
+def profile(n: int = 5_000, batch_size: int = 250, verify_ahead: bool = True) -> dict[str, float]:
     """Where the ingest's CPU goes: µs per event by phase, plain and under cProfile.
 
     No broker: 2N signed CertificateIssued deliveries are built first, the first N opened and
@@ -549,7 +559,7 @@ def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
                 store.register_key(cur, signer.verify_key)
         log_key = note.generate_signer(origin_for(region.code))
         handler = service.ingest(
-            db, region, default_store(), generate_key("XS"), log_key, verify_ahead=True
+            db, region, default_store(), generate_key("XS"), log_key, verify_ahead=verify_ahead
         )
         _warm_helper(handler, deliveries[-64:], signers)
         helper_start = _cpu_of(handler.opener.ahead.helper_pid if handler.opener.ahead else None)
@@ -602,15 +612,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1, help="registry processes (1)")
     parser.add_argument("--batch-size", type=int, default=250, help="events per batch (250)")
     parser.add_argument("--prefetch", type=int, default=500, help="consumer prefetch (500)")
+    parser.add_argument("--no-helper", action="store_true", help="verify signatures in line")
     args = parser.parse_args(argv)
     if args.profile:
-        profile(args.n or 5_000, args.batch_size)
+        profile(args.n or 5_000, args.batch_size, verify_ahead=not args.no_helper)
         return
     run(
         args.n or 20_000,
         processes=args.processes,
         batch_size=args.batch_size,
         prefetch=args.prefetch,
+        verify_ahead=not args.no_helper,
     )
 
 
