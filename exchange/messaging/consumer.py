@@ -23,6 +23,8 @@ In the spirit of eventsourcing's ``Follower``: a service supplies a :class:`Hand
   A delivery that still raises is dead-lettered as ``INTERNAL_ERROR`` and handed to
   ``committed`` as a culprit.
 - **ack after commit** (the BatchConsumer acks when :meth:`Consumer.handle` returns).
+- **look ahead**: a handler that is :class:`LooksAhead` sees each whole batch before its
+  deliveries are decoded one by one (the registry sends the signatures to its helper process).
 - **health and metrics**: :class:`Health` says whether the consumer is connected and every
   watched thread (the outbox relay) is alive; ``kpx_broker_connected`` and
   ``kpx_dead_letters_total`` are kept here.
