@@ -129,12 +129,15 @@ class AheadVerifier:
     def verified(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
         """Whether the helper verified ``signature`` over ``message`` with ``public_key``
         (False when it did not, or has not yet); never waits."""
-        if self._chunks:
-            self._collect()
-        if (public_key, message, signature) in self._known:
-            self.helped += 1
-            return True
-        return False
+        triple = (public_key, message, signature)
+        if triple not in self._known:
+            if not self._chunks:
+                return False
+            self._collect()  # a poll of the pipe costs more than the lookup: only on a miss
+            if triple not in self._known:
+                return False
+        self.helped += 1
+        return True
 
     @property
     def helper_pid(self) -> int | None:
