@@ -7,9 +7,10 @@ same N signed CertificateIssued messages already in a quorum queue:
   batched insert (500-row ``execute_values``, one commit per batch) of the bodies into a plain
   table — what any consumer of these bytes costs at least;
 - **registry**: ``run_registry`` (relay off: publishing the answers is the relay's throughput,
-  measured by the outbox benchmarks; its signature helper on, as ``kpx registry run`` has
-  it, ``--processes N`` for N registries on the one queue) — decode, verify the Ed25519
-  signature (ahead, in the helper process, exchange/registry/preverify.py), run the rules, and
+  measured by the outbox benchmarks; ``--processes N`` for N registries on the one queue,
+  ``--helper`` for ``kpx registry run --verify-ahead``) — decode, verify the Ed25519
+  signature (with ``--helper`` ahead, in a helper process: exchange/registry/preverify.py),
+  run the rules, and
   write event log, certificate, parcels, history, sequences and, per batch, one signed
   decisions message per producer, one notices message per destination and one
   accepted-events message for the reconciler (the outbox rows per event are reported).
@@ -26,9 +27,9 @@ recorded in batches against a real throw-away database, first plainly (µs per e
 process's CPU opening and recording, and the wall time of recording and committing), then
 the next N under cProfile (µs per event in each hot function, inclusive; the profiler
 inflates call-heavy code, so compare these only with another run of the same mode). The
-signature helper is started and warmed first, then measured apart: its CPU per event
-(another process, on the other core, not in "client CPU") and the share of signatures the
-opener took from it rather than verifying in line. The
+signature helper (``--helper``) is started and warmed first, then measured apart: its CPU
+per event (another process, on the other core, not in "client CPU") and the share of
+signatures the opener took from it rather than verifying in line. The
 handler appends to the transparency log as ``kpx registry run`` does with its log key, and
 the plain pass also times every statement of the recording (client wall per statement text,
 round trip included: where the recording waits on PostgreSQL).
@@ -258,7 +259,7 @@ def registry_rate(
     processes: int = 1,
     batch_size: int = 250,
     prefetch: int = 500,
-    verify_ahead: bool = True,
+    verify_ahead: bool = False,
 ) -> float:
     """Run the registry on the pre-filled kpx.registry until all n are decided; events/s.
 
@@ -332,7 +333,7 @@ def run(
     processes: int = 1,
     batch_size: int = 250,
     prefetch: int = 500,
-    verify_ahead: bool = True,
+    verify_ahead: bool = False,
 ) -> dict[str, float]:
     """Measure both rates on the same N messages; print and return them with their ratio."""
     admin_url = os.environ.get("KPX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -536,7 +537,7 @@ def _warm_helper(
     ahead.helped = 0
 
 
-def profile(n: int = 5_000, batch_size: int = 250, verify_ahead: bool = True) -> dict[str, float]:
+def profile(n: int = 5_000, batch_size: int = 250, verify_ahead: bool = False) -> dict[str, float]:
     """Where the ingest's CPU goes: µs per event by phase, plain and under cProfile.
 
     No broker: 2N signed CertificateIssued deliveries are built first, the first N opened and
@@ -612,17 +613,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1, help="registry processes (1)")
     parser.add_argument("--batch-size", type=int, default=250, help="events per batch (250)")
     parser.add_argument("--prefetch", type=int, default=500, help="consumer prefetch (500)")
-    parser.add_argument("--no-helper", action="store_true", help="verify signatures in line")
+    parser.add_argument(
+        "--helper", action="store_true", help="verify signatures ahead in a helper process"
+    )
     args = parser.parse_args(argv)
     if args.profile:
-        profile(args.n or 5_000, args.batch_size, verify_ahead=not args.no_helper)
+        profile(args.n or 5_000, args.batch_size, verify_ahead=args.helper)
         return
     run(
         args.n or 20_000,
         processes=args.processes,
         batch_size=args.batch_size,
         prefetch=args.prefetch,
-        verify_ahead=not args.no_helper,
+        verify_ahead=args.helper,
     )
 
 

@@ -13,11 +13,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pika.spec import BasicProperties
-from support.registry import certificate, issuance
+from support.registry import (
+    STRANGER,
+    Env,
+    certificate,
+    decided_count,
+    issuance,
+    make_env,
+    wait_until,
+)
 
 from exchange.adapters.rabbitmq import Delivery
 from exchange.registry.opening import KeySource, Opened, Opener
@@ -178,3 +188,47 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _decide(env: Env, ahead: bool) -> list[tuple[str, str | None]]:
+    """80 events queued while the registry is stopped (one batch, over min_batch): good
+    certificates of BW and ZA, a forgery, wrong totals; (decision, reason) in order."""
+    serials = iter(range(40_000, 40_100))
+    certs = [
+        certificate("BW" if i % 2 else "ZA", next(serials), destination="NA") for i in range(78)
+    ]
+    sent = [env.producers.seal(c.issuing_member or "", issuance(c)) for c in certs]
+    stranger = env.producers.signers[STRANGER]  # a key the registry does not hold
+    sent.insert(10, env.producers.seal("BW", issuance(certificate("BW", 40_500)), signer=stranger))
+    wrong = certificate("ZA", 40_501, destination="NA", total_carats=Decimal("999.00"))
+    sent.insert(40, env.producers.seal("ZA", issuance(wrong)))
+    for s in sent:
+        env.publisher.send(s)
+    running = env.run_registry(verify_ahead=ahead)
+    try:
+        wait_until(lambda: decided_count(env) == len(sent), what="the batch decided")
+    finally:
+        running.stop()
+    rows = env.query("SELECT claimed_event_id::text AS id, decision, reason FROM event_log")
+    by_id = {r["id"]: (r["decision"], r["reason"]) for r in rows}
+    return [by_id[s.event_id] for s in sent]
+
+
+def test_the_running_registry_decides_the_same_with_its_helper(
+    make_vhost: Any, make_database: Any
+) -> None:
+    """The service with ``verify_ahead`` starts and stops its helper and decides the same;
+    which signatures the helper answers in time varies (it starts with this batch), so the
+    opener's use of its answers is tested on its own above."""
+    outcomes = []
+    for ahead in (False, True):
+        vhost, database = make_vhost(), make_database()
+        env = make_env(vhost.name, vhost.amqp_url, database.url)
+        try:
+            outcomes.append(_decide(env, ahead))
+        finally:
+            env.publisher.close()
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][10] == ("REJECTED", "BAD_SIGNATURE")
+    assert outcomes[1][40][0] == "REJECTED"
+    assert [o for i, o in enumerate(outcomes[1]) if i not in (10, 40)] == [("ACCEPTED", None)] * 78

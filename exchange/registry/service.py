@@ -69,12 +69,15 @@ def run_registry(
     relay: bool = True,
     drain_timeout: float = 5.0,
     log_signer: note.Signer | None = None,
-    verify_ahead: bool = True,
+    verify_ahead: bool = False,
 ) -> None:
     """Run the registry until ``stop`` is set; see the module docstring.
 
     ``verify_ahead``: a helper process verifies the signatures of batches of 32 or more
-    while the consumer opens them (exchange/registry/preverify.py).
+    while the consumer opens them (exchange/registry/preverify.py). It spends more CPU in
+    all than verifying in line, so it pays only where a core is idle while the consumer
+    opens a batch: off by default (on this project's 2-core machine the cores are shared
+    with RabbitMQ and PostgreSQL).
 
     Raises ConfigError, BrokerRefused or DatabaseUnavailable (at start) when the service
     cannot run at all; transient failures later are retried until ``stop``.
