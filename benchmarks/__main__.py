@@ -55,15 +55,19 @@ REGISTRY_LIMIT = (
     "The ingest is bound by per-event Python CPU in one process, not by the broker or the "
     "database. Since the answers are batched (3 answer messages an event → 0.028: one "
     "signed decisions message per producer, one notices message per destination, one "
-    "accepted-events message a batch) and the opening's text screens run once, the profile "
-    "(`python -m benchmarks.registry_bench --profile`: no broker, real database, the log on) "
-    "gives ~380–440 µs of client CPU an event: opening ~165–190 µs (Ed25519 verify ~54 µs, "
-    "two fastavro decodes ~22 µs, building the certificate), recording ~200–240 µs (COPY "
-    "rendering, the policy, the Merkle log) and ~130–190 µs waiting on PostgreSQL. So one "
-    "process passes ~2,000–2,500 events/s, while the consume + batched insert ceiling is "
-    "pika and PostgreSQL doing nothing else at 15k–26k/s: 0.3 of it needs ~3× less Python "
-    "an event or the opening (decode, verify) spread over processes on more cores than this "
-    "machine's two, which it shares with RabbitMQ and PostgreSQL."
+    "accepted-events message a batch) and the notices carry each certificate's own Avro "
+    "bytes instead of a second encoding, the profile (`python -m benchmarks.registry_bench "
+    "--profile`: no broker, real database, the log on) gives ~275–400 µs of client CPU an "
+    "event: opening ~160–230 µs (Ed25519 verify ~50–100 µs, two fastavro decodes, building "
+    "and screening the certificate, its canonical JSON) and recording ~115–170 µs (the "
+    "policy, COPY rendering, the Merkle log, the batch messages), plus ~100–150 µs waiting "
+    "on PostgreSQL. So one process passes ~1,600–2,500 events/s, while the consume + "
+    "batched insert ceiling is pika and PostgreSQL doing nothing else at 15k–26k/s: 0.3 of "
+    "it needs ~3× less Python an event again, or more cores than this machine's two, which "
+    "it shares with RabbitMQ and PostgreSQL. `--helper` (`kpx registry run --verify-ahead`) "
+    "moves the verification to a helper process (~125–175 µs of opening left in the "
+    "consumer, ~80–95 µs an event in the helper); it spends more CPU in all, and on these "
+    "two shared cores it did not pass measurably more events."
 )
 E2E_LIMIT = (
     "Every service shares 2 cores here: three submitting processes, three node processes "
@@ -138,6 +142,15 @@ def registry_rows(result: dict[str, float], publish: float, naive: float) -> lis
     ]  # fmt: skip
 
 
+def registry_processes_row(result: dict[str, float]) -> Row:
+    """Two registry processes on the one queue (advisory locks keep them apart)."""
+    rate = result["registry_per_s"]
+    return Row(f"registry ingest, {int(result['processes'])} processes on one queue", rate,
+               "events/s", ceiling=result["raw_per_s"],
+               ceiling_what="pika consume + 500-row batched insert, same run",
+               note=f"{int(result['n']):,} events")  # fmt: skip
+
+
 def run_all(scale: float) -> tuple[list[Row], list[str]]:
     """Every benchmark; (rows, notes)."""
     rows: list[Row] = []
@@ -173,6 +186,8 @@ def run_all(scale: float) -> tuple[list[Row], list[str]]:
             registry.run(size(20_000)), publish, naive_rate or float("nan")))  # fmt: skip
         if any(row.met is False for row in ingest):
             notes.append(f"Registry ingest below its goals. {REGISTRY_LIMIT}")
+        step("registry_bench, 2 processes", lambda: [registry_processes_row(
+            registry.run(size(20_000), processes=2))])  # fmt: skip
     e2e = _optional("e2e_bench")
     if e2e is None:
         notes.append("benchmarks.e2e_bench is missing: end-to-end figures skipped.")

@@ -7,7 +7,10 @@ same N signed CertificateIssued messages already in a quorum queue:
   batched insert (500-row ``execute_values``, one commit per batch) of the bodies into a plain
   table — what any consumer of these bytes costs at least;
 - **registry**: ``run_registry`` (relay off: publishing the answers is the relay's throughput,
-  measured by the outbox benchmarks) — decode, verify the Ed25519 signature, run the rules, and
+  measured by the outbox benchmarks; ``--processes N`` for N registries on the one queue,
+  ``--helper`` for ``kpx registry run --verify-ahead``) — decode, verify the Ed25519
+  signature (with ``--helper`` ahead, in a helper process: exchange/registry/preverify.py),
+  run the rules, and
   write event log, certificate, parcels, history, sequences and, per batch, one signed
   decisions message per producer, one notices message per destination and one
   accepted-events message for the reconciler (the outbox rows per event are reported).
@@ -24,6 +27,9 @@ recorded in batches against a real throw-away database, first plainly (µs per e
 process's CPU opening and recording, and the wall time of recording and committing), then
 the next N under cProfile (µs per event in each hot function, inclusive; the profiler
 inflates call-heavy code, so compare these only with another run of the same mode). The
+signature helper (``--helper``) is started and warmed first, then measured apart: its CPU
+per event (another process, on the other core, not in "client CPU") and the share of
+signatures the opener took from it rather than verifying in line. The
 handler appends to the transparency log as ``kpx registry run`` does with its log key, and
 the plain pass also times every statement of the recording (client wall per statement text,
 round trip included: where the recording waits on PostgreSQL).
@@ -227,7 +233,7 @@ def raw_ceiling(admin_url: str, vhost: str, dsn: str, n: int) -> float:
 
 
 def _registry_process(
-    dsn: str, url: str, vhost: str, stop: Any, batch_size: int, prefetch: int
+    dsn: str, url: str, vhost: str, stop: Any, batch_size: int, prefetch: int, ahead: bool
 ) -> None:
     """One registry in a child process (its own interpreter: no shared GIL) until ``stop``."""
     done = threading.Event()
@@ -239,7 +245,7 @@ def _registry_process(
     threading.Thread(target=relay_stop, daemon=True).start()
     service.run_registry(
         dsn, url, _region(vhost), default_store(), generate_key("XS"), done,
-        relay=False, batch_size=batch_size, prefetch=prefetch,
+        relay=False, batch_size=batch_size, prefetch=prefetch, verify_ahead=ahead,
     )  # fmt: skip
 
 
@@ -253,6 +259,7 @@ def registry_rate(
     processes: int = 1,
     batch_size: int = 250,
     prefetch: int = 500,
+    verify_ahead: bool = False,
 ) -> float:
     """Run the registry on the pre-filled kpx.registry until all n are decided; events/s.
 
@@ -268,7 +275,10 @@ def registry_rate(
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
     workers = [
-        spawn.Process(target=_registry_process, args=(dsn, url, vhost, stop, batch_size, prefetch))
+        spawn.Process(
+            target=_registry_process,
+            args=(dsn, url, vhost, stop, batch_size, prefetch, verify_ahead),
+        )
         for _ in range(processes)
     ]
     for worker in workers:
@@ -318,7 +328,12 @@ def reconciler_decode_cost(n: int = 2_000) -> tuple[float, float]:
 
 
 def run(
-    n: int = 20_000, *, processes: int = 1, batch_size: int = 250, prefetch: int = 500
+    n: int = 20_000,
+    *,
+    processes: int = 1,
+    batch_size: int = 250,
+    prefetch: int = 500,
+    verify_ahead: bool = False,
 ) -> dict[str, float]:
     """Measure both rates on the same N messages; print and return them with their ratio."""
     admin_url = os.environ.get("KPX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -335,6 +350,7 @@ def run(
         registry = registry_rate(
             admin_url, name, dsn, n, signers,
             processes=processes, batch_size=batch_size, prefetch=prefetch,
+            verify_ahead=verify_ahead,
         )  # fmt: skip
     finally:
         admin = Admin(admin_url)
@@ -348,7 +364,7 @@ def run(
     print(
         f"registry ingest {registry:,.0f} events/s; raw consume + batched insert {raw:,.0f}/s; "
         f"ratio {result['ratio']:.2f} (goal >= 0.3), n = {n:,}, {processes} process(es), "
-        f"batches of {batch_size}"
+        f"batches of {batch_size}, signature helper {'on' if verify_ahead else 'off'}"
     )
     print(
         f"reconciler, per accepted event: verify the node signature again {verify_us:,.0f} us, "
@@ -474,6 +490,7 @@ def _ingest_batches(
         if profiler is not None:
             profiler.enable()
         c0 = time.process_time()
+        handler.look_ahead(chunk)  # as the consumer does: the signatures go to the helper
         items = [handler.decode(d).item for d in chunk]
         c1, t1 = time.process_time(), time.perf_counter()
         with postgres.transaction(conn) as cur:
@@ -489,7 +506,38 @@ def _ingest_batches(
     return spent
 
 
-def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
+def _cpu_of(pid: int | None) -> float:
+    """CPU seconds (user + system) a running process has used so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _warm_helper(
+    handler: ingest.Ingest, deliveries: list[Delivery], signers: dict[str, Signer]
+) -> None:
+    """Start the signature helper and wait for its first answer: the profile is of the
+    steady state, not of the second or so a helper takes to start (``kpx registry run``
+    pays that once, on its first large batch)."""
+    ahead = handler.opener.ahead
+    if ahead is None:
+        return
+    handler.look_ahead(deliveries)
+    last = deliveries[-1]
+    member = last.properties.user_id.rsplit("-", 1)[-1].upper()
+    parts = envelope.signed_parts(last.body)
+    assert parts is not None
+    deadline = time.monotonic() + 60
+    while not ahead.verified(signers[member].verify_key.public_key, *parts):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the signature helper never answered")
+        time.sleep(0.01)
+    ahead.helped = 0
+
+
+def profile(n: int = 5_000, batch_size: int = 250, verify_ahead: bool = False) -> dict[str, float]:
     """Where the ingest's CPU goes: µs per event by phase, plain and under cProfile.
 
     No broker: 2N signed CertificateIssued deliveries are built first, the first N opened and
@@ -511,13 +559,22 @@ def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
             for signer in signers.values():
                 store.register_key(cur, signer.verify_key)
         log_key = note.generate_signer(origin_for(region.code))
-        handler = service.ingest(db, region, default_store(), generate_key("XS"), log_key)
+        handler = service.ingest(
+            db, region, default_store(), generate_key("XS"), log_key, verify_ahead=verify_ahead
+        )
+        _warm_helper(handler, deliveries[-64:], signers)
+        helper_start = _cpu_of(handler.opener.ahead.helper_pid if handler.opener.ahead else None)
         conn.cursor_factory = _TimedCursor
         _TimedCursor.spent, _TimedCursor.on = {}, True
         plain = _ingest_batches(handler, conn, deliveries[:n], batch_size)
         _TimedCursor.on = False
         profiler = cProfile.Profile()
         _ingest_batches(handler, conn, deliveries[n:], batch_size, profiler)
+        ahead = handler.opener.ahead
+        helped = ahead.helped if ahead else 0
+        helper_cpu = _cpu_of(ahead.helper_pid if ahead else None) - helper_start
+        if ahead is not None:
+            ahead.close(wait=True)
         accepted = postgres.fetch_all(
             conn, "SELECT count(*) AS n FROM event_log WHERE decision = 'ACCEPTED'"
         )[0]["n"]
@@ -529,6 +586,9 @@ def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
     micro = 1e6 / n
     result = {f"plain: {phase}": seconds * micro for phase, seconds in plain.items()}
     result["plain: client CPU"] = (plain["open CPU"] + plain["record CPU"]) * micro
+    # Both passes: the helper is not profiled, so its work is the same in each.
+    result["signature helper CPU"] = helper_cpu * micro / 2
+    result["signatures verified ahead (%)"] = 100.0 * helped / (2 * n)
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     for label, dotted in _HOT:
         key = _code_key(dotted)
@@ -536,7 +596,8 @@ def profile(n: int = 5_000, batch_size: int = 250) -> dict[str, float]:
             result[label] = stats[key][3] * micro  # cumulative seconds
     print(f"registry ingest profile: {n:,} events plain, {n:,} profiled, batches of {batch_size}")
     for label, value in result.items():
-        print(f"{label:<42} {value:8.1f} µs/event")
+        unit = "%" if label.endswith("(%)") else "µs/event"
+        print(f"{label:<42} {value:8.1f} {unit}")
     print("statements of the plain pass (client wall, round trip included):")
     statements = sorted(_TimedCursor.spent.items(), key=lambda kv: -kv[1][0])
     for text, (seconds, calls) in statements:
@@ -552,15 +613,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1, help="registry processes (1)")
     parser.add_argument("--batch-size", type=int, default=250, help="events per batch (250)")
     parser.add_argument("--prefetch", type=int, default=500, help="consumer prefetch (500)")
+    parser.add_argument(
+        "--helper", action="store_true", help="verify signatures ahead in a helper process"
+    )
     args = parser.parse_args(argv)
     if args.profile:
-        profile(args.n or 5_000, args.batch_size)
+        profile(args.n or 5_000, args.batch_size, verify_ahead=args.helper)
         return
     run(
         args.n or 20_000,
         processes=args.processes,
         batch_size=args.batch_size,
         prefetch=args.prefetch,
+        verify_ahead=args.helper,
     )
 
 

@@ -291,12 +291,15 @@ def test_an_entry_bundle_parses_back_to_exactly_its_entries() -> None:
 def test_the_right_edge_stores_what_the_stored_hash_index_expects() -> None:
     hashes = tree.MemoryHashes()
     edge = tree.RightEdge(0, [])
+    resumed_next: list[tuple[int, bytes]] | None = None
     for i in range(70):
         data = i.to_bytes(2, "big")
         stored = edge.append(tree.leaf_hash(data))
         start = len(hashes.hashes)
         hashes.append(data)
         assert stored == list(enumerate(hashes.hashes[start:], start))
+        assert resumed_next is None or resumed_next == stored  # an edge resumed at size i
         assert edge.root() == hashes.root()
         resumed = tree.RightEdge(hashes.size, hashes.read(tree.range_indexes(0, hashes.size)))
         assert resumed.root() == hashes.root()
+        resumed_next = resumed.append(tree.leaf_hash((i + 1).to_bytes(2, "big")))

@@ -41,7 +41,10 @@ def copy_rows(
     query = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
-    cur.copy_expert(query.as_string(cur), io.StringIO("\n".join(lines) + "\n"))
+    text = "\n".join(lines) + "\n"
+    # Read in one piece: psycopg2 reads the file 8 kB at a time by default, and a batch's
+    # certificates are a few hundred kB (a read and an encode per piece).
+    cur.copy_expert(query.as_string(cur), io.StringIO(text), size=max(8192, len(text)))
     return len(lines)
 
 

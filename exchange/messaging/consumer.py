@@ -23,6 +23,8 @@ In the spirit of eventsourcing's ``Follower``: a service supplies a :class:`Hand
   A delivery that still raises is dead-lettered as ``INTERNAL_ERROR`` and handed to
   ``committed`` as a culprit.
 - **ack after commit** (the BatchConsumer acks when :meth:`Consumer.handle` returns).
+- **look ahead**: a handler that is :class:`LooksAhead` sees each whole batch before its
+  deliveries are decoded one by one (the registry sends the signatures to its helper process).
 - **health and metrics**: :class:`Health` says whether the consumer is connected and every
   watched thread (the outbox relay) is alive; ``kpx_broker_connected`` and
   ``kpx_dead_letters_total`` are kept here.
@@ -95,6 +97,17 @@ class Isolates(Protocol[T]):
 
     def isolate(self, item: T, exc: Exception) -> T:
         """What to record instead of ``item``, whose data made the database raise ``exc``."""
+        ...
+
+
+@runtime_checkable
+class LooksAhead(Protocol):
+    """A handler that starts work on a whole batch before its deliveries are decoded one
+    by one (the registry verifies the signatures in a helper process). Advisory: whatever
+    it raises is logged and the batch is decoded as usual."""
+
+    def look_ahead(self, batch: Sequence[Delivery]) -> None:
+        """See the class."""
         ...
 
 
@@ -201,6 +214,11 @@ class Consumer(Generic[T, R]):
         Raises TransientError (the BatchConsumer retries the same batch).
         """
         started = time.monotonic()
+        if isinstance(self.handler, LooksAhead):
+            try:
+                self.handler.look_ahead(batch)
+            except Exception:
+                log.exception("%s: looking ahead failed; decoding as usual", self.spec.service)
         pairs = [(d, item) for d in batch if (item := self._decode(d)) is not None]
         items = [item for _, item in pairs]
         culprits: list[T] = []

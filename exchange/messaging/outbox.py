@@ -61,6 +61,7 @@ class Pending:
     exchange: str
     routing_key: str
     event_id: str | None = None  # given when business rows must name the event beforehand
+    payload: bytes | None = None  # the record already encoded, when the caller has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,7 @@ class OutboxWriter:
                 item.record,
                 first + offset,
                 event_id=item.event_id,
+                payload=item.payload,
             )
             appended.append(Appended(event_id, first + offset, body))
             rows.append(

@@ -71,8 +71,15 @@ def registry() -> None:
 
 @registry.command("run")
 @click.option("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, show_default=True)
+@click.option(
+    "--verify-ahead/--no-verify-ahead",
+    default=False,
+    show_default=True,
+    help="Verify each batch's signatures in a helper process while opening it (worth it "
+    "on a host with a core to spare).",
+)
 @pass_runtime
-def run(obj: Runtime, metrics_port: int) -> None:
+def run(obj: Runtime, metrics_port: int, verify_ahead: bool) -> None:
     """Consume kpx.registry until SIGTERM; decide, record and answer every event."""
     region = obj.region
     stop = stop_on_signals()
@@ -85,6 +92,7 @@ def run(obj: Runtime, metrics_port: int) -> None:
         stop,
         metrics_port,
         log_signer=registry_log.load_key(obj.keys_dir),
+        verify_ahead=verify_ahead,
     )
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import Counter
 
@@ -52,6 +52,7 @@ from exchange.registry.log import LogWriter
 from exchange.registry.opening import Opened, Opener
 from exchange.registry.policy import Event, Verdict
 from exchange.wire import topology
+from exchange.wire.spliced import NoticeSplicer
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,10 @@ _SMALL_RECORD = 600  # an upper estimate of a decision or a cancellation, its de
 
 @dataclass
 class _Notices:
-    """One destination's shipment notices of a batch, each with its estimated size."""
+    """One destination's shipment notices of a batch, each with its estimated size; an
+    expected one also with its certificate's Avro datum when it can be spliced (or None)."""
 
-    expected: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    expected: list[tuple[tuple[dict[str, Any], bytes | None], int]] = field(default_factory=list)
     cancelled: list[tuple[dict[str, Any], int]] = field(default_factory=list)
 
 
@@ -108,6 +110,7 @@ class Answers:
     decisions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     destinations: dict[str, _Notices] = field(default_factory=dict)
     accepted: list[Event] = field(default_factory=list)  # for the reconciler, in order
+    splicer: NoticeSplicer | None = None  # notices from the certificates' own bytes
 
     def notices(self, destination: str) -> _Notices:
         """The notices for ``destination``, created on first use."""
@@ -131,12 +134,7 @@ class Answers:
             notices = self.destinations[destination]
             key = f"{destination}.ShipmentNotices"
             # Expected and cancelled never share a message: chunked apart, each stays in order.
-            out += [
-                Pending(
-                    "ShipmentNotices", {"expected": part, "cancelled": []}, topology.NOTIFY, key
-                )
-                for part in _chunks(notices.expected)
-            ]
+            out += [self._expected(part, key) for part in _chunks(notices.expected)]
             out += [
                 Pending(
                     "ShipmentNotices", {"expected": [], "cancelled": part}, topology.NOTIFY, key
@@ -154,11 +152,25 @@ class Answers:
         ]
         return out
 
+    def _expected(self, part: Sequence[tuple[dict[str, Any], bytes | None]], key: str) -> Pending:
+        """One ShipmentNotices of expected shipments, spliced when every datum is there."""
+        records = [record for record, _ in part]
+        datums = [datum for _, datum in part if datum is not None]
+        payload = None
+        if self.splicer is not None and len(datums) == len(part):
+            certificates = zip(datums, (r["accepted_at"] for r in records), strict=True)
+            payload = self.splicer.expected(list(certificates))
+        record = {"expected": records, "cancelled": []}
+        return Pending("ShipmentNotices", record, topology.NOTIFY, key, payload=payload)
 
-def _chunks(weighed: Sequence[tuple[dict[str, Any], int]]) -> list[list[dict[str, Any]]]:
-    """``weighed`` records split, in order, into parts under both batch bounds."""
-    parts: list[list[dict[str, Any]]] = []
-    part: list[dict[str, Any]] = []
+
+T = TypeVar("T")
+
+
+def _chunks(weighed: Sequence[tuple[T, int]]) -> list[list[T]]:
+    """``weighed`` items split, in order, into parts under both batch bounds."""
+    parts: list[list[T]] = []
+    part: list[T] = []
     size = 0
     for record, weight in weighed:
         if part and (size + weight > MAX_BATCH_BYTES or len(part) >= MAX_BATCH_ITEMS):
@@ -274,8 +286,10 @@ class _Session:
         if isinstance(payload, Issuance) and payload.certificate.destination in self.ctx.node_codes:
             # The decoded record re-encodes as is: no need to rebuild it from the dataclasses.
             notice = {"certificate": event.record["certificate"], "accepted_at": self.now}
+            splicer = self.answers.splicer
+            datum = None if splicer is None else splicer.datum(event.encoded)
             self.answers.notices(payload.certificate.destination).expected.append(
-                (notice, len(event.raw))
+                ((notice, datum), len(event.raw))
             )
 
     def _cancel_shipment(self, voiding: Voiding) -> None:
@@ -362,6 +376,15 @@ class Ingest:
     ) -> None:
         self.opener, self.writer, self.ctx, self.clock = opener, writer, ctx, clock
         self.log = log  # the transparency log (DESIGN §12); None only in tests of the policy
+        self.splicer = NoticeSplicer(writer.store)
+
+    def look_ahead(self, batch: Sequence[Delivery]) -> None:
+        """Start verifying the batch's signatures ahead (the consumer's LooksAhead)."""
+        self.opener.look_ahead(batch)
+
+    def close(self) -> None:
+        """Stop the opener's helper process, if any."""
+        self.opener.close()
 
     def decode(self, delivery: Delivery) -> Decoded[Opened]:
         """Open (decode and verify) one delivery; bytes that are no envelope go to kpx.dead."""
@@ -372,7 +395,8 @@ class Ingest:
 
     def record(self, cur: Cursor, items: Sequence[Opened]) -> Recorded:
         """Lock, load, decide and write ``items`` in the consumer's transaction."""
-        session = _Session(self.ctx, self.clock(), self._prepare(cur, items))
+        answers = Answers(splicer=self.splicer)
+        session = _Session(self.ctx, self.clock(), self._prepare(cur, items), answers=answers)
         producers = sorted({o.producer for o in items if o.authentic})
         session.budget = limits.load_budget(cur, producers, self.ctx.policy)
         for o in items:

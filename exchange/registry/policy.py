@@ -94,6 +94,7 @@ class Event:
     record: Mapping[str, Any]  # the payload as decoded (to re-encode without rebuilding it)
     cert_text: str | None = None  # CertificateIssued: Certificate.to_json as canonical JSON
     cert_digest: bytes = b""
+    encoded: bytes = b""  # the payload as received (single-object bytes), to splice from
 
     @property
     def certificate_id(self) -> str | None:

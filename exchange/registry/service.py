@@ -22,6 +22,7 @@ from exchange.registry import deadmover, policy, store
 from exchange.registry import log as registry_log
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
+from exchange.registry.preverify import AheadVerifier
 from exchange.registry.witnessing import Witnessing
 from exchange.tlog import note
 from exchange.tlog.checkpoint import origin_for
@@ -69,8 +70,15 @@ def run_registry(
     drain_timeout: float = 5.0,
     log_signer: note.Signer | None = None,
     linger: float = 0.0,
+    verify_ahead: bool = False,
 ) -> None:
     """Run the registry until ``stop`` is set; see the module docstring.
+
+    ``verify_ahead``: a helper process verifies the signatures of batches of 32 or more
+    while the consumer opens them (exchange/registry/preverify.py). It spends more CPU in
+    all than verifying in line, so it pays only where a core is idle while the consumer
+    opens a batch: off by default (on this project's 2-core machine the cores are shared
+    with RabbitMQ and PostgreSQL).
 
     Raises ConfigError, BrokerRefused or DatabaseUnavailable (at start) when the service
     cannot run at all; transient failures later are retried until ``stop``.
@@ -84,7 +92,7 @@ def run_registry(
         topology.REGISTRY_QUEUE, "registry", SERVICE, prefetch=prefetch, batch_size=batch_size,
         linger=linger,
     )  # fmt: skip
-    handler = ingest(db, region, store_, signer, log_signer)
+    handler = ingest(db, region, store_, signer, log_signer, verify_ahead=verify_ahead)
     consumer = Consumer(amqp_url, spec, handler, db, health)
     # Dead letters go from their queue into the store, where they are listed and re-injected
     # by index (registry/deadmover.py); the queue is only the buffer in front of it.
@@ -99,6 +107,7 @@ def run_registry(
             server.shutdown()
         moving.set()
         mover.join(timeout=15)
+        handler.close()
 
 
 def ingest(
@@ -107,11 +116,20 @@ def ingest(
     schemas: SchemaStore,
     signer: Signer,
     log_signer: note.Signer | None = None,
+    *,
+    verify_ahead: bool = False,
 ) -> Ingest:
-    """The registry's handler for the consumer: opener, outbox writer, policy context, log."""
+    """The registry's handler for the consumer: opener, outbox writer, policy context, log;
+    with ``verify_ahead``, a helper process for the signatures (close the handler after)."""
     keys = KeySource(lambda: store.load_keyring(db.get()), max_age=1.0)
+    ahead = AheadVerifier() if verify_ahead else None
     opener = Opener(
-        schemas, keys, node_users(region), region.node_codes, topology.registry_user(region.vhost)
+        schemas,
+        keys,
+        node_users(region),
+        region.node_codes,
+        topology.registry_user(region.vhost),
+        ahead,
     )
     writer = OutboxWriter(schemas, signer, relay=region.code)
     merkle = None

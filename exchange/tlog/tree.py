@@ -150,19 +150,24 @@ class RightEdge:
         if len(heights) != len(edge):
             raise ValueError(f"a tree of size {size} has {len(heights)} edge hashes")
         self.edge = list(zip(heights, edge, strict=True))
+        # Leaf n's hashes are stored from stored_hash_index(0, n) on, one index a level, and
+        # leaf n + 1's right after them: counted on instead of recomputed bit by bit.
+        self._next_index = stored_hash_index(0, size)
 
     def append(self, leaf: bytes) -> list[tuple[int, bytes]]:
         """Add a leaf hash; returns what to store."""
-        n = self.size
-        out = [(stored_hash_index(0, n), leaf)]
+        index = self._next_index
+        out = [(index, leaf)]
         height, h = 0, leaf
         while self.edge and self.edge[-1][0] == height:
             _, left = self.edge.pop()
             h = node_hash(left, h)
             height += 1
-            out.append((out[-1][0] + 1, h))
+            index += 1
+            out.append((index, h))
         self.edge.append((height, h))
         self.size += 1
+        self._next_index = index + 1
         return out
 
     def root(self) -> bytes:

@@ -141,6 +141,10 @@ class SchemaStore:
         """The 8-byte fingerprint of the current schema of ``name``; SchemaViolation if unknown."""
         return self._entry(name).version.fingerprint
 
+    def schema(self, name: str) -> Any:
+        """The current schema of ``name`` as fastavro parsed it; SchemaViolation if unknown."""
+        return self._entry(name).writing
+
     def encode(self, name: str, record: Record) -> bytes:
         """Single-object encoding of ``record`` with the current schema; raises SchemaViolation."""
         entry = self._entry(name)

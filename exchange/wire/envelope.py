@@ -71,9 +71,12 @@ def seal(
     *,
     event_id: str | None = None,
     produced_at: datetime | None = None,
+    payload: bytes | None = None,
 ) -> tuple[str, bytes]:
     """Encode ``record`` as ``event_type``, wrap it in a signed envelope; return (event_id, bytes).
 
+    ``payload`` is the record's encoding when the caller has made it already (the registry
+    splices its shipment notices, exchange/wire/spliced.py): it is sealed as given.
     Raises SchemaViolation when the record does not match its schema.
     """
     event_id = event_id or str(uuid.uuid4())
@@ -86,7 +89,7 @@ def seal(
             "sequence": sequence,
             "produced_at": produced_at or datetime.now(UTC),
             "key_id": signer.key_id,
-            "payload": store.encode(event_type, record),
+            "payload": store.encode(event_type, record) if payload is None else payload,
             "signature": b"",
         },
     )
@@ -117,6 +120,14 @@ def open_envelope(
         )
     keyring.verify(env["key_id"], env["producer"], data[:-66] + _EMPTY_BYTES, signature)
     return _with_payload(store, env, data)
+
+
+def signed_parts(data: bytes) -> tuple[bytes, bytes] | None:
+    """(the signed bytes, the signature) of wire bytes whose last field is a 64-byte
+    signature, as :func:`open_envelope` verifies them; None when it is not."""
+    if data[-66:-64] != _SIGNATURE_PREFIX:
+        return None
+    return data[:-66] + _EMPTY_BYTES, data[-64:]
 
 
 def read_verified(store: SchemaStore, data: bytes) -> Envelope:

@@ -79,12 +79,17 @@ class RefreshingKeyring:
         Raises BadSignature; UnknownKey for a key id still unknown after the refresh (or
         KeyNotYetKnown with ``transient_unknown``).
         """
+        self.key_for(key_id, producer).verify(message, signature)
+
+    def key_for(self, key_id: str, producer: str) -> VerifyKey:
+        """The key :meth:`verify` checks a signature with: reloaded first when older than
+        ``max_age``, refreshed when ``key_id`` is unknown; raises as :meth:`verify` does."""
         if self._max_age is not None and self._clock() - self._loaded_at >= self._max_age:
             self.refresh()
         if key_id not in self._ring:
             self._refresh_for(key_id)
         try:
-            self._ring.verify(key_id, producer, message, signature)
+            return self._ring.key_for(key_id, producer)
         except UnknownKey as exc:
             if self._transient and key_id not in self._ring:
                 raise KeyNotYetKnown(f"{exc}; not registered yet, retrying later") from exc

@@ -205,6 +205,10 @@ class Keyring:
         Raises UnknownKey if the key id is not registered or belongs to another producer (a
         producer must not sign under someone else's key), BadSignature if it does not verify.
         """
+        self.key_for(key_id, producer).verify(message, signature)
+
+    def key_for(self, key_id: str, producer: str) -> VerifyKey:
+        """``producer``'s key ``key_id``; raises UnknownKey as :meth:`verify` does."""
         key = self._keys.get(key_id)
         if key is None:
             raise UnknownKey(f"key id {key_id!r} (claimed by producer {producer!r}) is unknown")
@@ -212,7 +216,7 @@ class Keyring:
             raise UnknownKey(
                 f"key id {key_id!r} belongs to producer {key.producer!r}, not {producer!r}"
             )
-        key.verify(message, signature)
+        return key
 
 
 def generate_key(producer: str, *, now: date | None = None) -> Signer:
