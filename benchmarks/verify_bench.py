@@ -280,7 +280,7 @@ def ingest(dsn: str, url: str, vhost: str, target: int) -> float:
     """Run one registry process until ``target`` events are decided; events/s."""
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
-    worker = spawn.Process(target=_registry_process, args=(dsn, url, vhost, stop, 250, 500))
+    worker = spawn.Process(target=_registry_process, args=(dsn, url, vhost, stop, 250, 500, False))
     worker.start()
     conn = postgres.connect(dsn)
     count = "SELECT count(*) AS n FROM event_log"
