@@ -9,7 +9,6 @@ one server to its limits starves no other test. Clients are told apart by their 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,15 +19,13 @@ from typing import Any
 import httpx
 import psycopg2
 import pytest
-import uvicorn
-from support.broker import free_port
 from support.certificates import add_certificate, set_state
+from support.portal import served
 from support.registry import region_for
 
 from exchange.adapters.postgres import connect
 from exchange.domain.certnumber import regional_number
 from exchange.registry import service
-from exchange.registry.web.app import build
 from exchange.registry.web.lookups import Lookups
 from exchange.registry.web.portal import Limits, Portal
 from exchange.registry.web.reads import PublicPool
@@ -66,24 +63,8 @@ def serve(dsn: str) -> Serve:
             public=PublicPool(dsn, 1, read_only=True), work=PublicPool(dsn, 1),
             limits=limits or Limits(verify_rate=1000, verify_burst=1000), today=lambda: TODAY,
         )  # fmt: skip
-        port = free_port()
-        config = uvicorn.Config(build(portal, b"k" * 32), host="127.0.0.1", port=port,
-                                log_level="warning", access_log=False)  # fmt: skip
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the portal did not start"
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
-            portal.lookups.close()
-            portal.public.close()
-            portal.work.close()
+        with served(portal) as url:
+            yield url
 
     return running
 

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
-import uvicorn
 from psycopg2 import sql
 
 from exchange.adapters.postgres import connect
 from exchange.messaging.outbox import OutboxWriter
 from exchange.registry import log as registry_log
 from exchange.registry import service
-from exchange.registry.web.app import build
 from exchange.registry.web.lookups import Lookups
 from exchange.registry.web.portal import Portal
 from exchange.registry.web.reads import PublicPool
@@ -31,7 +28,7 @@ from exchange.wire.signing import Keyring, generate_key
 from nodes.operations import Node
 from nodes.service import NodeService
 from nodes.witness import Witness, load_log_key
-from support.broker import free_port
+from support.portal import served
 from support.registry import Env, as_user
 from support.services import unique_name, with_path
 
@@ -104,24 +101,8 @@ def serve_portal(env: Env, dsn: str | None = None) -> Iterator[str]:
         amqp_url=lambda: "", broker_user="", lookups=Lookups(dsn, 2, 2.0),
         public=PublicPool(dsn, 2, read_only=True), work=PublicPool(dsn, 1),
     )  # fmt: skip
-    port = free_port()
-    config = uvicorn.Config(build(portal, b"k" * 32), host="127.0.0.1", port=port,
-                            log_level="warning", access_log=False)  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the portal did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        portal.lookups.close()
-        portal.public.close()
-        portal.work.close()
+    with served(portal) as url:
+        yield url
 
 
 @contextmanager
