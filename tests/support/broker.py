@@ -18,6 +18,7 @@ distinct event ids, sequences, and whether duplicates are byte-identical.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -62,6 +63,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 here): a
+# port the kernel picked for free_port() can become the source port of any outgoing
+# connection while a killed server is down, and its restart then fails with eaddrinuse.
+_STABLE_PORTS = (20_000, 32_000)
+
+
+def stable_port(taken: frozenset[int] = frozenset()) -> int:
+    """A TCP port nobody listens on now, outside the ephemeral range and not in ``taken``: for
+    a private server that is killed and restarted on the same port."""
+    for _ in range(1000):
+        port = random.randint(*_STABLE_PORTS)
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # someone listens on it (the shared broker's 25672, …)
+            return port
+    raise RuntimeError(f"no free port in {_STABLE_PORTS}")
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     """True when something accepts TCP connections on ``host:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -75,7 +98,10 @@ class PrivateBroker:
     def __init__(self, root: Path, *, cookie_home: Path, plugins: Sequence[str]) -> None:
         self.root = root
         self.name = f"kpxt-{os.getpid()}-{secrets.token_hex(3)}@localhost"
-        self.amqp_port, self.dist_port, self.management_port = (free_port() for _ in range(3))
+        ports: list[int] = []
+        while len(ports) < 3:
+            ports.append(stable_port(frozenset(ports)))
+        self.amqp_port, self.dist_port, self.management_port = ports
         self.cookie_home = cookie_home
         self._process: subprocess.Popen[bytes] | None = None
         (root / "mnesia").mkdir(parents=True, exist_ok=True)

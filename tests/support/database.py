@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psycopg2
 
-from support.broker import free_port
+from support.broker import stable_port
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 START_TIMEOUT = 60.0
@@ -50,7 +50,7 @@ class PrivateDatabase:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.data = root / "data"
-        self.port = free_port()
+        self.port = stable_port()
         self._process: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
