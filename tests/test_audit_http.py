@@ -29,10 +29,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 from support.broker import free_port
 from support.browser import serve
+from support.pipeline import query
 from support.registry import Env, certificate, issuance, make_env, wait_until
-from support.witnessing import cloned, issue_at, serve_portal, start_node, start_registry
+from support.witnessing import (
+    cloned,
+    issue_at,
+    serve_portal,
+    start_node,
+    start_registry,
+    tamper,
+)
 
-from exchange.adapters.postgres import connect, fetch_all, transaction
+from exchange.adapters.postgres import connect, transaction
 from exchange.app.exits import ExitCode, exit_code
 from exchange.app.logaudit import audit
 from exchange.app.runtime import Runtime
@@ -90,7 +98,7 @@ def _announced(env: Env) -> int:
 
 def _answered(dsn: str) -> bool:
     """BW's three issues and at least one cosignature accepted, nothing pending."""
-    rows = _query(dsn, "SELECT event_type, registry_state FROM node_events")
+    rows = query(dsn, "SELECT event_type, registry_state FROM node_events")
     issued = [r for r in rows if r["event_type"] == "CertificateIssued"]
     cosigned = [r for r in rows if r["event_type"] == "LogCosigned"]
     return (
@@ -98,24 +106,6 @@ def _answered(dsn: str) -> bool:
         and len(cosigned) >= 1
         and all(r["registry_state"] == "accepted" for r in rows)
     )
-
-
-def _query(dsn: str, sql: str, *params: Any) -> list[dict[str, Any]]:
-    conn = connect(dsn)
-    try:
-        return fetch_all(conn, sql, params or None)
-    finally:
-        conn.close()
-
-
-def _execute(dsn: str, *statements: str) -> None:
-    conn = connect(dsn)
-    try:
-        with transaction(conn) as cur:
-            for statement in statements:
-                cur.execute(statement)
-    finally:
-        conn.close()
 
 
 @dataclass(frozen=True)
@@ -139,7 +129,7 @@ class Copy:
 
     def issued(self) -> list[dict[str, Any]]:
         """BW's accepted issues: event id and leaf index, in leaf order."""
-        return _query(
+        return query(
             self.node,
             "SELECT event_id::text, leaf_index FROM node_events "
             "WHERE event_type = 'CertificateIssued' ORDER BY leaf_index",
@@ -167,7 +157,7 @@ def test_events_accepted_without_a_leaf_index_are_found_in_the_entries_and_store
     region: Copy,
 ) -> None:
     before = {r["event_id"]: r["leaf_index"] for r in region.issued()}
-    _execute(region.node, "UPDATE node_events SET leaf_index = NULL")
+    tamper(region.node, "UPDATE node_events SET leaf_index = NULL")
     result = region.audit()
     assert result.exit_code == 0, result.output
     assert "had no stored leaf index: looked for among the log's entries" in result.output
@@ -184,7 +174,7 @@ def test_a_changed_event_body_in_the_registrys_database_fails_naming_the_event(
     region: Copy,
 ) -> None:
     event = region.issued()[1]["event_id"]
-    _execute(
+    tamper(
         region.registry,
         f"UPDATE event_log SET body = body || '\\x00'::bytea WHERE event_id = '{event}'",
     )
@@ -196,7 +186,7 @@ def test_a_changed_event_body_in_the_registrys_database_fails_naming_the_event(
 
 def test_a_deleted_leaf_fails_naming_the_event(region: Copy) -> None:
     first = region.issued()[0]
-    _execute(region.registry, f"DELETE FROM log_leaves WHERE leaf_index = {first['leaf_index']}")
+    tamper(region.registry, f"DELETE FROM log_leaves WHERE leaf_index = {first['leaf_index']}")
     result = region.audit()
     assert result.exit_code == 1, result.output
     assert f"event {first['event_id']}: not included in the latest tree" in result.output
@@ -204,7 +194,7 @@ def test_a_deleted_leaf_fails_naming_the_event(region: Copy) -> None:
 
 def test_a_changed_stored_hash_fails_the_proofs_computed_from_its_tile(region: Copy) -> None:
     """The registry's database serves a wrong leaf hash in tile 0 (leaf 0 is ZA's or NA's)."""
-    _execute(
+    tamper(
         region.registry,
         f"UPDATE log_hashes SET hash = sha256(hash) WHERE hash_index = "
         f"{tree.stored_hash_index(0, 0)}",

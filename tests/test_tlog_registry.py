@@ -30,6 +30,7 @@ from support.registry import (
     wait_until,
 )
 from support.services import unique_name, with_path
+from support.witnessing import tamper
 
 from exchange.adapters.postgres import connect, transaction
 from exchange.registry import log as registry_log
@@ -130,16 +131,6 @@ def copy(settled: tuple[Env, Path, dict[str, str]]) -> Iterator[str]:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
         admin.close()
-
-
-def tamper(dsn: str, *statements: str) -> None:
-    conn = connect(dsn)
-    try:
-        with transaction(conn) as cur:
-            for statement in statements:
-                cur.execute(statement)
-    finally:
-        conn.close()
 
 
 def leaf_event(dsn: str, index: int) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 
-from exchange.adapters.postgres import connect
+from exchange.adapters.postgres import connect, transaction
 from exchange.messaging.outbox import OutboxWriter
 from exchange.registry import log as registry_log
 from exchange.registry import service
@@ -126,3 +126,15 @@ def cloned(dsn: str) -> Iterator[str]:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
         admin.close()
+
+
+def tamper(dsn: str, *statements: str) -> None:
+    """Run ``statements`` on ``dsn`` in one transaction of their own, as an attacker with
+    the database would (the tamper tests of the log and of the audit)."""
+    conn = connect(dsn)
+    try:
+        with transaction(conn) as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
