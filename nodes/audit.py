@@ -5,7 +5,11 @@ key this node was given):
 
 - every event this node had accepted is included, and its leaf is exactly the envelope
   bytes the node sent (so the registry cannot stand in other bytes for them) — except a
-  cosignature the registry logged after the latest checkpoint it announced;
+  cosignature the registry logged after the latest checkpoint it announced. The registry
+  announces a checkpoint at most once a second, so an event accepted within the last second
+  may lie past the latest one: the command reads the log again until a checkpoint covers it,
+  for at most :data:`COVERED_WITHIN` seconds, then fails naming it (a registry that withholds
+  an event it accepted);
 - every checkpoint this node stored as a witness is consistent with the latest one (a
   registry that showed this node another history than it shows now is caught here), and
   none is larger than the latest (a log that shrank);
@@ -51,6 +55,10 @@ from exchange.tlog.tree import HashReader
 # The registry logs a batch of cosignatures only and signs its checkpoint with the next batch:
 # such an event's leaf may lie past the latest checkpoint without anything being wrong.
 _SERVED_LATER = "LogCosigned"
+
+# Seconds an accepted event may wait for a checkpoint that covers it (announcements come at
+# most once a second; ten of them).
+COVERED_WITHIN = 10.0
 
 
 class LogSource(Protocol):
@@ -115,6 +123,7 @@ class AuditReport:
     located: dict[str, int] = field(default_factory=dict)  # of those, found and proved
     scanned: int = 0  # entries read by that scan
     later: int = 0  # cosignatures logged after the latest checkpoint: checked next time
+    awaiting: int = 0  # events past the latest checkpoint, while they may still wait for one
 
 
 def read_records(cur: Cursor) -> NodeRecords:
@@ -135,9 +144,18 @@ def read_records(cur: Cursor) -> NodeRecords:
     return NodeRecords(events, checkpoints, refusals)
 
 
-def audit(records: NodeRecords, source: LogSource, log_key: Verifier, region: str) -> AuditReport:
+def audit(
+    records: NodeRecords,
+    source: LogSource,
+    log_key: Verifier,
+    region: str,
+    *,
+    may_await: bool = False,
+) -> AuditReport:
     """Run every check of the module docstring; never raises for a failed check (a
-    TransientError — the log unreachable — propagates)."""
+    TransientError — the log unreachable — propagates). With ``may_await``, an event whose
+    leaf lies past the latest checkpoint is counted in ``awaiting`` instead of failing: the
+    caller reads the log again a little later."""
     report = AuditReport()
     try:
         text = source.latest_checkpoint_note()
@@ -147,7 +165,7 @@ def audit(records: NodeRecords, source: LogSource, log_key: Verifier, region: st
         return report
     report.latest, report.latest_note = latest, text
     read = source.hashes(latest.size)
-    _check_events(records.events, source, read, latest, report)
+    _check_events(records.events, source, read, latest, report, may_await)
     _check_checkpoints(records.checkpoints, read, latest, report)
     for refusal in records.refusals:
         if refusal.reason != "unverifiable":  # no evidence against the log: an anchor fixes it
@@ -187,6 +205,7 @@ def _check_events(
     read: HashReader,
     latest: Checkpoint,
     report: AuditReport,
+    may_await: bool,
 ) -> None:
     found = _locate(source, latest, [e for e in events if e.leaf_index is None], report)
     indexed = [
@@ -199,6 +218,9 @@ def _check_events(
         if event.event_type == _SERVED_LATER and (index is None or index >= latest.size):
             report.later += 1  # not among the leaves under the checkpoint: logged after it
             continue
+        if may_await and index is not None and index >= latest.size:
+            report.awaiting += 1  # accepted after the latest announced checkpoint
+            continue
         report.events += 1
         try:
             if index is None:
@@ -206,7 +228,10 @@ def _check_events(
                     f"no leaf of the {latest.size} under it is the envelope this node sent"
                 )
             if index >= latest.size:
-                raise BadProof(f"its leaf {index} is past the checkpoint's {latest.size}")
+                raise BadProof(
+                    f"its leaf {index} is past the checkpoint's {latest.size}, and no "
+                    f"checkpoint covered it within {COVERED_WITHIN:.0f} s"
+                )
             if source.entry(index, latest.size) != event.body:
                 raise BadProof(f"leaf {index} is not the envelope this node sent")
             path = proof.prove_inclusion(index, latest.size, read)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from support.witnessing import (
 )
 
 from exchange.adapters.postgres import connect, transaction
+from exchange.app import logaudit
 from exchange.app.exits import ExitCode, exit_code
 from exchange.app.logaudit import audit
 from exchange.app.runtime import Runtime
@@ -288,6 +290,50 @@ def test_a_tile_of_the_wrong_size_fails_the_audit(region: Copy) -> None:
         result = region.audit("--log-url", mirror)
     assert result.exit_code == 1, result.output
     assert "more than" in result.output and "not included in the latest tree" in result.output
+
+
+def _behind(region: Copy) -> int:
+    """Serve the region's log as it stood before BW's last issue: the checkpoints covering
+    it unannounced (as in the second after its batch), and BW's witness holding none of
+    them. BW's last issue's leaf index."""
+    last = region.issued()[-1]["leaf_index"]
+    unannounce = f"UPDATE log_checkpoints SET announced = false WHERE tree_size > {last}"
+    tamper(region.registry, unannounce)
+    tamper(region.node, f"DELETE FROM witness_checkpoints WHERE tree_size > {last}")
+    return int(last)
+
+
+def test_an_event_past_the_latest_checkpoint_waits_for_one_that_covers_it(
+    region: Copy,
+) -> None:
+    last = _behind(region)
+
+    def announce() -> None:  # the registry's announcer, half a second later
+        time.sleep(0.5)
+        tamper(region.registry, "UPDATE log_checkpoints SET announced = true")
+
+    announcer = threading.Thread(target=announce)
+    announcer.start()
+    result = region.audit()
+    announcer.join()
+    assert result.exit_code == 0, result.output
+    served = int(result.output.rsplit("tree ", 1)[1].split(";")[0].split()[0])
+    assert served > last
+
+
+def test_an_event_no_checkpoint_covers_in_time_fails_naming_it(
+    region: Copy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that withholds an event it accepted from every checkpoint it announces."""
+    monkeypatch.setattr(logaudit, "COVERED_WITHIN", 0.5)
+    last = _behind(region)
+    event = region.issued()[-1]["event_id"]
+    result = region.audit()
+    assert result.exit_code == 1, result.output
+    assert f"event {event}: not included in the latest tree: its leaf {last} is past" in (
+        result.output
+    )
+    assert "no checkpoint covered it within" in result.output
 
 
 def test_a_mirror_lying_about_one_hash_of_a_tile_fails_the_audit(region: Copy) -> None:

@@ -200,6 +200,31 @@ def test_a_certificate_proof_verifies_with_nothing_but_the_log_key(
     assert by_event["leaf_index"] == 12
 
 
+def test_an_event_past_the_announced_checkpoint_is_proved_under_the_newest_signed_one(
+    settled: tuple[Env, Path, dict[str, str]], copy: str
+) -> None:
+    """Announcements to the witnesses come at most once a second; every batch's checkpoint is
+    signed and stored all the same, so an event just decided is proved at once."""
+    _, keys, sent = settled
+    tamper(copy, "UPDATE log_checkpoints SET announced = false WHERE tree_size > 5")
+    served, _ = checkpoint.open_checkpoint(
+        kpx_log(copy, keys, "checkpoint").output,
+        note.parse_verifier(kpx_log(copy, keys, "key").output.strip()),
+        "kpx/XS",
+    )
+    assert served.size <= 5  # the void (leaf 12) lies past what the witnesses were shown
+    result = kpx_log(copy, keys, "proof", "--event", sent["void"], "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    verifier = note.parse_verifier(kpx_log(copy, keys, "key").output.strip())
+    cp, _ = checkpoint.open_checkpoint(doc["checkpoint"], verifier, "kpx/XS")
+    assert doc["tree_size"] == cp.size == 13 and doc["leaf_index"] == 12
+    path = [note.unb64(h, "hash") for h in doc["inclusion"]]
+    proof.verify_inclusion(12, 13, tree.leaf_hash(note.unb64(doc["leaf"], "leaf")), path, cp.root)
+    early = json.loads(kpx_log(copy, keys, "proof", "--event", leaf_event(copy, 0)).output)
+    assert early["tree_size"] == served.size  # under the announced one when it holds the leaf
+
+
 def test_consistency_between_two_signed_checkpoints_verifies(
     settled: tuple[Env, Path, dict[str, str]],
 ) -> None:
@@ -414,3 +439,53 @@ def test_two_registries_on_one_queue_build_one_log_that_verifies(
     assert _count(env.dsn, "log_leaves") == 300
     result = kpx_log(env.dsn, tmp_path, "verify")
     assert result.exit_code == 0, result.output
+
+
+def test_checkpoints_go_to_the_witnesses_at_most_once_a_second_and_none_is_left_behind(
+    make_session_vhost: Any, make_session_database: Any, tmp_path: Path
+) -> None:
+    """Batches of two, all in well under a second: each signs its checkpoint, few are
+    announced, and the newest reaches the witnesses (the outbox's LogCheckpoint notices) a
+    second later with no batch to carry it — while the registry runs, not only at its stop."""
+    vhost, database = make_session_vhost(), make_session_database()
+    env = make_env(vhost.name, vhost.amqp_url, database.url)
+    registry_log.ensure_key(tmp_path, env.region.code)
+    for serial in range(1, 5):
+        for member, dest in (("BW", "ZA"), ("ZA", "NA"), ("NA", "BW")):
+            cert = certificate(member, serial, destination=dest)
+            env.publisher.send(env.producers.seal(member, issuance(cert)))
+    stop = threading.Event()
+    args = (env.dsn, env.registry_url, env.region, env.producers.store, env.registry_signer)
+    thread = threading.Thread(
+        target=service.run_registry,
+        args=(*args, stop),
+        kwargs={"relay": False, "batch_size": 2, "log_signer": registry_log.load_key(tmp_path)},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        wait_until(lambda: _count(env.dsn, "event_log") >= 12, what="every event decided")
+
+        def announced() -> list[int]:
+            rows = env.query("SELECT tree_size FROM log_checkpoints WHERE announced")
+            return sorted(r["tree_size"] for r in rows)
+
+        wait_until(lambda: announced()[-1:] == [12], timeout=10, what="the newest announced")
+        assert thread.is_alive()  # by the announcer, not the stop
+        signed = env.query("SELECT count(*) AS n FROM log_checkpoints")[0]["n"]
+        assert signed >= 6 and len(announced()) < signed
+        notices = env.query(
+            "SELECT routing_key, count(*) AS n FROM outbox WHERE event_type = 'LogCheckpoint' "
+            "GROUP BY 1 ORDER BY 1"
+        )
+        # One notice a node an announcement, to the nodes heard from by then (BW's first):
+        # the last one reached all three.
+        counts = {r["routing_key"]: r["n"] for r in notices}
+        assert counts["BW.LogCheckpoint"] == len(announced())
+        assert set(counts) == {f"{code}.LogCheckpoint" for code in ("BW", "NA", "ZA")}
+        assert all(1 <= n <= len(announced()) for n in counts.values())
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        env.publisher.close()
+    assert not thread.is_alive()

@@ -10,6 +10,7 @@ node's ``trusted/`` folder.
 from __future__ import annotations
 
 import sys
+import time
 from urllib.parse import urlsplit
 
 import click
@@ -18,7 +19,7 @@ from exchange.adapters.postgres import connect, transaction
 from exchange.app.exits import ExitCode
 from exchange.app.runtime import Runtime, pass_runtime
 from exchange.tlog import note
-from nodes.audit import AuditReport, read_records, record
+from nodes.audit import COVERED_WITHIN, AuditReport, read_records, record
 from nodes.audit import audit as run_audit
 from nodes.logclient import LogClient
 from nodes.witness import load_log_key
@@ -53,7 +54,14 @@ def audit(rt: Runtime, member: str, log_url: str | None) -> None:
         # No node transaction is open while the log is read: a scan of a large log over the
         # network must not hold a snapshot (and vacuum) of the node's database meanwhile.
         with LogClient(url) as log:
-            report = run_audit(records, log, key, rt.region.code)
+            # An event accepted within the last second may wait for the next checkpoint.
+            deadline = time.monotonic() + COVERED_WITHIN
+            while True:
+                may_await = time.monotonic() < deadline
+                report = run_audit(records, log, key, rt.region.code, may_await=may_await)
+                if not report.awaiting:
+                    break
+                time.sleep(0.25)
             fetched = f"{log.tiles_fetched} tiles and {log.bundles_fetched} entry bundles"
         with transaction(node) as cur:
             record(cur, report)

@@ -208,11 +208,13 @@ def latest_checkpoint_note(conn: Connection) -> str:
     """The newest served checkpoint's note with every cosignature the registry holds for it."""
     with transaction(conn) as cur:
         cp, text = _latest(cur)
-        cur.execute(
-            "SELECT line FROM log_cosignatures WHERE tree_size = %s ORDER BY witness", (cp.size,)
-        )
-        lines = [row[0] for row in cur.fetchall()]
-    return text + "".join(lines)
+        return _cosigned(cur, cp.size, text)
+
+
+def _cosigned(cur: Cursor, size: int, text: str) -> str:
+    """The note ``text`` of checkpoint ``size`` with the cosignatures held for it."""
+    cur.execute("SELECT line FROM log_cosignatures WHERE tree_size = %s ORDER BY witness", (size,))
+    return text + "".join(row[0] for row in cur.fetchall())
 
 
 def checkpoint_note(conn: Connection, size: int) -> str:
@@ -282,17 +284,27 @@ def issuance_event(conn: Connection, certificate_id: str) -> str:
 
 
 def inclusion_proof(conn: Connection, event_id: str) -> dict[str, Any]:
-    """§12's proof document of an accepted event against the latest checkpoint."""
+    """§12's proof document of an accepted event against the latest checkpoint — the newest
+    announced, or when the event came after it (announcements are at most one a second), the
+    newest the registry signed: every batch's checkpoint is signed and stored, so an event
+    can be proved as soon as its decision is out."""
     index, body = leaf_of_event(conn, event_id)
     with transaction(conn) as cur:
-        cp, _ = _latest(cur)
+        cp, text = _latest(cur)
+        if index >= cp.size:
+            cur.execute(
+                "SELECT tree_size, note FROM log_checkpoints ORDER BY tree_size DESC LIMIT 1"
+            )
+            size, text = cur.fetchone()  # type: ignore[misc]
+            cp = Checkpoint(cp.origin, int(size), b"")
         path = proof.prove_inclusion(index, cp.size, reader(cur))
+        cosigned = _cosigned(cur, cp.size, text)
     return {
         "leaf_index": index,
         "tree_size": cp.size,
         "leaf": note.b64(body),
         "inclusion": [note.b64(h) for h in path],
-        "checkpoint": latest_checkpoint_note(conn),
+        "checkpoint": cosigned,
     }
 
 

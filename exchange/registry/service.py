@@ -1,11 +1,11 @@
 """``kpx registry run``: the ingest consumer, the registry's outbox relay and its metrics.
 
 :func:`run_registry` migrates the registry database, seeds the participants from the region
-file, starts the relay and the dead-letter mover (threads) and the metrics endpoint, and
-consumes ``kpx.registry`` until ``stop`` is set — reconnecting with jittered, bounded
-backoff after a lost broker or database. Setting ``stop`` (the CLI does it on SIGTERM)
-drains: the batch in hand is finished and acked, consuming stops, the relay gets a few
-seconds to publish what the last batches wrote, and the function returns.
+file, starts the relay, the dead-letter mover and the checkpoint announcer (threads) and
+the metrics endpoint, and consumes ``kpx.registry`` until ``stop`` is set — reconnecting
+with jittered, bounded backoff after a lost broker or database. Setting ``stop`` (the CLI
+does it on SIGTERM) drains: the batch in hand is finished and acked, consuming stops, the
+relay gets a few seconds to publish what the last batches wrote, and the function returns.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from exchange.registry import log as registry_log
 from exchange.registry.ingest import SERVICE, Ingest
 from exchange.registry.opening import KeySource, Opener
 from exchange.registry.preverify import AheadVerifier
-from exchange.registry.witnessing import Witnessing
+from exchange.registry.witnessing import Announcer, Witnessing
 from exchange.tlog import note
 from exchange.tlog.checkpoint import origin_for
 from exchange.wire import topology
@@ -94,6 +94,13 @@ def run_registry(
     )  # fmt: skip
     handler = ingest(db, region, store_, signer, log_signer, verify_ahead=verify_ahead)
     consumer = Consumer(amqp_url, spec, handler, db, health)
+    witnessing = handler.log.announce if handler.log is not None else None
+    announcer, announcing = None, None
+    if isinstance(witnessing, Witnessing):  # the checkpoints a quiet second left behind
+        announcer = Announcer(dsn, witnessing)
+        announcing = announcer.thread(stop)
+        health.watch("announcer", announcing)
+        announcing.start()
     # Dead letters go from their queue into the store, where they are listed and re-injected
     # by index (registry/deadmover.py); the queue is only the buffer in front of it.
     moving = threading.Event()  # its own: it also ends when the consumer cannot start
@@ -101,12 +108,15 @@ def run_registry(
     health.watch("dead-letters", mover)
     mover.start()
     try:
-        run_consumer(consumer, stop, relays, drain_timeout=drain_timeout)
+        last = (lambda db: announcer.last(db.get())) if announcer is not None else None
+        run_consumer(consumer, stop, relays, drain_timeout=drain_timeout, stopping=last)
     finally:
         if server is not None:
             server.shutdown()
         moving.set()
         mover.join(timeout=15)
+        if announcing is not None:
+            announcing.join(timeout=15)
         handler.close()
 
 
