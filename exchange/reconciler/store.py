@@ -66,10 +66,15 @@ def apply_batch(
     Events already recorded (redeliveries, duplicates within the batch) are skipped.
     """
     fresh = _track(cur, envelopes)
-    touched: set[str] = set()
+    # Issues, most of a batch, in two statements for all of them; the rest one by one, in
+    # order (a production revision replaces the one before it). No projection table refers
+    # to another, so the issues may go first.
+    issued = [e for e in fresh if e.event_type == "CertificateIssued"]
+    touched = _certificates(cur, [(e.payload["certificate"], e.event_id) for e in issued])
     for env in fresh:
-        touched |= _project(cur, env)
-    findings = [d for cid in sorted(touched) for d in _findings(cur, ctx, cid)]
+        if env.event_type != "CertificateIssued":
+            touched |= _project(cur, env)
+    findings = _findings(cur, ctx, sorted(touched))
     return raise_now(cur, ctx, findings, today)
 
 
@@ -98,7 +103,7 @@ def _project(cur: Cursor, env: Envelope) -> set[str]:
     """Write one event's projection rows; return the certificate ids it concerns."""
     p = env.payload
     if env.event_type == "CertificateIssued":
-        return {_certificate(cur, p["certificate"], env.event_id)}
+        return _certificates(cur, [(p["certificate"], env.event_id)])
     if env.event_type == "ImportConfirmed":
         cur.execute(
             "INSERT INTO recon.confirmations (event_id, certificate_id, issuing_participant,"
@@ -140,30 +145,43 @@ def parcel_origin(parcel_origin: str | None, countries: Sequence[str]) -> str | 
     return countries[0] if len(countries) == 1 else None
 
 
-def _certificate(cur: Cursor, c: dict[str, Any], event_id: str) -> str:
-    cid: str = c["certificate_id"]
-    countries = list(c["origin"]["countries"])
-    cur.execute(
-        "INSERT INTO recon.certificates (certificate_id, issuing_participant, exporter,"
-        " destination, origin_type, origin_countries, date_of_issue, date_of_expiry,"
-        " number_of_parcels, total_carats, total_value_usd, event_id)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (cid, c["issuing_participant"], c.get("issuing_member") or c["issuing_participant"],
-         c["destination"], c["origin"]["type"], countries, c["date_of_issue"],
-         c["date_of_expiry"], c["number_of_parcels"], c["total_carats"], c["total_value_usd"],
-         event_id),
-    )  # fmt: skip
-    psycopg2.extras.execute_values(
-        cur,
-        "INSERT INTO recon.parcels (certificate_id, parcel_no, hs_code, carats, value_usd,"
-        " origin) VALUES %s ON CONFLICT DO NOTHING",
-        [
+def _certificates(cur: Cursor, issued: Sequence[tuple[dict[str, Any], str]]) -> set[str]:
+    """Project issued certificates (record, event id) and their parcels; their ids."""
+    if not issued:
+        return set()
+    certificates, parcels = [], []
+    for c, event_id in issued:
+        cid = c["certificate_id"]
+        countries = list(c["origin"]["countries"])
+        certificates.append(
+            (cid, c["issuing_participant"], c.get("issuing_member") or c["issuing_participant"],
+             c["destination"], c["origin"]["type"], countries, c["date_of_issue"],
+             c["date_of_expiry"], c["number_of_parcels"], c["total_carats"],
+             c["total_value_usd"], event_id)
+        )  # fmt: skip
+        parcels += [
             (cid, p["parcel_no"], _hs(p["hs_code"]), p["carats"], p["value_usd"],
              parcel_origin(p.get("origin_country"), countries))
             for p in c["parcels"]
-        ],
-    )  # fmt: skip
-    return cid
+        ]  # fmt: skip
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO recon.certificates (certificate_id, issuing_participant, exporter,"
+        " destination, origin_type, origin_countries, date_of_issue, date_of_expiry,"
+        " number_of_parcels, total_carats, total_value_usd, event_id)"
+        " VALUES %s ON CONFLICT DO NOTHING",
+        certificates,
+        page_size=1000,
+    )
+    if parcels:
+        psycopg2.extras.execute_values(
+            cur,
+            "INSERT INTO recon.parcels (certificate_id, parcel_no, hs_code, carats, value_usd,"
+            " origin) VALUES %s ON CONFLICT DO NOTHING",
+            parcels,
+            page_size=5000,
+        )
+    return {c["certificate_id"] for c, _ in issued}
 
 
 def _hs(symbol: str) -> str:
@@ -171,24 +189,35 @@ def _hs(symbol: str) -> str:
     return from_symbol(HsCode, symbol).value
 
 
-def _findings(cur: Cursor, ctx: Context, cid: str) -> list[Discrepancy]:
+def _findings(cur: Cursor, ctx: Context, cids: Sequence[str]) -> list[Discrepancy]:
+    """The event-time findings of the certificates ``cids``, in their order (two queries for
+    all of them, not two each)."""
+    if not cids:
+        return []
     cur.execute(
         "SELECT c.certificate_id, c.exporter, c.destination, c.date_of_expiry,"
         " c.number_of_parcels, c.total_carats, c.total_value_usd, v.voided_on, v.replaced_by"
         " FROM recon.certificates c LEFT JOIN recon.voids v USING (certificate_id)"
-        " WHERE c.certificate_id = %s",
-        (cid,),
+        " WHERE c.certificate_id = ANY(%s)",
+        (list(cids),),
     )
-    row = cur.fetchone()
-    cert = CertificateFacts(*row) if row else None
+    certs = {row[0]: CertificateFacts(*row) for row in cur.fetchall()}
     cur.execute(
         "SELECT event_id::text, certificate_id, issuing_participant, importing_participant,"
         " received_on, parcels, carats, value_usd, seal_intact FROM recon.confirmations"
-        " WHERE certificate_id = %s ORDER BY seq",
-        (cid,),
+        " WHERE certificate_id = ANY(%s) ORDER BY seq",
+        (list(cids),),
     )
-    confs = [ConfirmationFacts(*r) for r in cur.fetchall()]
-    return certificate_findings(cert, confs, ctx.limits, ctx.region, ctx.members)
+    confs: dict[str, list[ConfirmationFacts]] = {}
+    for row in cur.fetchall():
+        confs.setdefault(row[1], []).append(ConfirmationFacts(*row))
+    return [
+        d
+        for cid in cids
+        for d in certificate_findings(
+            certs.get(cid), confs.get(cid, []), ctx.limits, ctx.region, ctx.members
+        )
+    ]
 
 
 # ---------------------------------------------------------------- discrepancies
