@@ -489,3 +489,33 @@ def test_checkpoints_go_to_the_witnesses_at_most_once_a_second_and_none_is_left_
         thread.join(timeout=30)
         env.publisher.close()
     assert not thread.is_alive()
+
+
+def test_a_checkpoint_left_unannounced_by_a_crash_is_announced_at_the_next_start(
+    settled: tuple[Env, Path, dict[str, str]], copy: str
+) -> None:
+    """A registry killed in the second after a throttled batch leaves its checkpoint signed
+    but unannounced; the next start sends it with no new event to carry it."""
+    env, keys, _ = settled
+    tamper(copy, "UPDATE log_checkpoints SET announced = false WHERE tree_size > 5")
+    stop = threading.Event()
+    args = (copy, env.registry_url, env.region, env.producers.store, env.registry_signer)
+    thread = threading.Thread(
+        target=service.run_registry,
+        args=(*args, stop),
+        kwargs={"relay": False, "log_signer": registry_log.load_key(keys)},
+        daemon=True,
+    )
+    thread.start()
+    try:
+
+        def served() -> int:
+            result = kpx_log(copy, keys, "checkpoint")
+            return int(result.output.splitlines()[1])
+
+        wait_until(lambda: served() == 13, timeout=10, what="the newest checkpoint announced")
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
