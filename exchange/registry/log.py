@@ -290,18 +290,18 @@ def inclusion_proof(conn: Connection, event_id: str) -> dict[str, Any]:
     can be proved as soon as its decision is out."""
     index, body = leaf_of_event(conn, event_id)
     with transaction(conn) as cur:
-        cp, text = _latest(cur)
-        if index >= cp.size:
+        served, text = _latest(cur)
+        size = served.size
+        if index >= size:
             cur.execute(
                 "SELECT tree_size, note FROM log_checkpoints ORDER BY tree_size DESC LIMIT 1"
             )
             size, text = cur.fetchone()  # type: ignore[misc]
-            cp = Checkpoint(cp.origin, int(size), b"")
-        path = proof.prove_inclusion(index, cp.size, reader(cur))
-        cosigned = _cosigned(cur, cp.size, text)
+        path = proof.prove_inclusion(index, size, reader(cur))
+        cosigned = _cosigned(cur, size, text)
     return {
         "leaf_index": index,
-        "tree_size": cp.size,
+        "tree_size": size,
         "leaf": note.b64(body),
         "inclusion": [note.b64(h) for h in path],
         "checkpoint": cosigned,
