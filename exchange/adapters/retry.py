@@ -98,3 +98,17 @@ def stopped_quietly(stop: threading.Event, log: logging.Logger, what: str) -> It
         if not stop.is_set():
             raise
         log.info("%s: stopped while reconnecting (%s)", what, exc)
+
+
+def run_until_stopped(
+    stop: threading.Event,
+    log: logging.Logger,
+    what: str,
+    work: Callable[[threading.Event], None],
+) -> None:
+    """``work(stop)`` again after each transient failure, with jittered backoff, until
+    ``stop`` is set; stopped while reconnecting, it returns quietly (see the two above)."""
+    with stopped_quietly(stop, log, what):
+        for attempt in until_stopped(stop, log):
+            with attempt:
+                work(stop)

@@ -50,7 +50,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 from exchange.adapters import metrics
 from exchange.adapters.postgres import Connection, Cursor, connect, refused_data, transaction
 from exchange.adapters.rabbitmq import BatchConsumer, Delivery
-from exchange.adapters.retry import stopped_quietly, until_stopped
+from exchange.adapters.retry import run_until_stopped
 from exchange.errors import TransientError
 from exchange.messaging.outbox import OutboxRelay, backlog
 from exchange.wire import topology
@@ -184,10 +184,7 @@ class Consumer(Generic[T, R]):
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, reconnecting after transient failures."""
-        with stopped_quietly(stop, log, self.spec.connection_name):
-            for attempt in until_stopped(stop, log):
-                with attempt:
-                    self._consume(stop)
+        run_until_stopped(stop, log, self.spec.connection_name, self._consume)
 
     def _consume(self, stop: threading.Event) -> None:
         spec = self.spec

@@ -31,7 +31,7 @@ from pika.spec import BasicProperties
 from exchange.adapters.metrics import DEAD_LETTERS_PENDING
 from exchange.adapters.postgres import Connection, connect, transaction
 from exchange.adapters.rabbitmq import blocking_connection, translated
-from exchange.adapters.retry import stopped_quietly, until_stopped
+from exchange.adapters.retry import run_until_stopped
 from exchange.registry import deadstore
 from exchange.registry.deadletters import from_message
 from exchange.wire import topology
@@ -162,10 +162,7 @@ class Mover:
 
     def run(self, stop: threading.Event) -> None:
         """Move until ``stop`` is set, reconnecting after a lost broker or database."""
-        with stopped_quietly(stop, log, "dead-letter mover"):
-            for attempt in until_stopped(stop, log):
-                with attempt:
-                    self._move(stop)
+        run_until_stopped(stop, log, "dead-letter mover", self._move)
 
     def _move(self, stop: threading.Event) -> None:
         db = connect(self.dsn, application_name="kpx-registry-dead-letters")

@@ -36,7 +36,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from exchange.adapters.postgres import Connection, Cursor, connect, transaction
-from exchange.adapters.retry import stopped_quietly, until_stopped
+from exchange.adapters.retry import run_until_stopped
 from exchange.domain.events import CheckpointNotice, Cosignature
 from exchange.errors import MalformedNote
 from exchange.messaging.outbox import OutboxWriter, Pending
@@ -184,36 +184,36 @@ class Announcer:
 
     def run(self, stop: threading.Event) -> None:
         """Announce until ``stop`` is set, reconnecting after a lost database."""
-        with stopped_quietly(stop, log, "checkpoint announcer"):
-            for attempt in until_stopped(stop, log):
-                with attempt:
-                    self._announce(stop)
+        run_until_stopped(stop, log, "checkpoint announcer", self._announce)
 
     def _announce(self, stop: threading.Event) -> None:
-        witnessing = self.witnessing
         conn = connect(self.dsn, application_name="kpx-registry-announcer")
         try:
-            while not stop.wait(witnessing.every / 4):
-                if witnessing.pending and witnessing.due():
-                    witnessing.pending = False  # before: a batch may leave another meanwhile
-                    try:
-                        with transaction(conn) as cur:
-                            size = witnessing.announce_pending(cur)
-                    except BaseException:
-                        witnessing.pending = True
-                        raise
-                    if size is not None:
-                        log.debug("log: checkpoint %d announced after a quiet second", size)
+            while not stop.wait(self.witnessing.every / 4):
+                if self.witnessing.due():
+                    self._send(conn)
         finally:
             conn.close()
 
     def last(self, conn: Connection) -> None:
         """At a clean stop: announce what the last batches left behind, so a stopped registry
         serves a checkpoint of its whole log (``run_consumer``'s ``stopping``)."""
-        if self.witnessing.pending:
-            self.witnessing.pending = False
+        self._send(conn)
+
+    def _send(self, conn: Connection) -> None:
+        """Announce the newest checkpoint on ``conn`` if a batch left one pending."""
+        witnessing = self.witnessing
+        if not witnessing.pending:
+            return
+        witnessing.pending = False  # before: a batch may leave another meanwhile
+        try:
             with transaction(conn) as cur:
-                self.witnessing.announce_pending(cur)
+                size = witnessing.announce_pending(cur)
+        except BaseException:
+            witnessing.pending = True
+            raise
+        if size is not None:
+            log.debug("log: checkpoint %d announced after a quiet second", size)
 
     def thread(self, stop: threading.Event) -> threading.Thread:
         """The announcer on a daemon thread (not started)."""
