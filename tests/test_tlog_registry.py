@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -439,6 +440,57 @@ def test_two_registries_on_one_queue_build_one_log_that_verifies(
     assert _count(env.dsn, "log_leaves") == 300
     result = kpx_log(env.dsn, tmp_path, "verify")
     assert result.exit_code == 0, result.output
+
+
+def _leaves(tag: str, n: int) -> list[SimpleNamespace]:
+    return [SimpleNamespace(event_id=str(uuid.uuid4()), raw=f"{tag}{i}".encode()) for i in range(n)]
+
+
+def _stored_tree(dsn: str) -> tuple[list[bytes], bytes, bytes]:
+    """The leaf hashes in index order, the tree hash of the stored hashes, and the newest
+    checkpoint's root."""
+    conn = connect(dsn)
+    try:
+        with transaction(conn) as cur:
+            cur.execute("SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")
+            leaves = [bytes(r[0]) for r in cur.fetchall()]
+            stored = tree.tree_hash(len(leaves), registry_log.reader(cur))
+            cur.execute("SELECT root_hash FROM log_checkpoints ORDER BY tree_size DESC LIMIT 1")
+            (root,) = cur.fetchone()  # type: ignore[misc]
+        return leaves, stored, bytes(root)
+    finally:
+        conn.close()
+
+
+def test_a_writer_reuses_its_right_edge_only_while_the_head_holds_the_tree_it_computed(
+    copy: str, settled: tuple[Env, Path, dict[str, str]]
+) -> None:
+    """The writer keeps the right edge of its last batch instead of reading it back. A batch
+    of its own that rolled back, followed by another process's batch of the same size, leaves
+    the head at the size it remembers but another root: it must read the edge again."""
+    signer = registry_log.load_key(settled[1])
+    mine, other = registry_log.LogWriter(signer, "XS"), registry_log.LogWriter(signer, "XS")
+    before = len(_stored_tree(copy)[0])
+    conn = connect(copy)
+    try:
+        with transaction(conn) as cur:
+            mine.append(cur, _leaves("a", 3))  # committed: the edge is remembered
+        with pytest.raises(RuntimeError), transaction(conn) as cur:
+            mine.append(cur, _leaves("lost", 3))  # remembered, then rolled back
+            raise RuntimeError("the batch failed after placing its leaves")
+        with transaction(conn) as cur:
+            other.append(cur, _leaves("b", 3))  # the size the lost batch would have reached
+        with transaction(conn) as cur:
+            mine.append(cur, _leaves("c", 2))
+        with transaction(conn) as cur:
+            mine.append(cur, _leaves("d", 5))  # the remembered edge, reused
+    finally:
+        conn.close()
+    leaves, stored, signed = _stored_tree(copy)
+    batches = (("a", 3), ("b", 3), ("c", 2), ("d", 5))
+    expected = [tree.leaf_hash(f"{tag}{i}".encode()) for tag, n in batches for i in range(n)]
+    assert leaves[before:] == expected
+    assert stored == signed == tree.merkle_root(leaves)
 
 
 def test_checkpoints_go_to_the_witnesses_at_most_once_a_second_and_none_is_left_behind(

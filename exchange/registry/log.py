@@ -39,7 +39,12 @@ class Appended:
     checkpoint: Checkpoint
     note: str
     previous_size: int  # of the newest checkpoint announced to the witnesses
-    consistency: list[bytes]  # from previous_size to the new size
+    hashes: tree.HashReader  # the stored hashes and the batch's: valid in its transaction
+
+    def consistency(self) -> list[bytes]:
+        """The consistency proof from ``previous_size`` to the new size. Computed only when
+        the checkpoint is announced (at most once a second), not for every batch."""
+        return proof.prove_consistency(self.previous_size, self.checkpoint.size, self.hashes)
 
 
 class Leaf(Protocol):
@@ -66,6 +71,10 @@ class LogWriter:
 
     def __init__(self, signer: note.Signer, origin: str, announce: Announce | None = None):
         self.signer, self.origin, self.announce = signer, origin, announce
+        # The right edge this process last computed, with its tree's size and root: reused
+        # while the head still holds that size and root (so its own batches read no hashes),
+        # read again when another process appended or a rolled-back batch left it ahead.
+        self._edge: tuple[int, bytes, list[bytes]] | None = None
 
     def append(self, cur: Cursor, leaves: Sequence[Leaf]) -> Appended | None:
         """Append the events' envelope bytes in order and checkpoint them; None when there
@@ -81,9 +90,13 @@ class LogWriter:
         decisions, which name their leaves), then calls :meth:`checkpoint`."""
         if not leaves:
             return None
-        cur.execute("SELECT tree_size FROM log_head FOR UPDATE")
-        (size,) = cur.fetchone()  # type: ignore[misc]
-        edge = tree.RightEdge(size, read_hashes(cur, tree.range_indexes(0, size)))
+        # The head's root is its checkpoint's: every batch stores one at the size it reached.
+        cur.execute(
+            "SELECT h.tree_size, c.root_hash FROM log_head h LEFT JOIN log_checkpoints c "
+            "ON c.tree_size = h.tree_size FOR UPDATE OF h"
+        )
+        size, root = cur.fetchone()  # type: ignore[misc]
+        edge = tree.RightEdge(size, self._edge_hashes(cur, size, root))
         rows: list[tuple[int, str, bytes]] = []
         stored: list[tuple[int, bytes]] = []
         for event in leaves:
@@ -91,6 +104,7 @@ class LogWriter:
             rows.append((edge.size, event.event_id, leaf))
             stored += edge.append(leaf)
         new = Checkpoint(self.origin, edge.size, edge.root())
+        self._edge = (new.size, new.root, [h for _, h in edge.edge])
         text = checkpoint.sign_checkpoint(new, self.signer)
         # Plain inserts of new keys: COPY, not execute_values (2.4x fewer server µs a row
         # measured here); a key already present still fails the transaction, as an INSERT.
@@ -105,9 +119,16 @@ class LogWriter:
         )
         (announced_size,) = cur.fetchone()  # type: ignore[misc]
         previous = 0 if announced_size is None else int(announced_size)
-        reader = _overlay(cur, dict(stored))
-        proof_ = proof.prove_consistency(previous, new.size, reader)
-        return Appended(new, text, previous, proof_)
+        return Appended(new, text, previous, _overlay(cur, dict(stored)))
+
+    def _edge_hashes(self, cur: Cursor, size: int, root: bytes | None) -> list[bytes]:
+        """The right edge of the tree of ``size`` leaves whose root is ``root``: the one this
+        process computed last when size and root match (the same tree), else read."""
+        if self._edge is not None and root is not None:
+            cached_size, cached_root, hashes = self._edge
+            if cached_size == size and cached_root == bytes(root):
+                return list(hashes)
+        return read_hashes(cur, tree.range_indexes(0, size))
 
     def checkpoint(self, cur: Cursor, appended: Appended, leaves: Sequence[Leaf]) -> None:
         """Store the checkpoint :meth:`place` signed, announced to the witnesses or not."""

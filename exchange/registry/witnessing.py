@@ -84,7 +84,7 @@ class Witnessing:
         if not self.due():
             self.pending = True
             return False
-        self._announce(cur, appended.note, appended.previous_size, appended.consistency)
+        self._announce(cur, appended.note, appended.previous_size, appended.consistency())
         return True
 
     def due(self) -> bool:
