@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import threading
 import time
 import uuid
@@ -25,6 +27,7 @@ from support.registry import region_for
 from exchange.adapters.postgres import Connection, connect, transaction
 from exchange.domain.certnumber import regional_number
 from exchange.registry import service
+from exchange.registry.web import verifycache
 from exchange.registry.web.lookups import Lookups, Row
 from exchange.registry.web.verdict import Facts, Status
 from exchange.registry.web.verifycache import VerifyCache
@@ -286,6 +289,38 @@ def test_a_terminated_listener_turns_the_cache_off_then_on_again_empty(dsn: str)
             await heard(lookups, seen)
             assert await status(lookups, number) is Status.VALID
         finally:
+            lookups.close()
+
+    run(body)
+
+
+def test_a_hung_listener_backend_turns_the_cache_off_within_seconds(dsn: str) -> None:
+    """A backend that stops answering (SIGSTOP: its kernel still answers TCP keepalives)
+    while a void commits elsewhere: the listener's ping goes unanswered, the cache turns off,
+    and the void is read from the database instead of the cached VALID."""
+    number = add_certificate(dsn)
+
+    async def body() -> None:
+        lookups = Lookups(dsn, 2)
+        stopped: list[int] = []
+        try:
+            await lookups.verify(number, "XS", TODAY)
+            await listening(lookups)
+            assert await status(lookups, number) is Status.VALID
+            [(pid,)] = execute(
+                dsn,
+                "SELECT pid FROM pg_stat_activity WHERE application_name"
+                " = 'kpx-registry-verify-listen' AND datname = current_database()",
+            )
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+            set_state(dsn, number, "VOIDED")  # its notification cannot be delivered
+            limit = verifycache.HEARTBEAT + verifycache.PING_TIMEOUT + 2.0
+            await until(lambda: not lookups.cache.live, "the listener to fall", timeout=limit)
+            assert await status(lookups, number) is Status.VOIDED
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
             lookups.close()
 
     run(body)

@@ -27,9 +27,11 @@ Three races are closed here:
 - at shutdown the listener is closed (:meth:`VerifyCache.close`, and the loop's end cancels
   its task, whose connection closes with it).
 
-A silently dead network (no reset, no FIN) is found by TCP keepalives on the listener
-connection, within about 11 seconds (5 idle, then 3 probes 2 s apart); the listener then
-counts as down.
+A listener that hears nothing for HEARTBEAT (1 s) pings the database (``SELECT 1``); no answer
+within PING_TIMEOUT (2 s) and it counts as down. That finds, within about 3 seconds, what TCP
+keepalives cannot: a backend that hangs while its host's kernel still answers the probes. A
+silently dead network (no reset, no FIN) is found the same way, and by the keepalives on the
+listener connection (5 s idle, then 3 probes 2 s apart) while a ping is not yet due.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ CHANNEL = "kpx_verify"
 FLUSH = "*"  # announced for a change the ids cannot name: forget everything
 DEFAULT_SIZE = 100_000
 _RETRY_FIRST, _RETRY_MAX = 0.2, 5.0  # seconds between reconnections of the listener
+HEARTBEAT = 1.0  # seconds of silence after which the listener pings the database
+PING_TIMEOUT = 2.0  # seconds the ping may take before the listener counts as down
 
 
 class Entry:
@@ -205,8 +209,7 @@ class VerifyCache:
                 self._up()
                 delay = _RETRY_FIRST
                 while True:
-                    await readable(conn)
-                    conn.poll()  # raises when the connection is gone
+                    await self._heard_or_pinged(conn)
                     for note in conn.notifies:
                         self.announced(note.payload)
                     conn.notifies.clear()
@@ -217,6 +220,21 @@ class VerifyCache:
                 self._close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
+
+    async def _heard_or_pinged(self, conn: Connection) -> None:
+        """Until the listener's socket has something (read), or after a second of silence,
+        until the server answered a ping; raises when the connection is gone or the ping
+        goes unanswered for PING_TIMEOUT seconds."""
+        try:
+            await asyncio.wait_for(readable(conn), HEARTBEAT)
+        except TimeoutError:
+            # Keepalives are answered by the server's kernel: a backend that hangs (stopped,
+            # or stuck behind a lock) would leave the cache trusted and deaf for good.
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                await asyncio.wait_for(ready(conn), PING_TIMEOUT)
+            return
+        conn.poll()  # raises when the connection is gone
 
     async def _connect(self) -> Connection:
         conn = psycopg2.connect(
