@@ -333,7 +333,8 @@ def test_an_event_no_checkpoint_covers_in_time_fails_naming_it(
     assert f"event {event}: not included in the latest tree: its leaf {last} is past" in (
         result.output
     )
-    assert "no checkpoint covered it within" in result.output
+    assert "no checkpoint announced covers it" in result.output
+    assert "waited 0.5 s for a checkpoint to cover the newest events" in result.output
 
 
 def test_a_mirror_lying_about_one_hash_of_a_tile_fails_the_audit(region: Copy) -> None:

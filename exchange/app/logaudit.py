@@ -56,11 +56,13 @@ def audit(rt: Runtime, member: str, log_url: str | None) -> None:
         with LogClient(url) as log:
             # An event accepted within the last second may wait for the next checkpoint.
             deadline = time.monotonic() + COVERED_WITHIN
+            waited = False
             while True:
                 may_await = time.monotonic() < deadline
                 report = run_audit(records, log, key, rt.region.code, may_await=may_await)
                 if not report.awaiting:
                     break
+                waited = True
                 time.sleep(0.25)
             fetched = f"{log.tiles_fetched} tiles and {log.bundles_fetched} entry bundles"
         with transaction(node) as cur:
@@ -69,6 +71,8 @@ def audit(rt: Runtime, member: str, log_url: str | None) -> None:
         node.close()
     for problem in report.problems:
         click.echo(problem, err=True)
+    if waited and report.problems:
+        click.echo(f"waited {COVERED_WITHIN:g} s for a checkpoint to cover the newest events")
     click.echo(f"read {url}/log: {fetched}; every proof computed here from them")
     for line in _notes(report):
         click.echo(line)
