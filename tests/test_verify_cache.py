@@ -100,13 +100,13 @@ def execute(dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, .
         conn.close()
 
 
+# pg_stat_activity's rows of the cache's listener on the test database.
+LISTENER = "application_name = 'kpx-registry-verify-listen' AND datname = current_database()"
+
+
 def listeners(dsn: str) -> int:
     """Backends of the cache's listener on ``dsn``'s database."""
-    rows = execute(
-        dsn,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
-        " 'kpx-registry-verify-listen' AND datname = current_database()",
-    )
+    rows = execute(dsn, f"SELECT count(*) FROM pg_stat_activity WHERE {LISTENER}")
     return int(rows[0][0])
 
 
@@ -268,11 +268,7 @@ def test_a_terminated_listener_turns_the_cache_off_then_on_again_empty(dsn: str)
             await listening(lookups)
             assert await status(lookups, number) is Status.VALID
             assert len(lookups.cache) == 1
-            execute(
-                dsn,
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name"
-                " = 'kpx-registry-verify-listen' AND datname = current_database()",
-            )
+            execute(dsn, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {LISTENER}")
             await until(lambda: not lookups.cache.live, "the listener to fall")
             assert len(lookups.cache) == 0
             # Voided while the listener reconnects: its notification may never be heard.
@@ -307,11 +303,7 @@ def test_a_hung_listener_backend_turns_the_cache_off_within_seconds(dsn: str) ->
             await lookups.verify(number, "XS", TODAY)
             await listening(lookups)
             assert await status(lookups, number) is Status.VALID
-            [(pid,)] = execute(
-                dsn,
-                "SELECT pid FROM pg_stat_activity WHERE application_name"
-                " = 'kpx-registry-verify-listen' AND datname = current_database()",
-            )
+            [(pid,)] = execute(dsn, f"SELECT pid FROM pg_stat_activity WHERE {LISTENER}")
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
             set_state(dsn, number, "VOIDED")  # its notification cannot be delivered
