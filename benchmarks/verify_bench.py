@@ -369,16 +369,24 @@ def run(certificates: int = 100_000, events: int = 10_000, seconds: float = 5.0)
         static, verify = static_run["per_s"], verify_run["per_s"]
         messages = _messages(6 * events, signers)
         registry_url = _url(admin_url, name, topology.registry_user(name))
-        _publish(admin_url, name, messages[:events])
-        _queued(admin_url, name, events)
-        alone = ingest(dsn, registry_url, name, events)
+
+        def queue(round_: int) -> None:
+            """Round ``round_``'s events in kpx.registry, all of them queued."""
+            _publish(admin_url, name, messages[round_ * events : (round_ + 1) * events])
+            _queued(admin_url, name, events)
+
+        def alone_round(round_: int) -> float:
+            """Round ``round_``'s events ingested with nothing beside; events/s."""
+            queue(round_)
+            return ingest(dsn, registry_url, name, (round_ + 1) * events)
+
+        alone = alone_round(0)
         result: dict[str, Any] = {}
 
         def beside_ingest(round_: int, load: Any) -> tuple[Any, float]:
             """``load()`` (a coroutine) from the ingest's first commit: while it runs at its
             sustained rate, not while its process starts; its result and the ingest's rate."""
-            _publish(admin_url, name, messages[round_ * events : (round_ + 1) * events])
-            _queued(admin_url, name, events)
+            queue(round_)
 
             async def both() -> tuple[Any, float]:
                 loop = asyncio.get_running_loop()
@@ -407,9 +415,7 @@ def run(certificates: int = 100_000, events: int = 10_000, seconds: float = 5.0)
                       ingest_beside_shared=shared_ingest)  # fmt: skip
         # Alone again, last: the machine drifts over a run (the prefill's checkpoint and
         # autovacuum early, a longer event log late), so the ceiling is both rounds' mean.
-        _publish(admin_url, name, messages[5 * events :])
-        _queued(admin_url, name, events)
-        again = ingest(dsn, registry_url, name, 6 * events)
+        again = alone_round(5)
         result.update(ingest_alone_first=alone, ingest_alone_last=again)
         alone = (alone + again) / 2
     finally:
