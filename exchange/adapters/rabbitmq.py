@@ -3,6 +3,8 @@
 pika's exceptions are translated here, and only here: a lost or refused connection, a closed
 channel or a blocked connection that timed out become :class:`BrokerUnavailable` (transient);
 an access or precondition refusal by the broker becomes :class:`BrokerRefused` (permanent).
+A connection that ends during its handshake without the broker's answer is an outage, whatever
+pika's "probable authentication error" calls it (a broker killed between accept and login).
 
 The publisher runs a ``SelectConnection`` on its own thread so that hundreds of messages can
 be in flight with asynchronous publisher confirms — a confirm per message costs an order of
@@ -68,18 +70,45 @@ def translated(what: str) -> Iterator[None]:
             raise BrokerRefused(f"{what}: {exc.reply_code} {exc.reply_text}") from exc
         raise BrokerUnavailable(f"{what}: {exc.reply_code} {exc.reply_text}") from exc
     except pika.exceptions.ProbableAccessDeniedError as exc:
+        if not _broker_answered(exc):
+            raise BrokerUnavailable(f"{what}: connection lost while opening ({exc})") from exc
         raise BrokerRefused(f"{what}: access denied ({exc})") from exc
     except pika.exceptions.ProbableAuthenticationError as exc:
+        if not _broker_answered(exc):
+            raise BrokerUnavailable(f"{what}: connection lost while logging in ({exc})") from exc
         raise BrokerRefused(f"{what}: authentication failed ({exc})") from exc
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise BrokerUnavailable(f"{what}: {type(exc).__name__} {exc}") from exc
 
 
+def _broker_answered(exc: pika.exceptions.AMQPConnectionError) -> bool:
+    """Whether a "probable" login or vhost refusal is one: the broker closed with a reply.
+
+    pika names any connection that ends during the handshake a probable authentication
+    (or vhost access) error, and puts the cause's repr in its message: a real refusal is a
+    ``ConnectionClosedByBroker`` (403 ACCESS_REFUSED, 530 NOT_ALLOWED), permanent. A
+    ``StreamLostError`` there is a broker killed or restarting between accepting the
+    connection and answering the login (or a proxy in front of it dropping the link): a
+    transient outage, which must not stop a service.
+    """
+    return str(exc).startswith(pika.exceptions.ConnectionClosedByBroker.__name__)
+
+
 def blocking_connection(url: str, *, name: str) -> pika.BlockingConnection:
     """Open a BlockingConnection; raises BrokerUnavailable or BrokerRefused."""
     params = parameters(url, name=name)
-    with translated(f"{name}: connecting to {params.host}:{params.port}"):
-        return pika.BlockingConnection(params)
+    where = f"{name}: connecting to {params.host}:{params.port}"
+    with translated(where):
+        try:
+            return pika.BlockingConnection(params)
+        except ValueError as exc:
+            # pika checks the socket it just connected with getpeername() and raises
+            # ValueError when the peer reset it in between: a proxy in front of a broker
+            # that is down accepts, then drops the connection. The parameters were checked
+            # above (parameters()), so this is the link, not a bad argument.
+            if "getpeername" not in str(exc):
+                raise
+            raise BrokerUnavailable(f"{where}: connection reset as it opened") from exc
 
 
 # --------------------------------------------------------------------------- publishing
