@@ -168,7 +168,10 @@ class Pipeline:
         """Fail at once, with the logs, when a service exited by itself or its relay died."""
         dead = {s.name: s.proc.returncode for s in self.services.values()
                 if s.proc is not None and not s.alive}  # fmt: skip
-        assert not dead, f"services exited: {dead}\n{self.tails()}"
+        # The exited service's own log first, and longer: its last lines say why it stopped,
+        # and a CI report that clips the message keeps its beginning.
+        exited = "\n".join(self.services[name].tail(40) for name in dead)
+        assert not dead, f"services exited: {dead}\n{exited}\n{self.tails()}"
         # A relay thread never comes back by itself (its retries are inside it); the consumer
         # beside it reconnecting is not a failure, so only "relay down" is.
         relayless = [s.name for s in self.services.values() if _relay_dead(s)]
