@@ -6,7 +6,9 @@ error*. A broker SIGKILLed (or restarting) between accepting a connection and an
 login ends it exactly there; the fault suite saw it stop node ZA with exit 1 in CI, because
 those two were translated as BrokerRefused (permanent) and the service's reconnect loop retries
 only transient errors. Here a small server speaks the first frames of AMQP 0-9-1 (pika's own
-marshalling) and drops the connection at the chosen step; the real broker shows that a wrong
+marshalling) and ends the connection at the chosen step — dropped after Start or after Tune,
+or closed with 320 CONNECTION_FORCED (a broker shutting down) or 541 INTERNAL_ERROR (its
+vhost down while it restarts) in answer to Connection.Open; the real broker shows that a wrong
 password and an unknown vhost are still refusals. A fault test connects in a loop, directly and
 through a TCP proxy, while a private broker is SIGKILLed and restarted: every failure must be
 BrokerUnavailable (pika also raises a ValueError when a proxy resets a connection as it opens).
@@ -32,14 +34,19 @@ from exchange.adapters.rabbitmq import AsyncPublisher, blocking_connection
 from exchange.errors import BrokerRefused, BrokerUnavailable
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+REPLY_TEXTS = {  # as RabbitMQ words them
+    320: "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+    541: "INTERNAL_ERROR - access to vhost '/' refused for user 'guest': vhost '/' is down",
+}
 
 
 def _frame(method: spec.amqp_object.Method) -> bytes:
     return frame.Method(0, method).marshal()
 
 
-def _serve(listener: socket.socket, after: str, stop: threading.Event) -> None:
-    """Answer each connection up to ``after`` ("start" or "tune"), then drop it."""
+def _serve(listener: socket.socket, until: str | int, stop: threading.Event) -> None:
+    """Answer each connection up to ``until`` — "start" or "tune": drop it after sending that;
+    a reply code: close it with that code in answer to Connection.Open."""
     listener.settimeout(0.2)
     while not stop.is_set():
         try:
@@ -51,21 +58,24 @@ def _serve(listener: socket.socket, after: str, stop: threading.Event) -> None:
             if conn.recv(len(PROTOCOL_HEADER)) != PROTOCOL_HEADER:
                 continue
             conn.sendall(_frame(spec.Connection.Start(server_properties={"product": "fake"})))
-            if after == "tune":
-                conn.recv(4096)  # the client's Connection.StartOk (its login)
-                conn.sendall(_frame(spec.Connection.Tune(channel_max=2047, frame_max=131072)))
-                conn.recv(4096)  # TuneOk and Connection.Open: the vhost it asks for
-        # the connection closes here, without a Connection.Close: the broker is gone
+            if until == "start":
+                continue  # closed without a Connection.Close: the broker is gone
+            conn.recv(4096)  # the client's Connection.StartOk (its login)
+            conn.sendall(_frame(spec.Connection.Tune(channel_max=2047, frame_max=131072)))
+            conn.recv(4096)  # TuneOk and Connection.Open: the vhost it asks for
+            if isinstance(until, int):
+                conn.sendall(_frame(spec.Connection.Close(until, REPLY_TEXTS[until], 0, 0)))
+                conn.recv(4096)  # the client's Connection.CloseOk
 
 
 @contextmanager
-def dropping_broker(after: str) -> Iterator[str]:
-    """The URL of a server that drops every connection after sending ``after``."""
+def dropping_broker(until: str | int) -> Iterator[str]:
+    """The URL of a server that ends every connection at ``until`` (see _serve)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     stop = threading.Event()
-    thread = threading.Thread(target=_serve, args=(listener, after, stop), daemon=True)
+    thread = threading.Thread(target=_serve, args=(listener, until, stop), daemon=True)
     thread.start()
     try:
         yield f"amqp://guest:guest@127.0.0.1:{listener.getsockname()[1]}/"
@@ -84,21 +94,24 @@ def _with(url: str, *, password: str | None = None, vhost: str | None = None) ->
     return urlunsplit(parts._replace(netloc=netloc, path=f"/{vhost}" if vhost else parts.path))
 
 
-@pytest.mark.parametrize("after", ["start", "tune"])
-def test_a_connection_dropped_mid_handshake_is_an_outage_for_the_consumer(after: str) -> None:
+UNTIL = ["start", "tune", 320, 541]
+
+
+@pytest.mark.parametrize("until", UNTIL)
+def test_a_connection_ended_mid_handshake_is_an_outage_for_the_consumer(until: str | int) -> None:
     with (
-        dropping_broker(after) as url,
-        pytest.raises(BrokerUnavailable, match="connection lost while"),
+        dropping_broker(until) as url,
+        pytest.raises(BrokerUnavailable, match="connection ended while"),
     ):
         blocking_connection(url, name="handshake-test")
 
 
-@pytest.mark.parametrize("after", ["start", "tune"])
-def test_a_connection_dropped_mid_handshake_is_an_outage_for_the_publisher(after: str) -> None:
-    with dropping_broker(after) as url:
+@pytest.mark.parametrize("until", UNTIL)
+def test_a_connection_ended_mid_handshake_is_an_outage_for_the_publisher(until: str | int) -> None:
+    with dropping_broker(until) as url:
         publisher = AsyncPublisher(url, name="handshake-test")
         try:
-            with pytest.raises(BrokerUnavailable, match="connection lost while"):
+            with pytest.raises(BrokerUnavailable, match="connection ended while"):
                 publisher.start(timeout=10)
         finally:
             publisher.close()

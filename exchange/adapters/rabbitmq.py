@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,8 @@ logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 CONTENT_TYPE = "application/vnd.apache.avro+binary"
 _REFUSAL_CODES = frozenset({403, 406})  # ACCESS_REFUSED, PRECONDITION_FAILED
+_LOGIN_REFUSAL_CODES = frozenset({403, 530})  # ACCESS_REFUSED, NOT_ALLOWED (the vhost)
+_CLOSED_BY_BROKER = re.compile(r"ConnectionClosedByBroker: \((\d+)\)")
 # A transient failure (the database restarting) is retried this many times, backoff capped at
 # 10 s with jitter (about five minutes), before the batch is given back to the broker.
 _HANDLER_ATTEMPTS = 35
@@ -70,28 +73,31 @@ def translated(what: str) -> Iterator[None]:
             raise BrokerRefused(f"{what}: {exc.reply_code} {exc.reply_text}") from exc
         raise BrokerUnavailable(f"{what}: {exc.reply_code} {exc.reply_text}") from exc
     except pika.exceptions.ProbableAccessDeniedError as exc:
-        if not _broker_answered(exc):
-            raise BrokerUnavailable(f"{what}: connection lost while opening ({exc})") from exc
+        if not _refused_at_login(exc):
+            raise BrokerUnavailable(f"{what}: connection ended while opening ({exc})") from exc
         raise BrokerRefused(f"{what}: access denied ({exc})") from exc
     except pika.exceptions.ProbableAuthenticationError as exc:
-        if not _broker_answered(exc):
-            raise BrokerUnavailable(f"{what}: connection lost while logging in ({exc})") from exc
+        if not _refused_at_login(exc):
+            raise BrokerUnavailable(f"{what}: connection ended while logging in ({exc})") from exc
         raise BrokerRefused(f"{what}: authentication failed ({exc})") from exc
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise BrokerUnavailable(f"{what}: {type(exc).__name__} {exc}") from exc
 
 
-def _broker_answered(exc: pika.exceptions.AMQPConnectionError) -> bool:
-    """Whether a "probable" login or vhost refusal is one: the broker closed with a reply.
+def _refused_at_login(exc: pika.exceptions.AMQPConnectionError) -> bool:
+    """Whether a "probable" login or vhost refusal is one: the broker closed with 403 or 530.
 
-    pika names any connection that ends during the handshake a probable authentication
-    (or vhost access) error, and puts the cause's repr in its message: a real refusal is a
-    ``ConnectionClosedByBroker`` (403 ACCESS_REFUSED, 530 NOT_ALLOWED), permanent. A
-    ``StreamLostError`` there is a broker killed or restarting between accepting the
-    connection and answering the login (or a proxy in front of it dropping the link): a
-    transient outage, which must not stop a service.
+    pika names any connection that ends during the handshake a probable authentication (or
+    vhost access) error and puts the cause's repr in its message. A refusal is the broker's
+    ``ConnectionClosedByBroker: (403) 'ACCESS_REFUSED …'`` (the login) or ``(530)
+    'NOT_ALLOWED …'`` (no such vhost, or no permission on it): permanent. Anything else is
+    an outage that must not stop a service: a ``StreamLostError`` (the broker killed between
+    accepting the connection and answering the login, or a proxy in front of it dropping the
+    link), 320 CONNECTION_FORCED (a broker shutting down), 541 INTERNAL_ERROR (a vhost that
+    is down while it restarts).
     """
-    return str(exc).startswith(pika.exceptions.ConnectionClosedByBroker.__name__)
+    closed = _CLOSED_BY_BROKER.match(str(exc))
+    return closed is not None and int(closed.group(1)) in _LOGIN_REFUSAL_CODES
 
 
 def blocking_connection(url: str, *, name: str) -> pika.BlockingConnection:
