@@ -3,8 +3,9 @@
 pika's exceptions are translated here, and only here: a lost or refused connection, a closed
 channel or a blocked connection that timed out become :class:`BrokerUnavailable` (transient);
 an access or precondition refusal by the broker becomes :class:`BrokerRefused` (permanent).
-A connection that ends during its handshake without the broker's answer is an outage, whatever
-pika's "probable authentication error" calls it (a broker killed between accept and login).
+A connection that ends during its handshake is an outage, whatever pika's "probable
+authentication error" calls it (a broker killed between accept and login), unless the broker
+closed it with a refusal: 403 (the login) or 530 (the vhost).
 
 The publisher runs a ``SelectConnection`` on its own thread so that hundreds of messages can
 be in flight with asynchronous publisher confirms — a confirm per message costs an order of
