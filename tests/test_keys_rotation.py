@@ -38,6 +38,7 @@ from nodes.operations import Node
 
 KPX = Path(sys.executable).with_name("kpx")
 TIMEOUT = 60.0
+QUIET_FOR = 2.5  # seconds: longer than the checkpoint announcer's wait, as in the fault suite
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,27 @@ def quiet(rt: Runtime) -> bool:
     return node_counts(rt)["undecided"] == 0 and unsent(rt) == 0 and behind <= 0
 
 
+def settled(rt: Runtime, services: list[Service]) -> None:
+    """Wait until the pipeline stays drained for QUIET_FOR seconds.
+
+    One quiet instant is not enough: up to ~1.25 s after the last batch the registry's
+    announcer sends the newest checkpoint, and every node answers with a LogCosigned event —
+    a node event, pending again until the registry decides it (CI once checked in between).
+    """
+    since: float | None = None
+
+    def stays_quiet() -> bool:
+        nonlocal since
+        now = time.monotonic()
+        if not (quiet(rt) and all(q.get("messages", 1) == 0 for q in queues(rt))):
+            since = None
+        elif since is None:
+            since = now
+        return since is not None and now - since >= QUIET_FOR
+
+    wait_for(stays_quiet, f"pipeline drained and quiet for {QUIET_FOR} s", services)
+
+
 def rotation_state(rt: Runtime, key_id: str) -> str | None:
     rows = query(
         rt.node_dsn("BW"),
@@ -153,8 +175,7 @@ def test_a_key_rotated_under_load_loses_nothing_and_the_figures_agree(
         time.sleep(3.0)  # load after it, under the new key
     finally:
         load.stop()
-    wait_for(lambda: quiet(rt), "pipeline drained", running)
-    wait_for(lambda: all(q.get("messages", 1) == 0 for q in queues(rt)), "queues empty", running)
+    settled(rt, running)
     verdict = check(rt, queues(rt))
     signed = key_ids_of(rt, "BW")
     registry = query(rt.registry_dsn, "SELECT count(*) AS n, sum(total_carats) AS ct FROM "
