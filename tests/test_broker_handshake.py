@@ -29,6 +29,7 @@ import pytest
 from pika import frame, spec
 from support.broker import private_broker
 from support.proxy import FaultProxy
+from support.services import with_path
 
 from exchange.adapters.rabbitmq import AsyncPublisher, blocking_connection
 from exchange.errors import BrokerRefused, BrokerUnavailable
@@ -85,13 +86,10 @@ def dropping_broker(until: str | int) -> Iterator[str]:
         listener.close()
 
 
-def _with(url: str, *, password: str | None = None, vhost: str | None = None) -> str:
+def _with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
-    netloc = parts.netloc
-    if password is not None:
-        user, host = netloc.rsplit("@", 1)
-        netloc = f"{user.split(':', 1)[0]}:{password}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc, path=f"/{vhost}" if vhost else parts.path))
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:{password}@{host}"))
 
 
 UNTIL = ["start", "tune", 320, 541]
@@ -119,12 +117,12 @@ def test_a_connection_ended_mid_handshake_is_an_outage_for_the_publisher(until: 
 
 def test_a_wrong_password_is_still_a_refusal(amqp_admin_url: str) -> None:
     with pytest.raises(BrokerRefused, match=r"authentication failed .*ACCESS_REFUSED"):
-        blocking_connection(_with(amqp_admin_url, password="not-the-password"), name="t")
+        blocking_connection(_with_password(amqp_admin_url, "not-the-password"), name="t")
 
 
 def test_an_unknown_vhost_is_still_a_refusal(amqp_admin_url: str) -> None:
     with pytest.raises(BrokerRefused, match=r"access denied .*NOT_ALLOWED"):
-        blocking_connection(_with(amqp_admin_url, vhost="kpx-no-such-vhost"), name="t")
+        blocking_connection(with_path(amqp_admin_url, "kpx-no-such-vhost"), name="t")
 
 
 def _connect_until(url: str, stop: threading.Event, outcomes: collections.Counter[str]) -> None:
