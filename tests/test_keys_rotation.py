@@ -27,7 +27,17 @@ from urllib.parse import quote
 import httpx
 import pytest
 from support.broker import free_port
-from support.pipeline import NODES, Load, Service, check, node_counts, query, unsent
+from support.pipeline import (
+    NODES,
+    QUIET_FOR,
+    Load,
+    Quiet,
+    Service,
+    check,
+    node_counts,
+    query,
+    unsent,
+)
 from support.region import provisioned_region
 from support.services import management_url_from_env, unique_name
 
@@ -38,7 +48,6 @@ from nodes.operations import Node
 
 KPX = Path(sys.executable).with_name("kpx")
 TIMEOUT = 60.0
-QUIET_FOR = 2.5  # seconds: longer than the checkpoint announcer's wait, as in the fault suite
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +110,7 @@ def queues(rt: Runtime) -> list[dict[str, Any]]:
     return found
 
 
-def quiet(rt: Runtime) -> bool:
+def drained(rt: Runtime) -> bool:
     behind = query(
         rt.registry_dsn,
         "SELECT (SELECT count(*) FROM event_log WHERE decision = 'ACCEPTED') - "
@@ -117,18 +126,15 @@ def settled(rt: Runtime, services: list[Service]) -> None:
     announcer sends the newest checkpoint, and every node answers with a LogCosigned event —
     a node event, pending again until the registry decides it (CI once checked in between).
     """
-    since: float | None = None
-
-    def stays_quiet() -> bool:
-        nonlocal since
-        now = time.monotonic()
-        if not (quiet(rt) and all(q.get("messages", 1) == 0 for q in queues(rt))):
-            since = None
-        elif since is None:
-            since = now
-        return since is not None and now - since >= QUIET_FOR
-
-    wait_for(stays_quiet, f"pipeline drained and quiet for {QUIET_FOR} s", services)
+    quiet = Quiet()
+    wait_for(
+        lambda: (
+            quiet.held(drained(rt) and all(q.get("messages", 1) == 0 for q in queues(rt)))
+            is not None
+        ),
+        f"pipeline drained and quiet for {QUIET_FOR} s",
+        services,
+    )
 
 
 def rotation_state(rt: Runtime, key_id: str) -> str | None:

@@ -49,6 +49,7 @@ from support.database import PrivateDatabase, private_database
 from support.pipeline import (
     NODES,
     Load,
+    Quiet,
     Service,
     check,
     decided_up_to,
@@ -74,7 +75,6 @@ AFTER = 2.0  # seconds of load after the recovery
 READY_TIMEOUT = 90.0
 RECOVER_TIMEOUT = 150.0
 DRAIN_TIMEOUT = 150.0
-QUIET_FOR = 2.5  # the management API's statistics are refreshed every second here
 
 REPORTS: list[dict[str, Any]] = []
 
@@ -150,17 +150,12 @@ class Pipeline:
     def drain(self, timeout: float = DRAIN_TIMEOUT) -> float:
         """Wait until the pipeline stays quiet for QUIET_FOR; when it became quiet."""
         deadline = time.monotonic() + timeout
-        quiet_since: float | None = None
+        quiet = Quiet()
         while time.monotonic() < deadline:
             self.assert_running()
             busy = self.still_moving()
-            now = time.monotonic()
-            if busy:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = now
-            elif now - quiet_since >= QUIET_FOR:
-                return quiet_since
+            if (since := quiet.held(not busy)) is not None:
+                return since
             time.sleep(0.5)
         pytest.fail(f"not drained in {timeout:.0f} s: {busy}\n{self.health()}\n{self.tails()}")
 

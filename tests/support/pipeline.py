@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
@@ -242,6 +243,31 @@ def node_counts(rt: Runtime) -> dict[str, int]:
         out["events"] += row["n"]
         out["undecided"] += row["p"]
     return out
+
+
+# Seconds a drained pipeline must stay drained before it is checked: up to ~1.25 s after the
+# last batch the registry's announcer sends the newest checkpoint and every node answers with
+# a LogCosigned event, pending until decided; and the private broker's management statistics
+# are refreshed every second.
+QUIET_FOR = 2.5
+
+
+class Quiet:
+    """Whether a condition, polled again and again, has held for ``seconds`` in a row."""
+
+    def __init__(self, seconds: float = QUIET_FOR) -> None:
+        self.seconds = seconds
+        self._since: float | None = None  # when it last became true
+
+    def held(self, now_true: bool) -> float | None:
+        """Record this poll; when it has held long enough, since when."""
+        now = time.monotonic()
+        if not now_true:
+            self._since = None
+            return None
+        if self._since is None:
+            self._since = now
+        return self._since if now - self._since >= self.seconds else None
 
 
 def high_water(rt: Runtime) -> dict[str, int]:
